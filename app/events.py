@@ -1,0 +1,116 @@
+"""VTEX hook notifications and the normalized events the gateway keeps for them.
+
+Pure functions only: parsing, validation, the dedupe key and the event id. No I/O.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from app.errors import BadRequest
+
+# Every event id is a UUIDv5 of the dedupe key in this namespace: the same notification always
+# maps to the same id, in every gateway process.
+EVENT_ID_NAMESPACE = uuid.UUID("6f1c3a0e-3d52-5b8e-9a57-0c2f5d7e4b11")
+
+_OPTIONAL_TEXT = ("Domain", "State", "LastState", "LastChange", "CurrentChange")
+
+
+@dataclass(frozen=True)
+class Ping:
+    """VTEX's `{"hookConfig": "ping"}`, sent when a hook is saved."""
+
+
+@dataclass(frozen=True)
+class Notification:
+    account: str
+    domain: str | None
+    order_id: str
+    state: str | None
+    last_state: str | None
+    last_change: str | None
+    current_change: str | None
+    raw: dict[str, Any]
+
+
+def parse_body(body: bytes) -> Ping | Notification:
+    """Parse a hook body; raise BadRequest saying what is wrong."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise BadRequest(f"body must be a JSON object, got {_json_type(doc)}")
+    if doc.get("hookConfig") == "ping":
+        return Ping()
+    return _notification(doc)
+
+
+def _notification(doc: dict[str, Any]) -> Notification:
+    order_id = doc.get("OrderId")
+    if not isinstance(order_id, str) or not order_id:
+        raise BadRequest("`OrderId` is required and must be a non-empty string")
+    origin = doc.get("Origin")
+    if not isinstance(origin, dict) or not isinstance(origin.get("Account"), str):
+        raise BadRequest("`Origin.Account` is required and must be a string")
+    if not isinstance(origin.get("Key"), str | None):
+        raise BadRequest("`Origin.Key` must be a string or null")
+    for name in _OPTIONAL_TEXT:
+        if not isinstance(doc.get(name), str | None):
+            raise BadRequest(f"`{name}` must be a string or null, got {_json_type(doc[name])}")
+    return Notification(
+        account=origin["Account"],
+        domain=doc.get("Domain"),
+        order_id=order_id,
+        state=doc.get("State"),
+        last_state=doc.get("LastState"),
+        last_change=doc.get("LastChange"),
+        current_change=doc.get("CurrentChange"),
+        raw=doc,
+    )
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    return names.get(type(value), "a number")
+
+
+def change_time(n: Notification) -> str | None:
+    """The time of the change: CurrentChange, or LastChange where CurrentChange is absent."""
+    return n.current_change if n.current_change is not None else n.last_change
+
+
+def dedupe_key(n: Notification) -> bytes:
+    """Same account, Domain, OrderId, State and change time = the same notification."""
+    return orjson.dumps([n.account, n.domain, n.order_id, n.state, change_time(n)])
+
+
+def event_id(n: Notification) -> str:
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, dedupe_key(n).decode()))
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def normalize(n: Notification, received_at: str) -> dict[str, Any]:
+    """The event kept for an accepted notification, with the raw notification beside it."""
+    return {
+        "id": event_id(n),
+        "account": n.account,
+        "domain": n.domain,
+        "orderId": n.order_id,
+        "state": n.state,
+        "lastState": n.last_state,
+        "lastChange": n.last_change,
+        "currentChange": n.current_change,
+        "receivedAt": received_at,
+        "raw": n.raw,
+    }

@@ -1,0 +1,57 @@
+"""JSON responses and the one place where errors become HTTP statuses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.errors import RequestError, StoreUnavailable
+
+log = logging.getLogger("orderhook.http")
+
+# VTEX retries a 503; this tells other clients when to come back.
+RETRY_AFTER_S = 5
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+async def on_request_error(request: Request, exc: Exception) -> Response:
+    message = exc.message if isinstance(exc, RequestError) else str(exc)
+    status = exc.status if isinstance(exc, RequestError) else 400
+    return json_response({"error": message}, status)
+
+
+async def on_store_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("store unavailable: %s", exc)
+    return json_response(
+        {"error": "storage is unavailable, try again later"},
+        503,
+        {"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+async def on_http_exception(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    return json_response({"error": detail}, status, getattr(exc, "headers", None))
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    return json_response({"error": "internal error"}, 500)
+
+
+EXCEPTION_HANDLERS = {
+    Exception: on_unexpected,
+    RequestError: on_request_error,
+    StoreUnavailable: on_store_unavailable,
+    HTTPException: on_http_exception,
+}

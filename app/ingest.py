@@ -1,0 +1,87 @@
+"""`POST /hooks/vtex`: authenticate, read, validate, normalize, then dedupe and append atomically.
+
+The order of the checks is the contract: the auth header is checked before the body is read,
+the body is read no further than the limit, and the answer 200 is given only once the event is
+durable in Redis (or known to be a duplicate of one that is).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Sequence
+
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.config import Settings, Source
+from app.errors import PayloadTooLarge, Unauthorized, UnsupportedMedia
+from app.events import Notification, Ping, normalize, parse_body, utc_now_iso
+from app.http import json_response
+from app.store.client import Store
+
+log = logging.getLogger("orderhook.ingest")
+
+
+def authenticate(headers: Headers, sources: Sequence[Source]) -> list[Source]:
+    """The sources whose auth header matches; every token is compared in constant time."""
+    matched = []
+    for source in sources:
+        given = headers.get(source.auth_header)
+        expected = str(source.auth_token).encode()
+        if given is not None and hmac.compare_digest(given.encode(), expected):
+            matched.append(source)
+    if not matched:
+        raise Unauthorized("missing or invalid auth header")
+    return matched
+
+
+def authorize(notification: Notification, sources: Sequence[Source]) -> None:
+    if not any(source.allows(notification.account) for source in sources):
+        raise Unauthorized(f"account {notification.account!r} is not allowed for this auth header")
+
+
+def check_content_type(headers: Headers) -> None:
+    value = headers.get("content-type")
+    if value is None:
+        return
+    media = value.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMedia(f"content type must be application/json, got {media!r}")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, or PayloadTooLarge as soon as it is known to be over `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class HookEndpoint:
+    """The hook route; the store is the one the lifespan put on `app.state`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def handle(self, request: Request) -> Response:
+        sources = authenticate(request.headers, self.settings.sources)
+        check_content_type(request.headers)
+        message = parse_body(await read_body(request, self.settings.max_body_bytes))
+        if isinstance(message, Ping):
+            return json_response({"status": "pong"})
+        authorize(message, sources)
+        event = normalize(message, utc_now_iso())
+        store: Store = request.app.state.store
+        [result] = await store.append([event])
+        status = "accepted" if result.created else "duplicate"
+        log.info("ingest %s id=%s order=%r", status, event["id"], message.order_id)
+        return json_response({"status": status, "id": event["id"]})

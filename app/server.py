@@ -1,0 +1,69 @@
+"""The Starlette application: its routes, and a lifespan that opens and closes the store."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.config import Settings
+from app.errors import StoreUnavailable
+from app.http import EXCEPTION_HANDLERS, json_response
+from app.ingest import HookEndpoint
+from app.store.client import Store, open_store
+from app.store.embedded import EmbeddedRedis
+from app.store.keys import Keys
+
+log = logging.getLogger("orderhook.server")
+
+
+@contextlib.asynccontextmanager
+async def store_for(settings: Settings) -> AsyncIterator[Store]:
+    """The configured Redis, or the embedded one started here and stopped on the way out."""
+    keys = Keys(settings.key_prefix)
+    async with contextlib.AsyncExitStack() as stack:
+        url = settings.redis_url
+        if url is None:
+            embedded = EmbeddedRedis(settings.data_dir, settings.embedded_appendfsync)
+            await embedded.start()
+            stack.push_async_callback(embedded.stop)
+            url = embedded.url
+        yield await stack.enter_async_context(
+            open_store(url, keys, settings.redis_timeout_s, settings.dedupe_window_s)
+        )
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    try:
+        await request.app.state.store.ping()
+    except StoreUnavailable:
+        return json_response({"status": "unavailable", "error": "redis does not answer"}, 503)
+    return json_response({"status": "ready"})
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not settings.sources:
+            log.warning("no [[sources]] configured: every hook request will be refused with 401")
+        async with store_for(settings) as store:
+            app.state.store = store
+            yield
+
+    routes = [
+        Route("/hooks/vtex", HookEndpoint(settings).handle, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app.state.settings = settings
+    return app
