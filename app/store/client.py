@@ -84,7 +84,7 @@ def make_client(url: str, timeout_s: float) -> aioredis.Redis:
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
 @asynccontextmanager

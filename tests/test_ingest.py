@@ -1,0 +1,250 @@
+"""POST /hooks/vtex against a real Redis: auth, validation, limits, dedupe and durability."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+import pytest
+import redis
+
+from app.store.keys import Keys
+from tests.conftest import (
+    AUTH,
+    HEADER,
+    TOKEN,
+    WILDCARD_HEADER,
+    WILDCARD_TOKEN,
+    Gateway,
+    notification,
+    stream_events,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def post(client: httpx.AsyncClient, body: Any, headers: dict[str, str] = AUTH) -> httpx.Response:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return await client.post("/hooks/vtex", content=content, headers=headers)
+
+
+async def test_ping_with_valid_auth_answers_pong_and_stores_nothing(
+    client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys
+) -> None:
+    r = await post(client, {"hookConfig": "ping"})
+    assert (r.status_code, r.json()) == (200, {"status": "pong"})
+    assert rdb.xlen(keys.ingest_stream) == 0
+
+
+async def test_ping_without_auth_header_is_refused(client: httpx.AsyncClient) -> None:
+    r = await post(client, {"hookConfig": "ping"}, {"Content-Type": "application/json"})
+    assert r.status_code == 401
+    assert "auth header" in r.json()["error"]
+
+
+async def test_wrong_token_is_refused_before_the_body_is_parsed(
+    client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys
+) -> None:
+    r = await post(client, b"{not json", {HEADER: TOKEN + "x", "Content-Type": "application/json"})
+    assert r.status_code == 401  # not 400: the body was never looked at
+    r = await post(client, notification(), {HEADER: "", "Content-Type": "application/json"})
+    assert r.status_code == 401
+    assert rdb.xlen(keys.ingest_stream) == 0
+
+
+async def test_account_must_belong_to_the_source_of_the_token(
+    client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys
+) -> None:
+    other = notification(Origin={"Account": "otherstore", "Key": "k"})
+    r = await post(client, other)
+    assert r.status_code == 401
+    assert "otherstore" in r.json()["error"]
+    assert rdb.xlen(keys.ingest_stream) == 0
+    wildcard = {WILDCARD_HEADER: WILDCARD_TOKEN, "Content-Type": "application/json"}
+    r = await post(client, other, wildcard)
+    assert (r.status_code, r.json()["status"]) == (200, "accepted")
+
+
+async def test_accepted_notification_is_stored_normalized_with_raw_and_unknown_fields(
+    client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys
+) -> None:
+    body = notification(Extra={"kept": True})
+    r = await post(client, body)
+    assert r.status_code == 200
+    assert r.json()["status"] == "accepted"
+    [fields] = stream_events(rdb, keys)
+    event = orjson.loads(fields[b"event"])
+    assert event["id"] == r.json()["id"] == fields[b"id"].decode()
+    assert {k: event[k] for k in ("account", "domain", "orderId", "state", "lastState")} == {
+        "account": "mystore",
+        "domain": "Fulfillment",
+        "orderId": "v52277740atmc-01",
+        "state": "ready-for-handling",
+        "lastState": "window-to-cancel",
+    }
+    assert event["lastChange"] == body["LastChange"]
+    assert event["currentChange"] == body["CurrentChange"]
+    assert event["receivedAt"].endswith("Z")
+    assert event["raw"] == body
+
+
+async def test_same_notification_again_is_a_duplicate_with_the_first_id(
+    client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys
+) -> None:
+    first = (await post(client, notification())).json()
+    again = (await post(client, notification(LastState="other-last-state"))).json()
+    assert again == {"status": "duplicate", "id": first["id"]}
+    assert rdb.xlen(keys.ingest_stream) == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"State": "invoiced"},
+        {"CurrentChange": "2019-08-14T17:12:48.0965894Z"},
+        {"Domain": "Marketplace"},
+        {"OrderId": "v52277740atmc-02"},
+        {"Origin": {"Account": "mystore2", "Key": "vtexappkey-appvtex"}},
+    ],
+)
+async def test_a_different_key_field_makes_a_different_event(
+    client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys, change: dict[str, Any]
+) -> None:
+    headers = {WILDCARD_HEADER: WILDCARD_TOKEN, "Content-Type": "application/json"}
+    first = (await post(client, notification(), headers)).json()
+    second = (await post(client, notification(**change), headers)).json()
+    assert second["status"] == "accepted"
+    assert second["id"] != first["id"]
+    assert rdb.xlen(keys.ingest_stream) == 2
+
+
+async def test_last_change_is_the_key_where_current_change_is_absent(
+    client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys
+) -> None:
+    base = notification(CurrentChange=None, LastState=None)  # VTEX's guide example shape
+    a = (await post(client, base)).json()
+    b = (await post(client, {**base, "LastChange": "2019-07-29T23:17:31.0000000Z"})).json()
+    c = (await post(client, base)).json()
+    assert (a["status"], b["status"], c["status"]) == ("accepted", "accepted", "duplicate")
+    assert c["id"] == a["id"] != b["id"]
+    # With CurrentChange present, LastChange is not part of the key.
+    d = (await post(client, notification(LastChange="2000-01-01T00:00:00Z"))).json()
+    e = (await post(client, notification(LastChange="2001-01-01T00:00:00Z"))).json()
+    assert (d["status"], e["status"]) == ("accepted", "duplicate")
+    assert rdb.xlen(keys.ingest_stream) == 3
+
+
+async def test_state_may_be_null_and_optional_fields_absent(
+    client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys
+) -> None:
+    minimal = {"OrderId": "o-1", "Origin": {"Account": "mystore"}, "State": None}
+    r = await post(client, minimal)
+    assert r.json()["status"] == "accepted"
+    event = orjson.loads(stream_events(rdb, keys)[0][b"event"])
+    assert (event["state"], event["domain"], event["lastChange"]) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object, got an array"),
+        (b'"OrderId"', "must be a JSON object, got a string"),
+        (orjson.dumps(notification(OrderId=None)), "`OrderId` is required"),
+        (orjson.dumps(notification(OrderId="")), "`OrderId` is required"),
+        (orjson.dumps(notification(OrderId=123)), "`OrderId` is required"),
+        (orjson.dumps(notification(Origin=None)), "`Origin.Account` is required"),
+        (orjson.dumps(notification(Origin={"Key": "k"})), "`Origin.Account` is required"),
+        (orjson.dumps(notification(Origin="mystore")), "`Origin.Account` is required"),
+        (orjson.dumps(notification(State=7)), "`State` must be a string or null"),
+        (orjson.dumps(notification(CurrentChange=[])), "`CurrentChange` must be a string"),
+        (orjson.dumps({"hookConfig": "pong"}), "`OrderId` is required"),
+    ],
+)
+async def test_bad_bodies_get_400_saying_what_is_wrong(
+    client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys, body: bytes, expected: str
+) -> None:
+    r = await post(client, body)
+    assert r.status_code == 400
+    assert expected in r.json()["error"]
+    assert rdb.xlen(keys.ingest_stream) == 0
+
+
+async def test_body_over_the_limit_is_413_declared_or_streamed(
+    client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys
+) -> None:
+    big = orjson.dumps(notification(Padding="x" * 5000))  # the test limit is 4096 bytes
+    r = await post(client, big)
+    assert r.status_code == 413
+    assert "4096" in r.json()["error"]
+
+    async def chunks() -> Any:  # no Content-Length: the limit is enforced while reading
+        for i in range(0, len(big), 1000):
+            yield big[i : i + 1000]
+
+    r = await client.post("/hooks/vtex", content=chunks(), headers=AUTH)
+    assert r.status_code == 413
+    assert rdb.xlen(keys.ingest_stream) == 0
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+async def test_non_json_content_type_is_415(
+    client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys, content_type: str
+) -> None:
+    r = await post(client, notification(), {HEADER: TOKEN, "Content-Type": content_type})
+    assert r.status_code == 415
+    assert content_type in r.json()["error"]
+    assert rdb.xlen(keys.ingest_stream) == 0
+
+
+async def test_json_content_type_with_charset_is_accepted(client: httpx.AsyncClient) -> None:
+    headers = {HEADER: TOKEN, "Content-Type": "application/json; charset=utf-8"}
+    assert (await post(client, notification(), headers)).status_code == 200
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    r = await client.get("/readyz")
+    assert (r.status_code, r.json()["status"]) == (200, "ready")
+
+
+async def test_unknown_route_and_method_answer_json_errors(client: httpx.AsyncClient) -> None:
+    r = await client.get("/nope")
+    assert (r.status_code, r.json()) == (404, {"error": "Not Found"})
+    r = await client.get("/hooks/vtex")
+    assert (r.status_code, r.json()) == (405, {"error": "Method Not Allowed"})
+
+
+def test_concurrent_posts_store_each_distinct_notification_exactly_once(
+    live: Gateway, rdb: redis.Redis, keys: Keys
+) -> None:
+    bodies = [orjson.dumps(notification(OrderId=f"v{i:04d}-01")) for i in range(200)] * 5
+    random.Random(7).shuffle(bodies)  # the copies of one notification race each other
+
+    async def run() -> list[tuple[int, dict[str, Any]]]:
+        # aiohttp, not httpx: httpx's async pool takes ~40 ms a request with 100 in flight.
+        connector = aiohttp.TCPConnector(limit=100)
+        async with aiohttp.ClientSession(live.url, connector=connector) as session:
+
+            async def send(body: bytes) -> tuple[int, dict[str, Any]]:
+                async with session.post("/hooks/vtex", data=body, headers=AUTH) as r:
+                    return r.status, await r.json()
+
+            return await asyncio.gather(*(send(b) for b in bodies))
+
+    responses = asyncio.run(run())
+    assert {status for status, _ in responses} == {200}
+    answers = [answer for _, answer in responses]
+    assert Counter(a["status"] for a in answers) == {"accepted": 200, "duplicate": 800}
+    ids_by_body: dict[bytes, set[str]] = {}
+    for body, answer in zip(bodies, answers, strict=True):
+        ids_by_body.setdefault(body, set()).add(answer["id"])
+    assert all(len(ids) == 1 for ids in ids_by_body.values())
+    assert len({next(iter(ids)) for ids in ids_by_body.values()}) == 200
+    assert rdb.xlen(keys.ingest_stream) == 200
