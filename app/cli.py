@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 import uvicorn
@@ -42,8 +43,24 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     server = uvicorn.Server(config)
+    _exit_cleanly_on_stop_signals()
     server.run()
     return 0 if server.started else 1
+
+
+def _exit_cleanly_on_stop_signals() -> None:
+    """Exit 0 once uvicorn has shut down gracefully.
+
+    uvicorn handles SIGTERM and SIGINT itself (stop accepting, finish requests in flight, run
+    the lifespan shutdown), then restores the previous handlers and raises the signal again.
+    These handlers are the previous ones: a graceful stop is a normal exit, not a crash.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,8 +149,16 @@ class Gateway:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Gateway:
-        command = [sys.executable, "-m", "app.cli", "serve", "--config", str(self.config),
-                   "--port", str(self.port)]
+        command = [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--config",
+            str(self.config),
+            "--port",
+            str(self.port),
+        ]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(command, env=self.env, stdout=out, stderr=out)
         deadline = time.monotonic() + 20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from collections import Counter
 from typing import Any
 
@@ -12,6 +13,8 @@ import httpx
 import orjson
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app.store.keys import Keys
 from tests.conftest import (
@@ -28,7 +31,9 @@ from tests.conftest import (
 pytestmark = pytest.mark.anyio
 
 
-async def post(client: httpx.AsyncClient, body: Any, headers: dict[str, str] = AUTH) -> httpx.Response:
+async def post(
+    client: httpx.AsyncClient, body: Any, headers: dict[str, str] = AUTH
+) -> httpx.Response:
     content = body if isinstance(body, bytes) else orjson.dumps(body)
     return await client.post("/hooks/vtex", content=content, headers=headers)
 
@@ -248,3 +253,64 @@ def test_concurrent_posts_store_each_distinct_notification_exactly_once(
     assert all(len(ids) == 1 for ids in ids_by_body.values())
     assert len({next(iter(ids)) for ids in ids_by_body.values()}) == 200
     assert rdb.xlen(keys.ingest_stream) == 200
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+_wrong_type = st.integers() | st.booleans() | st.lists(st.integers(), max_size=2) | st.just({})
+_broken_notification = st.builds(
+    lambda field, value: orjson.dumps(notification(**{field: value})),
+    st.sampled_from(["OrderId", "Origin", "State", "Domain", "LastChange", "CurrentChange"]),
+    _wrong_type,
+)
+_bodies = (
+    st.binary(max_size=6000)
+    | _json.map(orjson.dumps)
+    | _broken_notification
+    | st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n)
+    | st.integers(1, 400).map(lambda n: b'{"OrderId": ' + b"9" * n + b"}")
+)
+_ascii = st.from_regex(r"\A[!-~]([ -~]{0,28}[!-~])?\Z")  # a legal header value
+_content_types = (
+    st.sampled_from(
+        [None, "application/json", "text/plain", "application/xml", "multipart/form-data"]
+    )
+    | _ascii
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=_bodies,
+    content_type=_content_types,
+    token=st.sampled_from([TOKEN]) | _ascii,
+    extra=st.dictionaries(st.from_regex(r"\Ax-[a-z]{1,10}\Z"), _ascii, max_size=3),
+)
+def test_junk_bodies_and_headers_never_5xx_and_never_store(
+    live: Gateway,
+    rdb: redis.Redis,
+    keys: Keys,
+    body: bytes,
+    content_type: str | None,
+    token: str,
+    extra: dict[str, str],
+) -> None:
+    headers = {**extra, HEADER: token}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    # TCP_NODELAY: httpx writes headers and body apart, which Nagle would delay by ~40 ms.
+    transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    with httpx.Client(base_url=live.url, timeout=10, transport=transport) as http:
+        r = http.post("/hooks/vtex", content=body, headers=headers)
+    assert r.status_code < 500 or r.status_code == 503, r.text
+    assert r.status_code == 200 or "error" in r.json()
+    if r.status_code == 200:
+        assert r.json() == {"status": "pong"}
+    assert rdb.xlen(keys.ingest_stream) == 0

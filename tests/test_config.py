@@ -1,0 +1,128 @@
+"""Configuration: a valid file loads; each mistake is refused naming file, key and expectation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.config import load_settings
+from app.errors import ConfigError
+
+VALID = """
+[[sources]]
+account = "mystore"
+auth_header = "X-Orderhook-Token"
+auth_token_env = "HOOK_TOKEN"
+
+[[sources]]
+account = "*"
+auth_header = "X-Other"
+auth_token = "plain-token"
+
+[ingest]
+max_body_bytes = 65536
+dedupe_window_s = 3600
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "orderhook.toml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_file_and_environment_build_the_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID)
+    env = {
+        "HOOK_TOKEN": "from-env",
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "ORDERHOOK_DATA_DIR": "/var/lib/oh",
+        "ORDERHOOK_ADMIN_TOKEN": "adm",
+    }
+    settings = load_settings(path, env)
+    mystore, anyone = settings.sources
+    assert (mystore.account, mystore.auth_header, str(mystore.auth_token)) == (
+        "mystore",
+        "x-orderhook-token",
+        "from-env",
+    )
+    assert anyone.allows("whatever") and not mystore.allows("other")
+    assert settings.redis_url == "redis://127.0.0.1:1/0"
+    assert str(settings.data_dir) == "/var/lib/oh"
+    assert (settings.max_body_bytes, settings.dedupe_window_s) == (65536, 3600)
+    assert "from-env" not in repr(settings) and "plain-token" not in repr(settings)
+    assert "adm" not in repr(settings.admin_token)
+
+
+def test_defaults_without_a_file(tmp_path: Path) -> None:
+    settings = load_settings(None, {})
+    assert settings.redis_url is None  # the embedded store
+    assert (settings.max_body_bytes, settings.dedupe_window_s) == (256 * 1024, 7 * 24 * 3600)
+    assert str(settings.data_dir) == "data"
+
+
+def test_orderhook_config_environment_variable_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace('auth_token_env = "HOOK_TOKEN"', 'auth_token = "t"'))
+    assert len(load_settings(None, {"ORDERHOOK_CONFIG": str(path)}).sources) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('colour = "blue"', "unknown field `colour`"),
+        (
+            '[[sources]]\naccount = "a"\nauth_header = "h"\nauth_token = "t"\nkey = 1',
+            "unknown field `key` - at `$.sources[0]`",
+        ),
+        (
+            '[[sources]]\nauth_header = "h"\nauth_token = "t"',
+            "missing required field `account` - at `$.sources[0]`",
+        ),
+        (
+            '[[sources]]\naccount = 5\nauth_header = "h"\nauth_token = "t"',
+            "Expected `str`, got `int` - at `$.sources[0].account`",
+        ),
+        (
+            '[ingest]\nmax_body_bytes = "big"',
+            "Expected `int`, got `str` - at `$.ingest.max_body_bytes`",
+        ),
+        ("[ingest]\nmax_body_bytes = 10", "`ingest.max_body_bytes` must be an integer >= 1024"),
+        ('[store]\nkey_prefix = "a b"', "`store.key_prefix` must be"),
+        ('[[sources]]\naccount = "a"\nauth_header = "h"', "exactly one of `auth_token` or"),
+        (
+            '[[sources]]\naccount = "a"\nauth_header = "h"\nauth_token_env = "NOPE_UNSET"',
+            "NOPE_UNSET, which is not set",
+        ),
+        ("[[sources]\n", "not valid TOML"),
+    ],
+)
+def test_invalid_config_is_refused_naming_file_and_key(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_settings(tmp_path / "nope.toml", {})
+
+
+def test_serve_refuses_a_bad_config_with_one_message_and_non_zero_exit(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[sources]]\naccount = 5\nauth_header = "h"\nauth_token = "t"')
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--config", str(path), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert str(path) in lines[0] and "$.sources[0].account" in lines[0]

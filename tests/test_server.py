@@ -1,0 +1,201 @@
+"""The gateway process: embedded store persistence, shutdown, and Redis outages."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import redis
+from starlette.datastructures import Secret
+
+from app.config import Settings, Source
+from app.server import create_app
+from app.store.embedded import redis_executable
+from app.store.keys import Keys
+from tests.conftest import AUTH, HEADER, TOKEN, Gateway, free_port, gateway_config, notification
+
+PREFIX = "embedded"
+
+
+def embedded_gateway(tmp_path: Path) -> Gateway:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["ORDERHOOK_DATA_DIR"] = str(tmp_path / "data")
+    return Gateway(gateway_config(tmp_path, PREFIX), env, tmp_path / "gateway.log")
+
+
+def redis_children(gateway: Gateway) -> list[psutil.Process]:
+    assert gateway.proc is not None
+    return [p for p in psutil.Process(gateway.proc.pid).children() if "redis" in p.name()]
+
+
+def post(gateway: Gateway, **changes: object) -> dict[str, str]:
+    r = httpx.post(gateway.url + "/hooks/vtex", json=notification(**changes), headers=AUTH)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def stored_ids(data_dir: Path) -> list[str]:
+    """Read the embedded store's AOF back through a fresh redis-server of our own."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            redis_executable(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                entries = client.xrange(Keys(PREFIX).ingest_stream)
+                return [fields[b"id"].decode() for _, fields in entries]
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_embedded_store_survives_restart_and_leaves_no_redis_behind(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    gateway = embedded_gateway(tmp_path).start()
+    try:
+        first = post(gateway)
+        assert first["status"] == "accepted"
+        [child] = redis_children(gateway)
+        assert gateway.stop(sig) == 0
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+        gateway.start()
+        assert post(gateway) == {"status": "duplicate", "id": first["id"]}
+        second = post(gateway, State="invoiced")
+    finally:
+        gateway.stop()
+    assert stored_ids(tmp_path / "data") == [first["id"], second["id"]]
+
+
+def test_sigkilled_gateway_takes_its_redis_along_and_loses_nothing(tmp_path: Path) -> None:
+    gateway = embedded_gateway(tmp_path).start()
+    try:
+        ids = [post(gateway, OrderId=f"o-{i}")["id"] for i in range(20)]
+        [child] = redis_children(gateway)
+        gateway.stop(signal.SIGKILL)
+        child.wait(15)  # the parent-death signal stops the embedded redis-server too
+        gateway.start()  # takes the data directory's lock again
+        assert [post(gateway, OrderId=f"o-{i}")["status"] for i in range(20)] == ["duplicate"] * 20
+    finally:
+        gateway.stop()
+    assert stored_ids(tmp_path / "data") == ids
+
+
+class OwnRedis:
+    """A redis-server the test starts and stops, with appendonly in its own directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                redis_executable(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.mark.anyio
+async def test_redis_down_answers_503_then_recovers(own_redis: OwnRedis, tmp_path: Path) -> None:
+    settings = Settings(
+        sources=(Source("mystore", HEADER.lower(), Secret(TOKEN)),),
+        redis_url=own_redis.url,
+        key_prefix="outage",
+        redis_timeout_s=1.0,
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+
+            async def send(order: str) -> httpx.Response:
+                body = notification(OrderId=order)
+                return await client.post("/hooks/vtex", json=body, headers=AUTH)
+
+            before = await send("before")
+            assert before.status_code == 200
+            own_redis.kill()
+            down = await send("during")
+            assert down.status_code == 503
+            assert "unavailable" in down.json()["error"]
+            assert down.headers["retry-after"]
+            assert (await client.get("/readyz")).status_code == 503
+            assert (await client.get("/healthz")).status_code == 200
+            own_redis.start()
+            assert (await client.get("/readyz")).status_code == 200
+            again = await send("during")
+            assert again.json()["status"] == "accepted"
+            assert (await send("before")).json() == {
+                "status": "duplicate",
+                "id": before.json()["id"],
+            }
