@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import psutil
 import pytest
 import redis
@@ -199,3 +202,50 @@ async def test_redis_down_answers_503_then_recovers(own_redis: OwnRedis, tmp_pat
                 "status": "duplicate",
                 "id": before.json()["id"],
             }
+
+
+@pytest.mark.anyio
+async def test_a_redis_that_never_answers_gets_503_within_vtex_timeout() -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accept, never answer
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = Settings(
+        sources=(Source("mystore", HEADER.lower(), Secret(TOKEN)),),
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        redis_timeout_s=0.5,
+    )
+    app = create_app(settings)
+    async with server, app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            started = time.monotonic()
+            r = await client.post("/hooks/vtex", json=notification(), headers=AUTH)
+            elapsed = time.monotonic() - started
+        for writer in held:
+            writer.close()
+    assert r.status_code == 503
+    assert elapsed < 5.0  # VTEX counts anything slower as a failure
+
+
+def test_sigterm_finishes_a_request_in_flight(live: Gateway, rdb: redis.Redis, keys: Keys) -> None:
+    body = orjson.dumps(notification(OrderId="in-flight"))
+    head = (
+        f"POST /hooks/vtex HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"{HEADER}: {TOKEN}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+        sock.sendall(head + body[:10])
+        time.sleep(0.2)
+        assert live.proc is not None
+        live.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # the gateway is shutting down, the request still in flight
+        sock.sendall(body[10:])
+        answer = sock.makefile("rb").read().decode()
+    assert answer.startswith("HTTP/1.1 200"), answer
+    assert '"status":"accepted"' in answer
+    assert live.stop() == 0
+    assert rdb.xlen(keys.ingest_stream) == 1

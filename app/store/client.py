@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from app.errors import StoreUnavailable
 from app.store.keys import Keys
 
 DEFAULT_MAX_CONNECTIONS = 64
+_NOT_READY = ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
 
 T = TypeVar("T")
 
@@ -35,10 +37,13 @@ class Appended:
 
 
 class Store:
-    def __init__(self, client: aioredis.Redis, keys: Keys, dedupe_window_s: int) -> None:
+    def __init__(
+        self, client: aioredis.Redis, keys: Keys, dedupe_window_s: int, deadline_s: float
+    ) -> None:
         self.client = client
         self.keys = keys
         self.dedupe_window_s = dedupe_window_s
+        self.deadline_s = deadline_s
         self._ingest = client.register_script(load_script("ingest.lua"))
 
     async def append(self, events: Sequence[dict[str, Any]]) -> list[Appended]:
@@ -47,30 +52,32 @@ class Store:
         args: list[Any] = [self.dedupe_window_s]
         for event in events:
             args += [event["id"], orjson.dumps(event)]
-        rows = await _guard(lambda: self._ingest(keys=keys, args=args))
+        rows = await self._guard(lambda: self._ingest(keys=keys, args=args))
         return [Appended(created=bool(flag), entry_id=_text(entry)) for flag, entry in rows]
 
     async def ping(self) -> bool:
-        return bool(await _guard(self.client.ping))
+        return bool(await self._guard(self.client.ping))
 
     async def close(self) -> None:
         await self.client.aclose()
 
+    async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a Redis call within the deadline (retries included); a connection, timeout or
+        loading error becomes StoreUnavailable, so the hook answers 503 well within VTEX's 5 s.
+        """
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                return await call()
+        except ResponseError as exc:
+            if str(exc).startswith(_NOT_READY):
+                raise StoreUnavailable(f"redis is not ready: {exc}") from exc
+            raise
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"redis is unreachable: {type(exc).__name__}") from exc
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-async def _guard(call: Callable[[], Awaitable[T]]) -> T:
-    """Run a Redis call; a connection, timeout or loading error becomes StoreUnavailable."""
-    try:
-        return await call()
-    except ResponseError as exc:
-        if str(exc).startswith(("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")):
-            raise StoreUnavailable(f"redis is not ready: {exc}") from exc
-        raise
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailable(f"redis is unreachable: {type(exc).__name__}") from exc
 
 
 def make_client(url: str, timeout_s: float) -> aioredis.Redis:
@@ -89,7 +96,7 @@ def make_client(url: str, timeout_s: float) -> aioredis.Redis:
 
 @asynccontextmanager
 async def open_store(url: str, keys: Keys, timeout_s: float, window_s: int) -> AsyncIterator[Store]:
-    store = Store(make_client(url, timeout_s), keys, window_s)
+    store = Store(make_client(url, timeout_s), keys, window_s, deadline_s=timeout_s)
     try:
         yield store
     finally:
