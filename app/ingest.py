@@ -19,7 +19,7 @@ from app.config import Settings, Source
 from app.errors import PayloadTooLarge, Unauthorized, UnsupportedMedia
 from app.events import Notification, Ping, normalize, parse_body, utc_now_iso
 from app.http import json_response
-from app.store.client import Store
+from app.store.group_commit import GroupCommit
 
 log = logging.getLogger("orderhook.ingest")
 
@@ -67,7 +67,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 class HookEndpoint:
-    """The hook route; the store is the one the lifespan put on `app.state`."""
+    """The hook route; events go through the group commit the lifespan put on `app.state`."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -80,8 +80,8 @@ class HookEndpoint:
             return json_response({"status": "pong"})
         authorize(message, sources)
         event = normalize(message, utc_now_iso())
-        store: Store = request.app.state.store
-        [result] = await store.append([event])
+        commit: GroupCommit = request.app.state.commit
+        result = await commit.append(event)
         status = "accepted" if result.created else "duplicate"
-        log.info("ingest %s id=%s order=%r", status, event["id"], message.order_id)
+        log.debug("ingest %s id=%s order=%r", status, event["id"], message.order_id)
         return json_response({"status": status, "id": event["id"]})

@@ -17,6 +17,7 @@ from app.http import EXCEPTION_HANDLERS, json_response
 from app.ingest import HookEndpoint
 from app.store.client import Store, open_store
 from app.store.embedded import EmbeddedRedis
+from app.store.group_commit import GroupCommit
 from app.store.keys import Keys
 
 log = logging.getLogger("orderhook.server")
@@ -56,8 +57,13 @@ def create_app(settings: Settings) -> Starlette:
         if not settings.sources:
             log.warning("no [[sources]] configured: every hook request will be refused with 401")
         async with store_for(settings) as store:
-            app.state.store = store
-            yield
+            commit = GroupCommit(store)
+            commit.start()
+            app.state.store, app.state.commit = store, commit
+            try:
+                yield
+            finally:
+                await commit.close()
 
     routes = [
         Route("/hooks/vtex", HookEndpoint(settings).handle, methods=["POST"]),
