@@ -44,39 +44,64 @@ def post(gateway: Gateway, **changes: object) -> dict[str, str]:
     return dict(r.json())
 
 
-def stored_ids(data_dir: Path) -> list[str]:
-    """Read the embedded store's AOF back through a fresh redis-server of our own."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            redis_executable(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(data_dir),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(port=port)
+class OwnRedis:
+    """A redis-server the test starts and stops, with appendonly in its own directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                redis_executable(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                entries = client.xrange(Keys(PREFIX).ingest_stream)
-                return [fields[b"id"].decode() for _, fields in entries]
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        with redis.Redis(port=self.port) as client:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:  # BusyLoadingError too, while it reads its file
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def stored_ids(data_dir: Path) -> list[str]:
+    """Read the embedded store's append-only file back through a redis-server of our own."""
+    server = OwnRedis(data_dir)
+    server.start()
+    try:
+        with redis.Redis(port=server.port) as client:
+            entries = client.xrange(Keys(PREFIX).ingest_stream)
+        return [fields[b"id"].decode() for _, fields in entries]
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.kill()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -110,54 +135,6 @@ def test_sigkilled_gateway_takes_its_redis_along_and_loses_nothing(tmp_path: Pat
     finally:
         gateway.stop()
     assert stored_ids(tmp_path / "data") == ids
-
-
-class OwnRedis:
-    """A redis-server the test starts and stops, with appendonly in its own directory."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        self.data_dir = data_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.data_dir.mkdir(exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                redis_executable(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.data_dir),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
 
 
 @pytest.fixture
