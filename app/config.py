@@ -8,16 +8,29 @@ source names with `auth_token_env`). Every error names the file, the key and wha
 from __future__ import annotations
 
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from starlette.datastructures import Secret
 
 from app.errors import ConfigError
+from app.filters import (
+    EveryEvent,
+    Expression,
+    ExpressionError,
+    Filter,
+    FromOrders,
+    FromWorkflow,
+    compile_expression,
+)
+from app.retry import DEFAULT_RETRY_SCHEDULE_S
+from app.signing import secret_key
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 DEFAULT_DEDUPE_WINDOW_S = 7 * 24 * 3600
@@ -25,6 +38,10 @@ DEFAULT_KEY_PREFIX = "orderhook"
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_REDIS_TIMEOUT_S = 2.0
 ANY_ACCOUNT = "*"
+DEFAULT_DELIVERY_TIMEOUT_S = 10.0
+DEFAULT_MAX_IN_FLIGHT = 8
+DEFAULT_ROUTER_CLAIM_IDLE_S = 30.0
+_SUBSCRIPTION_ID = re.compile(r"\A[a-z0-9-]{1,64}\Z")
 
 AppendFsync = Literal["always", "everysec", "no"]
 
@@ -47,10 +64,42 @@ class _IngestFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dedupe_window_s: int = DEFAULT_DEDUPE_WINDOW_S
 
 
+class _FromWorkflowFile(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type", tag="FromWorkflow"
+):
+    status: list[str | None]
+
+
+class _FromOrdersFile(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type", tag="FromOrders"
+):
+    expression: str
+    disableSingleFire: bool = False  # noqa: N815  (VTEX's name; accepted so filters port over)
+
+
+class _SubscriptionFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: str
+    url: str
+    secret: str | list[str] | None = None
+    secret_env: str | None = None
+    filter: _FromWorkflowFile | _FromOrdersFile | None = None
+    transform: str | None = None
+    retry_schedule: list[float] | None = None
+    timeout: float = DEFAULT_DELIVERY_TIMEOUT_S
+    accounts: list[str] | None = None
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+
+
+class _DeliveryFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    router_claim_idle_s: float = DEFAULT_ROUTER_CLAIM_IDLE_S
+
+
 class _ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sources: list[_SourceFile] = msgspec.field(default_factory=list)
+    subscriptions: list[_SubscriptionFile] = msgspec.field(default_factory=list)
     store: _StoreFile = msgspec.field(default_factory=_StoreFile)
     ingest: _IngestFile = msgspec.field(default_factory=_IngestFile)
+    delivery: _DeliveryFile = msgspec.field(default_factory=_DeliveryFile)
 
 
 @dataclass(frozen=True)
@@ -66,8 +115,31 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Subscription:
+    """A downstream system: where its events go, which ones, and how they are retried."""
+
+    id: str
+    url: str
+    secrets: tuple[Secret, ...]
+    filter: Filter = EveryEvent()
+    transform: Expression | None = None
+    retry_schedule_s: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE_S
+    timeout_s: float = DEFAULT_DELIVERY_TIMEOUT_S
+    accounts: frozenset[str] | None = None
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+
+    def wants_account(self, account: str) -> bool:
+        return self.accounts is None or account in self.accounts
+
+    def signing_keys(self) -> list[bytes]:
+        return [secret_key(str(secret)) for secret in self.secrets]
+
+
+@dataclass(frozen=True)
 class Settings:
     sources: tuple[Source, ...] = ()
+    subscriptions: tuple[Subscription, ...] = ()
+    router_claim_idle_s: float = DEFAULT_ROUTER_CLAIM_IDLE_S
     redis_url: str | None = None
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     admin_token: Secret | None = None
@@ -88,6 +160,8 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
     _check_limits(parsed, where)
     return Settings(
         sources=tuple(_resolve_source(s, i, where, env) for i, s in enumerate(parsed.sources)),
+        subscriptions=_resolve_subscriptions(parsed.subscriptions, where, env),
+        router_claim_idle_s=parsed.delivery.router_claim_idle_s,
         redis_url=env.get("REDIS_URL") or None,
         data_dir=Path(env.get("ORDERHOOK_DATA_DIR") or DEFAULT_DATA_DIR),
         admin_token=_secret(env.get("ORDERHOOK_ADMIN_TOKEN")),
@@ -122,6 +196,7 @@ def _check_limits(parsed: _ConfigFile, where: str) -> None:
         (parsed.ingest.max_body_bytes >= 1024, "ingest.max_body_bytes", "an integer >= 1024"),
         (parsed.ingest.dedupe_window_s >= 1, "ingest.dedupe_window_s", "an integer >= 1"),
         (parsed.store.timeout_s > 0, "store.timeout_s", "a number > 0"),
+        (parsed.delivery.router_claim_idle_s > 0, "delivery.router_claim_idle_s", "a number > 0"),
         (_valid_prefix(parsed.store.key_prefix), "store.key_prefix", "[A-Za-z0-9:_-]{1,64}"),
     ]
     for ok, key, expected in checks:
@@ -155,3 +230,80 @@ def _resolve_source(src: _SourceFile, index: int, where: str, env: Mapping[str, 
     return Source(
         account=src.account, auth_header=src.auth_header.strip().lower(), auth_token=Secret(token)
     )
+
+
+def _resolve_subscriptions(
+    subs: list[_SubscriptionFile], where: str, env: Mapping[str, str]
+) -> tuple[Subscription, ...]:
+    resolved = tuple(
+        _resolve_subscription(s, f"subscriptions[{i}]", where, env) for i, s in enumerate(subs)
+    )
+    ids = [s.id for s in resolved]
+    for sub_id in ids:
+        if ids.count(sub_id) > 1:
+            raise ConfigError(f"config {where}: subscription id {sub_id!r} is used twice")
+    return resolved
+
+
+def _resolve_subscription(
+    sub: _SubscriptionFile, key: str, where: str, env: Mapping[str, str]
+) -> Subscription:
+    def fail(field_: str, expected: str) -> ConfigError:
+        return ConfigError(f"config {where}: `{key}.{field_}` {expected}")
+
+    if not _SUBSCRIPTION_ID.match(sub.id):
+        raise fail("id", "must match [a-z0-9-]+ (at most 64 characters)")
+    if urlsplit(sub.url).scheme not in ("http", "https") or not urlsplit(sub.url).hostname:
+        raise fail("url", "must be an http or https URL")
+    if sub.timeout <= 0 or sub.max_in_flight < 1:
+        raise fail("timeout" if sub.timeout <= 0 else "max_in_flight", "must be positive")
+    schedule = DEFAULT_RETRY_SCHEDULE_S if sub.retry_schedule is None else sub.retry_schedule
+    if any(delay < 0 for delay in schedule):
+        raise fail("retry_schedule", "must hold seconds >= 0")
+    return Subscription(
+        id=sub.id,
+        url=sub.url,
+        secrets=_subscription_secrets(sub, fail, env),
+        filter=_compile_filter(sub.filter, fail),
+        transform=_compile(sub.transform, "transform", fail) if sub.transform else None,
+        retry_schedule_s=tuple(float(d) for d in schedule),
+        timeout_s=sub.timeout,
+        accounts=frozenset(sub.accounts) if sub.accounts is not None else None,
+        max_in_flight=sub.max_in_flight,
+    )
+
+
+def _subscription_secrets(
+    sub: _SubscriptionFile, fail: Callable[[str, str], ConfigError], env: Mapping[str, str]
+) -> tuple[Secret, ...]:
+    if (sub.secret is None) == (sub.secret_env is None):
+        raise fail("secret", "is required: give exactly one of `secret` or `secret_env`")
+    if sub.secret_env is not None:
+        values = env.get(sub.secret_env, "").split()
+        if not values:
+            raise fail("secret_env", f"names {sub.secret_env}, which is not set or empty")
+    else:
+        values = [sub.secret] if isinstance(sub.secret, str) else list(sub.secret or [])
+    for value in values or [""]:
+        try:
+            secret_key(value)
+        except ValueError as exc:
+            raise fail("secret", f"is not a valid Standard Webhooks secret: {exc}") from None
+    return tuple(Secret(v) for v in values)
+
+
+def _compile_filter(
+    spec: _FromWorkflowFile | _FromOrdersFile | None, fail: Callable[[str, str], ConfigError]
+) -> Filter:
+    if spec is None:
+        return EveryEvent()
+    if isinstance(spec, _FromWorkflowFile):
+        return FromWorkflow(frozenset(spec.status))
+    return FromOrders(_compile(spec.expression, "filter.expression", fail))
+
+
+def _compile(source: str, field_: str, fail: Callable[[str, str], ConfigError]) -> Expression:
+    try:
+        return compile_expression(source)
+    except ExpressionError as exc:
+        raise fail(field_, f"is not valid JSONata: {exc}") from None

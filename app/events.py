@@ -5,6 +5,7 @@ Pure functions only: parsing, validation, the dedupe key and the event id. No I/
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -113,4 +114,44 @@ def normalize(n: Notification, received_at: str) -> dict[str, Any]:
         "currentChange": n.current_change,
         "receivedAt": received_at,
         "raw": n.raw,
+    }
+
+
+CLOUDEVENT_TYPE = "vtex.order.status-changed"
+
+
+def event_source(account: str) -> str:
+    """A URI naming the VTEX account: its API host."""
+    return f"https://{account}.vtexcommercestable.com.br"
+
+
+def default_data(event: dict[str, Any]) -> dict[str, Any]:
+    """The event's data when a subscription has no transform: the normalized event."""
+    return {key: value for key, value in event.items() if key != "id"}
+
+
+_RFC3339 = re.compile(
+    r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})\Z", re.IGNORECASE
+)
+
+
+def occurrence_time(event: dict[str, Any]) -> str:
+    """When the change happened (VTEX's RFC 3339 time), or when it was received."""
+    for candidate in (event["currentChange"], event["lastChange"]):
+        if isinstance(candidate, str) and _RFC3339.match(candidate):
+            return candidate
+    return str(event["receivedAt"])
+
+
+def cloudevent(event: dict[str, Any], data: Any) -> dict[str, Any]:
+    """A CloudEvents 1.0 event for structured mode."""
+    return {
+        "specversion": "1.0",
+        "id": event["id"],
+        "source": event_source(event["account"]),
+        "type": CLOUDEVENT_TYPE,
+        "subject": event["orderId"],
+        "time": occurrence_time(event),
+        "datacontenttype": "application/json",
+        "data": data,
     }

@@ -15,6 +15,7 @@ from app.config import Settings
 from app.errors import StoreUnavailable
 from app.http import EXCEPTION_HANDLERS, json_response
 from app.ingest import HookEndpoint
+from app.relay import Relay
 from app.store.client import Store, open_store
 from app.store.embedded import EmbeddedRedis
 from app.store.group_commit import GroupCommit
@@ -59,10 +60,14 @@ def create_app(settings: Settings) -> Starlette:
         async with store_for(settings) as store:
             commit = GroupCommit(store)
             commit.start()
-            app.state.store, app.state.commit = store, commit
+            relay = Relay(settings, store)
+            if settings.subscriptions:  # without any, events wait in the stream for the first
+                await relay.start()
+            app.state.store, app.state.commit, app.state.relay = store, commit, relay
             try:
                 yield
             finally:
+                await relay.stop()
                 await commit.close()
 
     routes = [

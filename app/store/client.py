@@ -6,13 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from app.errors import StoreUnavailable
@@ -52,16 +54,20 @@ class Store:
         args: list[Any] = [self.dedupe_window_s]
         for event in events:
             args += [event["id"], orjson.dumps(event)]
-        rows = await self._guard(lambda: self._ingest(keys=keys, args=args))
+        rows = await self.script(self._ingest, keys, args)
         return [Appended(created=bool(flag), entry_id=_text(entry)) for flag, entry in rows]
 
+    async def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a registered Lua script under the guard."""
+        return await self.guard(partial(script, keys=list(keys), args=cast(list[Any], args)))
+
     async def ping(self) -> bool:
-        return bool(await self._guard(self.client.ping))
+        return bool(await self.guard(self.client.ping))
 
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def guard(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run a Redis call within the deadline (retries included); a connection, timeout or
         loading error becomes StoreUnavailable, so the hook answers 503 well within VTEX's 5 s.
         """

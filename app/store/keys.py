@@ -21,6 +21,33 @@ class Keys:
         """Marks an event id as seen for the dedupe window; its value is the stream entry id."""
         return f"{self.tag}:seen:{event_id}"
 
+    ROUTER_GROUP = "router"
+
+    @property
+    def stats(self) -> str:
+        """Counters, kept in Redis so they are true across restarts and processes."""
+        return f"{self.tag}:stats"
+
+    def delivery(self, delivery_id: str) -> str:
+        """A hash: one event on its way to one subscription (Lua scripts build it the same way)."""
+        return f"{self.tag}:d:{delivery_id}"
+
+    def ready(self, sub: str) -> str:
+        """A sorted set of the subscription's deliveries waiting, scored by due time (ms)."""
+        return f"{self.tag}:s:{sub}:ready"
+
+    def inflight(self, sub: str) -> str:
+        """A sorted set of deliveries being attempted, scored by lease expiry (ms)."""
+        return f"{self.tag}:s:{sub}:inflight"
+
+    def dlq(self, sub: str) -> str:
+        """A sorted set of dead-lettered deliveries, scored by when they died (ms)."""
+        return f"{self.tag}:s:{sub}:dlq"
+
+    def state(self, sub: str) -> str:
+        """A hash: `state` (enabled or disabled), `reason`, `changedMs`."""
+        return f"{self.tag}:s:{sub}:state"
+
     @property
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this prefix."""

@@ -1,0 +1,206 @@
+"""Delivery: each subscription's own worker claims due deliveries and POSTs them, signed.
+
+A worker keeps at most `max_in_flight` attempts going, so a dead or hung subscriber only ever
+holds its own slots. Every attempt's outcome is recorded in Redis, shielded from cancellation;
+an attempt cut short by a crash is found by its expired lease and tried again (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from app.config import Subscription
+from app.errors import StoreUnavailable
+from app.events import cloudevent, default_data
+from app.filters import EvaluationError, order_document
+from app.retry import Dead, Delivered, Gone, Outcome, Retry, decide, parse_retry_after
+from app.signing import signature_headers
+from app.store.deliveries import Claimed, DeliveryStore, now_ms
+
+log = logging.getLogger("orderhook.delivery")
+
+IDLE_POLL_S = 0.25  # how soon work routed by another process, or a retry, is noticed
+LEASE_MARGIN_S = 5.0  # a lease outlives the attempt's timeout by this much
+MAX_RESPONSE_READ = 64 * 1024
+USER_AGENT = "orderhook/0.1"
+
+
+def build_body(sub: Subscription, event: dict[str, Any]) -> bytes:
+    """The CloudEvent the subscriber receives; its data is the transform's result, if any."""
+    if sub.transform is None:
+        data = default_data(event)
+    else:
+        data = sub.transform.evaluate(order_document(event))
+    return orjson.dumps(cloudevent(event, data))
+
+
+class SubscriptionWorker:
+    def __init__(
+        self, sub: Subscription, deliveries: DeliveryStore, session: aiohttp.ClientSession
+    ) -> None:
+        self.sub = sub
+        self.deliveries = deliveries
+        self.session = session
+        self.keys = sub.signing_keys()
+        self.lease_s = sub.timeout_s + LEASE_MARGIN_S
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                wait_s = await self._claim_and_start()
+            except Exception:  # a bug must not stop this subscription for good
+                log.exception("subscription %s: worker error", self.sub.id)
+                wait_s = 1.0
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _claim_and_start(self) -> float:
+        """Start what is due; return how long to wait before looking again."""
+        free = self.sub.max_in_flight - len(self.tasks)
+        if free <= 0:
+            return IDLE_POLL_S  # a finishing attempt wakes us
+        try:
+            claimed, next_due = await self.deliveries.claim(self.sub.id, free, self.lease_s)
+        except StoreUnavailable as exc:
+            log.warning("subscription %s: cannot claim: %s", self.sub.id, exc)
+            return 1.0
+        for item in claimed:
+            task = asyncio.create_task(self._attempt(item))
+            self.tasks.add(task)
+            task.add_done_callback(self._finished)
+        if len(claimed) == free:
+            return IDLE_POLL_S
+        if next_due < 0:
+            return IDLE_POLL_S
+        return min(IDLE_POLL_S, max(0.0, (next_due - now_ms()) / 1000))
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self._wake.set()
+
+    async def _attempt(self, item: Claimed) -> None:
+        event = orjson.loads(item.event_json)
+        try:
+            body = build_body(self.sub, event)
+        except EvaluationError as exc:
+            await self._settle(item, Dead(), None, f"transform failed: {exc}")
+            return
+        status, error, retry_after = await self._post(event["id"], body)
+        outcome = decide(status, item.attempts + 1, self.sub.retry_schedule_s, retry_after)
+        await self._settle(item, outcome, status, error)
+
+    async def _post(self, msg_id: str, body: bytes) -> tuple[int | None, str, float | None]:
+        """One POST: (status or None, error text, Retry-After seconds)."""
+        headers = {
+            "Content-Type": "application/cloudevents+json",
+            "User-Agent": USER_AGENT,
+            **signature_headers(self.keys, msg_id, int(time.time()), body),
+        }
+        timeout = aiohttp.ClientTimeout(total=self.sub.timeout_s)
+        try:
+            async with self.session.post(
+                self.sub.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                await response.content.read(MAX_RESPONSE_READ)
+                error = "" if 200 <= response.status < 300 else f"HTTP {response.status}"
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                return response.status, error, retry_after
+        except TimeoutError:
+            return None, f"timeout after {self.sub.timeout_s:g} s", None
+        except aiohttp.ClientError as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:500], None
+
+    async def _settle(
+        self, item: Claimed, outcome: Outcome, status: int | None, error: str
+    ) -> None:
+        name, due_ms = _outcome_name(outcome)
+        try:
+            await asyncio.shield(
+                self.deliveries.settle(
+                    self.sub.id, item.delivery_id, name, due_ms=due_ms, status=status, error=error
+                )
+            )
+        except StoreUnavailable as exc:  # the lease expires and the delivery is tried again
+            log.warning("subscription %s: cannot record an outcome: %s", self.sub.id, exc)
+            return
+        if isinstance(outcome, Gone):
+            log.warning("subscription %s answered 410: disabled until replayed", self.sub.id)
+
+    async def stop(self, grace_s: float) -> None:
+        """Claim nothing more; let attempts in flight finish for up to `grace_s`."""
+        self._stopping = True
+        self._wake.set()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=grace_s)
+        for task in self.tasks:
+            task.cancel()  # their leases expire and they are tried again
+
+
+def _outcome_name(outcome: Outcome) -> tuple[str, int]:
+    if isinstance(outcome, Delivered):
+        return "delivered", 0
+    if isinstance(outcome, Retry):
+        return "retry", now_ms() + int(outcome.delay_s * 1000)
+    if isinstance(outcome, Gone):
+        return "gone", 0
+    return "dead", 0
+
+
+class Deliverer:
+    """Every subscription's worker, and the sweep that returns expired leases to the queue."""
+
+    RECLAIM_EVERY_S = 1.0
+
+    def __init__(
+        self,
+        subscriptions: Iterable[Subscription],
+        deliveries: DeliveryStore,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.deliveries = deliveries
+        self.workers = {s.id: SubscriptionWorker(s, deliveries, session) for s in subscriptions}
+        self._stopping = asyncio.Event()
+
+    def wake(self, subscription_ids: Iterable[str]) -> None:
+        for sub_id in subscription_ids:
+            if sub_id in self.workers:
+                self.workers[sub_id].wake()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for worker in self.workers.values():
+                group.create_task(worker.run())
+            group.create_task(self._reclaim_expired_leases())
+
+    async def _reclaim_expired_leases(self) -> None:
+        while not self._stopping.is_set():
+            for sub_id, worker in self.workers.items():
+                try:
+                    if await self.deliveries.reclaim_expired(sub_id):
+                        worker.wake()
+                except StoreUnavailable as exc:
+                    log.warning("lease sweep: %s", exc)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.RECLAIM_EVERY_S)
+            except TimeoutError:
+                pass
+
+    async def stop(self, grace_s: float) -> None:
+        self._stopping.set()
+        await asyncio.gather(*(w.stop(grace_s) for w in self.workers.values()))

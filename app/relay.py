@@ -1,0 +1,57 @@
+"""The relay: router and deliverer together, with the one aiohttp session they share.
+
+`orderhook serve` runs it beside the HTTP API; `orderhook worker` runs it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+
+from app.config import Settings
+from app.delivery import Deliverer
+from app.router import Router
+from app.store.client import Store
+from app.store.deliveries import DeliveryStore
+
+log = logging.getLogger("orderhook.relay")
+
+DRAIN_GRACE_S = 10.0
+
+
+class Relay:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.deliveries = DeliveryStore(store)
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        slots = sum(s.max_in_flight for s in self.settings.subscriptions) or 1
+        connector = aiohttp.TCPConnector(limit=slots, limit_per_host=0, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        self.deliverer = Deliverer(self.settings.subscriptions, self.deliveries, self._session)
+        self.router = Router(self.settings, self.deliveries, self.deliverer.wake)
+        self._tasks = [
+            asyncio.create_task(self.router.run(self._stopping), name="orderhook-router"),
+            asyncio.create_task(self.deliverer.run(), name="orderhook-deliverer"),
+        ]
+
+    async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
+        """Route nothing more, let attempts in flight finish, close the session."""
+        self._stopping.set()
+        if self._tasks:
+            await self.deliverer.stop(grace_s)
+            done, pending = await asyncio.wait(self._tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("relay task failed", exc_info=task.exception())
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                await self._session.close()

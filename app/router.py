@@ -1,0 +1,126 @@
+"""The router: reads the ingest stream through a consumer group, applies every subscription's
+filter, and creates the matching deliveries while acknowledging the entry, in one atomic step.
+
+Several gateway processes share the stream through the group; entries a dead process read but
+never routed are taken over after `router_claim_idle_s` (XAUTOCLAIM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from app.config import Settings, Subscription
+from app.errors import StoreUnavailable
+from app.filters import EvaluationError, order_document
+from app.store.deliveries import DeliveryStore, Routed
+
+log = logging.getLogger("orderhook.router")
+
+READ_COUNT = 200
+READ_BLOCK_MS = 1000
+RETRY_AFTER_STORE_ERROR_S = 1.0
+DELIVERY_ID_NAMESPACE = uuid.UUID("0c9a4a1e-51f4-5f7e-8a55-3b1f7c0d2e6a")
+
+
+def delivery_id(event_id: str, subscription_id: str) -> str:
+    """Stable per (event, subscription): routing the same entry twice makes no second one."""
+    return str(uuid.uuid5(DELIVERY_ID_NAMESPACE, f"{event_id}/{subscription_id}"))
+
+
+def matching(
+    subscriptions: Sequence[Subscription],
+    event: dict[str, Any],
+    on_error: Callable[[Subscription, EvaluationError], None],
+) -> list[Subscription]:
+    """The subscriptions that want this event; a filter failing at run time is a non-match."""
+    document = order_document(event)
+    matched = []
+    for sub in subscriptions:
+        if not sub.wants_account(event["account"]):
+            continue
+        try:
+            if sub.filter.matches(event, document):
+                matched.append(sub)
+        except EvaluationError as exc:
+            on_error(sub, exc)
+    return matched
+
+
+class Router:
+    def __init__(
+        self,
+        settings: Settings,
+        deliveries: DeliveryStore,
+        on_routed: Callable[[Iterable[str]], None],
+    ) -> None:
+        self.subscriptions = settings.subscriptions
+        self.claim_idle_ms = int(settings.router_claim_idle_s * 1000)
+        self.deliveries = deliveries
+        self.on_routed = on_routed
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._filter_errors: Counter[str] = Counter()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await self._until_ready(stopping)
+        next_reclaim = 0.0
+        while not stopping.is_set():
+            try:
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + self.claim_idle_ms / 2000
+                    await self.route(
+                        await self.deliveries.reclaim_entries(
+                            self.consumer, self.claim_idle_ms, READ_COUNT
+                        )
+                    )
+                await self.route(
+                    await self.deliveries.read_new(self.consumer, READ_COUNT, READ_BLOCK_MS)
+                )
+            except StoreUnavailable as exc:
+                log.warning("router: %s", exc)
+                await _sleep_unless(stopping, RETRY_AFTER_STORE_ERROR_S)
+
+    async def _until_ready(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self.deliveries.ensure_group()
+                return
+            except StoreUnavailable as exc:
+                log.warning("router waiting for redis: %s", exc)
+                await _sleep_unless(stopping, RETRY_AFTER_STORE_ERROR_S)
+
+    async def route(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        if not entries:
+            return
+        routed = [self.plan(entry_id, raw) for entry_id, raw in entries]
+        await self.deliveries.route(routed)
+        self.on_routed({sub for r in routed for _, sub in r.deliveries})
+        if self._filter_errors:
+            errors, self._filter_errors = self._filter_errors, Counter()
+            await self.deliveries.count({f"{sub}:filter_errors": n for sub, n in errors.items()})
+
+    def plan(self, entry_id: str, raw: bytes) -> Routed:
+        event = orjson.loads(raw)
+        subs = matching(self.subscriptions, event, self._filter_failed)
+        pairs = [(delivery_id(event["id"], sub.id), sub.id) for sub in subs]
+        return Routed(entry_id, event, raw, pairs)
+
+    def _filter_failed(self, sub: Subscription, exc: EvaluationError) -> None:
+        log.warning("filter of subscription %s failed, counted as no match: %s", sub.id, exc)
+        self._filter_errors[sub.id] += 1
+
+
+async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stopping.wait(), seconds)
+    except TimeoutError:
+        pass

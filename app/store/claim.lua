@@ -1,0 +1,24 @@
+-- Claim due deliveries of one subscription: move them from ready to in flight under a lease.
+--
+-- KEYS[1]  the subscription's ready set (score: due time, ms)
+-- KEYS[2]  its in-flight set (score: lease expiry, ms)
+-- KEYS[3]  its state hash (state = "disabled" claims nothing)
+-- ARGV[1]  now, ms;  ARGV[2] lease expiry, ms;  ARGV[3] at most this many;  ARGV[4] the key tag
+--
+-- Returns {items, next due}: items are {delivery id, event JSON, attempts so far}; next due is
+-- the earliest due time still waiting (ms), or -1 when nothing waits (or disabled).
+if redis.call('HGET', KEYS[3], 'state') == 'disabled' then
+    return {{}, -1}
+end
+local items = {}
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+    redis.call('ZREM', KEYS[1], id)
+    local d = redis.call('HMGET', ARGV[4] .. ':d:' .. id, 'event', 'attempts')
+    if d[1] then
+        redis.call('ZADD', KEYS[2], ARGV[2], id)
+        items[#items + 1] = {id, d[1], d[2]}
+    end
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {items, first[2] or -1}

@@ -1,0 +1,244 @@
+"""Deliveries in Redis: routing ingest entries, claiming, settling, dead letters and replay.
+
+Each delivery is one event on its way to one subscription. It lives in a hash and is, at any
+time, in exactly one of its subscription's sets: ready (by due time), in flight (by lease
+expiry) or dead letters. Every move between them is one Lua script.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import orjson
+from redis.exceptions import ResponseError
+
+from app.store.client import Store, load_script
+from app.store.keys import Keys
+
+REPLAY_CHUNK = 500
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    delivery_id: str
+    event_json: bytes
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Routed:
+    """One ingest entry and the deliveries it makes: (delivery id, subscription id) pairs."""
+
+    entry_id: str
+    event: dict[str, Any]
+    event_json: bytes
+    deliveries: Sequence[tuple[str, str]]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class DeliveryStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.client = store.client
+        self.keys: Keys = store.keys
+        register = self.client.register_script
+        self._route = register(load_script("route.lua"))
+        self._claim = register(load_script("claim.lua"))
+        self._settle = register(load_script("settle.lua"))
+        self._reclaim = register(load_script("reclaim.lua"))
+        self._replay = register(load_script("replay.lua"))
+        self._dlq_delete = register(load_script("dlq_delete.lua"))
+
+    # -- the router's side -------------------------------------------------------------------
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.store.guard(
+                lambda: self.client.xgroup_create(
+                    self.keys.ingest_stream, Keys.ROUTER_GROUP, id="0", mkstream=True
+                )
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read_new(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, bytes]]:
+        reply: Any = await self.store.guard(
+            lambda: self.client.xreadgroup(
+                Keys.ROUTER_GROUP, consumer, {self.keys.ingest_stream: ">"}, count, block_ms
+            )
+        )
+        entries: list[Any] = [e for _, stream_entries in reply or [] for e in stream_entries]
+        return [(_text(i), f[b"event"]) for i, f in entries]
+
+    async def reclaim_entries(
+        self, consumer: str, idle_ms: int, count: int
+    ) -> list[tuple[str, bytes]]:
+        """Take over entries another router read but did not route within `idle_ms`."""
+        reply = await self.store.guard(
+            lambda: self.client.xautoclaim(
+                self.keys.ingest_stream, Keys.ROUTER_GROUP, consumer, idle_ms, "0-0", count
+            )
+        )
+        return [(_text(i), f[b"event"]) for i, f in reply[1] if f]
+
+    async def route(self, routed: Sequence[Routed]) -> int:
+        payload = [
+            [
+                r.entry_id,
+                [
+                    [d, sub, r.event["id"], r.event["orderId"], r.event_json.decode()]
+                    for d, sub in r.deliveries
+                ],
+            ]
+            for r in routed
+        ]
+        args = [Keys.ROUTER_GROUP, now_ms(), self.keys.tag, orjson.dumps(payload)]
+        keys = [self.keys.ingest_stream]
+        return int(await self.store.script(self._route, keys, args))
+
+    async def count(self, increments: dict[str, int]) -> None:
+        """Add to the counters in the stats hash."""
+
+        async def add() -> None:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for name, n in increments.items():
+                    pipe.hincrby(self.keys.stats, name, n)
+                await pipe.execute()
+
+        await self.store.guard(add)
+
+    async def stats(self) -> dict[str, int]:
+        raw = await self.store.guard(partial(self.client.hgetall, self.keys.stats))
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    # -- the deliverer's side ----------------------------------------------------------------
+
+    async def claim(self, sub: str, limit: int, lease_s: float) -> tuple[list[Claimed], int]:
+        """Up to `limit` due deliveries, and the next due time (ms, -1 for none)."""
+        now = now_ms()
+        keys = [self.keys.ready(sub), self.keys.inflight(sub), self.keys.state(sub)]
+        args = [now, now + int(lease_s * 1000), limit, self.keys.tag]
+        items, next_due = await self.store.script(self._claim, keys, args)
+        claimed = [Claimed(_text(i), e, int(a)) for i, e, a in items]
+        return claimed, int(float(next_due))
+
+    async def settle(
+        self,
+        sub: str,
+        delivery_id: str,
+        outcome: str,
+        *,
+        due_ms: int = 0,
+        status: int | None = None,
+        error: str = "",
+    ) -> bool:
+        keys = [
+            self.keys.inflight(sub),
+            self.keys.ready(sub),
+            self.keys.dlq(sub),
+            self.keys.state(sub),
+            self.keys.delivery(delivery_id),
+            self.keys.stats,
+        ]
+        args = [
+            outcome,
+            delivery_id,
+            now_ms(),
+            due_ms,
+            "" if status is None else status,
+            error,
+            sub,
+        ]
+        return bool(await self.store.script(self._settle, keys, args))
+
+    async def reclaim_expired(self, sub: str) -> int:
+        keys = [self.keys.inflight(sub), self.keys.ready(sub)]
+        return int(await self.store.script(self._reclaim, keys, [now_ms()]))
+
+    # -- admin -------------------------------------------------------------------------------
+
+    async def replay(self, delivery_ids: Sequence[str]) -> int:
+        total = 0
+        for start in range(0, len(delivery_ids), REPLAY_CHUNK):
+            chunk = list(delivery_ids[start : start + REPLAY_CHUNK])
+            args: list[Any] = [self.keys.tag, now_ms(), *chunk]
+            total += int(await self.store.script(self._replay, [], args))
+        return total
+
+    async def replay_subscription(self, sub: str) -> int:
+        ids = await self.store.guard(lambda: self.client.zrange(self.keys.dlq(sub), 0, -1))
+        await self.set_state(sub, "enabled")
+        return await self.replay([_text(i) for i in ids])  # type: ignore[arg-type]
+
+    async def set_state(self, sub: str, state: str, reason: str = "") -> None:
+        mapping: Any = {"state": state, "reason": reason, "changedMs": now_ms()}
+        await self.store.guard(partial(self.client.hset, self.keys.state(sub), mapping=mapping))
+
+    async def delete_dead(self, delivery_id: str) -> bool:
+        args = [self.keys.tag, delivery_id]
+        return bool(await self.store.script(self._dlq_delete, [], args))
+
+    async def dead_letters(
+        self, sub: str, offset: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """A page of the dead-letter queue, newest first, and its total size."""
+        key = self.keys.dlq(sub)
+
+        async def read() -> tuple[list[Any], int]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zrevrange(key, offset, offset + limit - 1)
+                pipe.zcard(key)
+                ids, total = await pipe.execute()
+            async with self.client.pipeline(transaction=False) as pipe:
+                for delivery_id in ids:
+                    pipe.hgetall(self.keys.delivery(_text(delivery_id)))
+                return await pipe.execute(), int(total)
+
+        rows, total = await self.store.guard(read)
+        return [_delivery_view(row) for row in rows if row], total
+
+    async def subscription_counts(self, sub: str) -> dict[str, Any]:
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zcard(self.keys.ready(sub))
+                pipe.zcard(self.keys.inflight(sub))
+                pipe.zcard(self.keys.dlq(sub))
+                pipe.hgetall(self.keys.state(sub))
+                return list(await pipe.execute())
+
+        queued, in_flight, dead, state = await self.store.guard(read)
+        state = {_text(k): _text(v) for k, v in state.items()}
+        return {
+            "state": state.get("state", "enabled"),
+            "reason": state.get("reason") or None,
+            "queued": int(queued),
+            "inFlight": int(in_flight),
+            "deadLetters": int(dead),
+        }
+
+
+def _delivery_view(row: dict[bytes, bytes]) -> dict[str, Any]:
+    fields = {_text(k): _text(v) for k, v in row.items()}
+    status = fields.get("lastStatus")
+    return {
+        "id": fields["id"],
+        "eventId": fields["eventId"],
+        "orderId": fields.get("orderId"),
+        "subscription": fields["sub"],
+        "attempts": int(fields.get("attempts", 0)),
+        "lastStatus": int(status) if status else None,
+        "lastError": fields.get("lastError") or None,
+        "deadAt": int(fields["deadMs"]) / 1000 if fields.get("deadMs") else None,
+    }

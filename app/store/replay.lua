@@ -1,0 +1,19 @@
+-- Requeue dead-lettered deliveries with a fresh schedule, and enable their subscriptions.
+--
+-- ARGV[1] the key tag;  ARGV[2] now, ms;  ARGV[3..] delivery ids
+-- Keys are built from the tag (one hash slot). Ids not in their dead-letter queue are skipped.
+-- Returns the number requeued.
+local tag, now = ARGV[1], ARGV[2]
+local count = 0
+for i = 3, #ARGV do
+    local key = tag .. ':d:' .. ARGV[i]
+    local sub = redis.call('HGET', key, 'sub')
+    if sub and redis.call('ZREM', tag .. ':s:' .. sub .. ':dlq', ARGV[i]) == 1 then
+        redis.call('HSET', key, 'attempts', 0)
+        redis.call('HDEL', key, 'deadMs')
+        redis.call('ZADD', tag .. ':s:' .. sub .. ':ready', now, ARGV[i])
+        redis.call('HSET', tag .. ':s:' .. sub .. ':state', 'state', 'enabled', 'changedMs', now)
+        count = count + 1
+    end
+end
+return count

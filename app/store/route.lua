@@ -1,0 +1,28 @@
+-- Route a batch of ingest entries: create each entry's deliveries and acknowledge it, atomically.
+--
+-- KEYS[1]  the ingest stream
+-- ARGV[1]  the router's consumer group
+-- ARGV[2]  now, in milliseconds
+-- ARGV[3]  the key tag, e.g. "{orderhook}": every key of this prefix starts with it
+-- ARGV[4]  JSON: [[entry id, [[delivery id, subscription, event id, order id, event JSON], ...]], ...]
+--
+-- An entry already acknowledged (by another router that reclaimed it) creates nothing.
+-- Delivery keys are built from the tag: they share its hash slot with KEYS[1].
+-- Returns the number of deliveries created.
+local group, now, tag = ARGV[1], ARGV[2], ARGV[3]
+local created = 0
+for _, entry in ipairs(cjson.decode(ARGV[4])) do
+    if redis.call('XACK', KEYS[1], group, entry[1]) == 1 then
+        for _, d in ipairs(entry[2]) do
+            local key = tag .. ':d:' .. d[1]
+            if redis.call('EXISTS', key) == 0 then
+                redis.call('HSET', key, 'id', d[1], 'sub', d[2], 'eventId', d[3], 'orderId', d[4],
+                    'event', d[5], 'attempts', 0, 'createdMs', now)
+                redis.call('ZADD', tag .. ':s:' .. d[2] .. ':ready', now, d[1])
+                created = created + 1
+            end
+        end
+        redis.call('XDEL', KEYS[1], entry[1])
+    end
+end
+return created
