@@ -39,6 +39,14 @@ class Unauthorized(RequestError):
     status = 401
 
 
+class Forbidden(RequestError):
+    status = 403
+
+
+class NotFound(RequestError):
+    status = 404
+
+
 class BadRequest(RequestError):
     status = 400
 

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.admin import Admin
 from app.config import Settings
 from app.errors import StoreUnavailable
 from app.http import EXCEPTION_HANDLERS, json_response
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/hooks/vtex", HookEndpoint(settings).handle, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *Admin(settings).routes(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.settings = settings

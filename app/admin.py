@@ -1,0 +1,124 @@
+"""The admin API: subscriptions and their dead-letter queues, behind a bearer token."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.config import Settings
+from app.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from app.http import json_response
+from app.store.deliveries import DeliveryStore
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
+
+def check_bearer(request: Request, settings: Settings) -> None:
+    token = settings.admin_token
+    if token is None:
+        raise Forbidden("the admin API is disabled: set ORDERHOOK_ADMIN_TOKEN to enable it")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), str(token).encode()
+    ):
+        raise Unauthorized("missing or invalid bearer token")
+
+
+class Admin:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ids = [s.id for s in settings.subscriptions]
+
+    def _deliveries(self, request: Request) -> DeliveryStore:
+        check_bearer(request, self.settings)
+        deliveries: DeliveryStore = request.app.state.relay.deliveries
+        return deliveries
+
+    def _known(self, sub_id: Any) -> str:
+        if sub_id not in self.ids:
+            raise NotFound(f"no subscription {sub_id!r}")
+        return str(sub_id)
+
+    async def subscriptions(self, request: Request) -> Response:
+        deliveries = self._deliveries(request)
+        rows = []
+        for sub in self.settings.subscriptions:
+            counts = await deliveries.subscription_counts(sub.id)
+            rows.append({"id": sub.id, "url": sub.url, **counts})
+        return json_response({"subscriptions": rows})
+
+    async def dlq(self, request: Request) -> Response:
+        deliveries = self._deliveries(request)
+        offset = _int_param(request, "offset", 0, 0, 10**9)
+        limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        wanted = request.query_params.get("subscription")
+        subs = [self._known(wanted)] if wanted is not None else self.ids
+        items: list[dict[str, Any]] = []
+        total = 0
+        for sub in subs:
+            page, size = await deliveries.dead_letters(sub, 0, offset + limit)
+            items += page
+            total += size
+        items.sort(key=lambda item: item["deadAt"] or 0, reverse=True)
+        more = offset + limit < total
+        return json_response(
+            {
+                "items": items[offset : offset + limit],
+                "total": total,
+                "next": offset + limit if more else None,
+            }
+        )
+
+    async def replay(self, request: Request) -> Response:
+        deliveries = self._deliveries(request)
+        body = await _json_object(request)
+        if "subscription" in body and "ids" not in body:
+            replayed = await deliveries.replay_subscription(self._known(body["subscription"]))
+        elif "ids" in body and "subscription" not in body:
+            ids = body["ids"]
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise BadRequest("`ids` must be a list of dead-letter entry ids")
+            replayed = await deliveries.replay(ids)
+        else:
+            raise BadRequest('give either {"subscription": ID} or {"ids": [...]}')
+        return json_response({"replayed": replayed})
+
+    async def delete(self, request: Request) -> Response:
+        deliveries = self._deliveries(request)
+        entry_id = request.path_params["id"]
+        if not await deliveries.delete_dead(entry_id):
+            raise NotFound(f"no dead-letter entry {entry_id!r}")
+        return json_response({"deleted": entry_id})
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/admin/subscriptions", self.subscriptions, methods=["GET"]),
+            Route("/admin/dlq", self.dlq, methods=["GET"]),
+            Route("/admin/dlq/replay", self.replay, methods=["POST"]),
+            Route("/admin/dlq/{id}", self.delete, methods=["DELETE"]),
+        ]
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadRequest(f"`{name}` must be an integer from {low} to {high}")
+    return int(raw)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body

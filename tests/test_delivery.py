@@ -1,0 +1,266 @@
+"""Fan-out end to end: hook POST → Redis → router → signed CloudEvent at a real subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+from cloudevents.core.bindings.http import HTTPMessage, from_http_event
+from standardwebhooks.webhooks import Webhook
+
+from app.config import load_settings
+from app.server import create_app
+from app.store.keys import Keys
+from tests.conftest import AUTH, CONFIG_TOML, notification
+from tests.subscribers import Reply, Sink
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+OLD_SECRET = "whsec_dGhpcy1pcy1hbi1vbGQtc2VjcmV0LW9mLTMyLWJ5dA=="
+ADMIN = {"Authorization": "Bearer admin-token"}
+
+Gateway = Callable[[str], AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with Sink() as server:
+        yield server
+
+
+@pytest.fixture
+def gateway(redis_url: str, keys: Keys, tmp_path: Path) -> Gateway:
+    """An in-process gateway whose config is the test sources plus the given subscriptions."""
+
+    @asynccontextmanager
+    async def start(subscriptions_toml: str) -> AsyncIterator[httpx.AsyncClient]:
+        path = tmp_path / "orderhook.toml"
+        path.write_text(CONFIG_TOML.replace("{prefix}", keys.prefix) + subscriptions_toml)
+        env = {"REDIS_URL": redis_url, "ORDERHOOK_ADMIN_TOKEN": "admin-token"}
+        app = create_app(load_settings(path, env))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                yield client
+
+    return start
+
+
+def subscription(sink: Sink, sub_id: str, **options: Any) -> str:
+    lines = [
+        "[[subscriptions]]",
+        f'id = "{sub_id}"',
+        f'url = "{sink.url("/" + sub_id)}"',
+        f"secret = {orjson.dumps(options.pop('secret', SECRET)).decode()}",
+        "retry_schedule = [0.05, 0.05]",
+        "timeout = 2",
+    ]
+    lines += [f"{key} = {value}" for key, value in options.items()]
+    return "\n" + "\n".join(lines) + "\n"
+
+
+async def hook(client: httpx.AsyncClient, **changes: Any) -> str:
+    r = await client.post("/hooks/vtex", json=notification(**changes), headers=AUTH)
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
+
+
+def body(received: Any) -> dict[str, Any]:
+    return dict(orjson.loads(received.body))
+
+
+async def test_delivers_a_signed_structured_cloudevent(gateway: Gateway, sink: Sink) -> None:
+    async with gateway(subscription(sink, "erp")) as client:
+        event_id = await hook(client)
+        [got] = await sink.wait_for("/erp", 1)
+    assert got.headers["Content-Type"] == "application/cloudevents+json"
+    Webhook(SECRET).verify(got.body, got.headers)  # the third-party verifier accepts it
+    event = from_http_event(HTTPMessage(headers=got.headers, body=got.body))
+    assert event.get_id() == event_id == got.headers["webhook-id"]
+    assert event.get_source() == "https://mystore.vtexcommercestable.com.br"
+    assert event.get_type() == "vtex.order.status-changed"
+    assert event.get_subject() == "v52277740atmc-01"
+    assert event.get_time().isoformat().startswith("2019-08-14T17:12:48.096589")
+    data = event.get_data()
+    assert data["state"] == "ready-for-handling"
+    assert data["raw"] == notification()
+
+
+async def test_rotating_secrets_sign_with_each_newest_first(gateway: Gateway, sink: Sink) -> None:
+    async with gateway(subscription(sink, "erp", secret=[SECRET, OLD_SECRET])) as client:
+        await hook(client)
+        [got] = await sink.wait_for("/erp", 1)
+    signatures = got.headers["webhook-signature"].split(" ")
+    assert len(signatures) == 2
+    for secret, signature in zip([SECRET, OLD_SECRET], signatures, strict=True):
+        Webhook(secret).verify(got.body, {**got.headers, "webhook-signature": signature})
+
+
+async def test_from_workflow_filter_passes_only_listed_states(gateway: Gateway, sink: Sink) -> None:
+    flt = '{ type = "FromWorkflow", status = ["invoiced", "canceled"] }'
+    subs = subscription(sink, "wms", filter=flt) + subscription(sink, "all")
+    async with gateway(subs) as client:
+        for state in ["ready-for-handling", "invoiced", "handling", "canceled"]:
+            await hook(client, State=state)
+        await sink.wait_for("/all", 4)
+        await asyncio.sleep(0.3)
+    states = [body(r)["data"]["state"] for r in sink.at("/wms")]
+    assert sorted(states) == ["canceled", "invoiced"]
+
+
+async def test_from_orders_filter_and_transform(
+    gateway: Gateway, sink: Sink, rdb: redis.Redis, keys: Keys
+) -> None:
+    flt = """{ type = "FromOrders", expression = 'status = "invoiced" and hostname = "mystore"' }"""
+    broken = """{ type = "FromOrders", expression = '$number(orderId) > 1' }"""
+    transform = """'{"orderId": orderId, "state": status, "account": hostname}'"""
+    subs = subscription(sink, "erp", filter=flt, transform=transform)
+    subs += subscription(sink, "broken", filter=broken) + subscription(sink, "all")
+    async with gateway(subs) as client:
+        await hook(client, State="handling")
+        await hook(client, State="invoiced")
+        await sink.wait_for("/all", 2)
+        [got] = await sink.wait_for("/erp", 1)
+        await asyncio.sleep(0.3)
+    assert body(got)["data"] == {
+        "orderId": "v52277740atmc-01",
+        "state": "invoiced",
+        "account": "mystore",
+    }
+    assert sink.at("/broken") == []  # "v5227…" is no number: a run-time error, no match
+    assert int(rdb.hget(keys.stats, "broken:filter_errors") or 0) == 2
+
+
+async def test_accounts_limit_a_subscription_to_some_sources(gateway: Gateway, sink: Sink) -> None:
+    subs = subscription(sink, "only-other", accounts='["otherstore"]') + subscription(sink, "all")
+    async with gateway(subs) as client:
+        await hook(client)  # account mystore
+        await sink.wait_for("/all", 1)
+        await asyncio.sleep(0.3)
+    assert sink.at("/only-other") == []
+
+
+async def test_retry_then_success_keeps_the_webhook_id(gateway: Gateway, sink: Sink) -> None:
+    sink.script("/erp", Reply(500), Reply(502))
+    async with gateway(subscription(sink, "erp")) as client:
+        event_id = await hook(client)
+        attempts = await sink.wait_for("/erp", 3)
+    assert {a.headers["webhook-id"] for a in attempts} == {event_id}
+    assert len({a.headers["webhook-timestamp"] for a in attempts}) >= 1
+    for attempt in attempts:
+        Webhook(SECRET).verify(attempt.body, attempt.headers)
+
+
+async def test_exhausted_schedule_dead_letters_then_replay_delivers(
+    gateway: Gateway, sink: Sink
+) -> None:
+    sink.script("/erp", Reply(500), Reply(500), Reply(503))
+    async with gateway(subscription(sink, "erp")) as client:
+        event_id = await hook(client)
+        await sink.wait_for("/erp", 3)
+        dlq = await _until(
+            lambda: client.get("/admin/dlq?subscription=erp", headers=ADMIN),
+            lambda r: r.json()["total"] == 1,
+        )
+        [entry] = dlq.json()["items"]
+        assert (entry["eventId"], entry["subscription"]) == (event_id, "erp")
+        assert (entry["attempts"], entry["lastStatus"], entry["lastError"]) == (3, 503, "HTTP 503")
+        subs = (await client.get("/admin/subscriptions", headers=ADMIN)).json()["subscriptions"]
+        assert subs[0]["deadLetters"] == 1
+        r = await client.post("/admin/dlq/replay", json={"ids": [entry["id"]]}, headers=ADMIN)
+        assert r.json() == {"replayed": 1}
+        [*_, delivered] = await sink.wait_for("/erp", 4)
+        assert delivered.headers["webhook-id"] == event_id
+        r = await client.get("/admin/dlq?subscription=erp", headers=ADMIN)
+        assert r.json()["total"] == 0
+
+
+async def test_410_disables_keeps_queued_events_and_replay_reenables(
+    gateway: Gateway, sink: Sink
+) -> None:
+    sink.script("/erp", Reply(410))
+    async with gateway(subscription(sink, "erp")) as client:
+        first = await hook(client, State="handling")
+        await sink.wait_for("/erp", 1)
+        state = await _until(
+            lambda: client.get("/admin/subscriptions", headers=ADMIN),
+            lambda r: r.json()["subscriptions"][0]["state"] == "disabled",
+        )
+        assert state.json()["subscriptions"][0]["reason"] == "HTTP 410"
+        second = await hook(client, State="invoiced")
+        await asyncio.sleep(0.5)
+        assert len(sink.at("/erp")) == 1  # nothing is sent while disabled
+        queued = (await client.get("/admin/subscriptions", headers=ADMIN)).json()
+        assert queued["subscriptions"][0]["queued"] == 2
+        r = await client.post("/admin/dlq/replay", json={"subscription": "erp"}, headers=ADMIN)
+        assert r.status_code == 200
+        got = await sink.wait_for("/erp", 3)
+    assert {g.headers["webhook-id"] for g in got[1:]} == {first, second}
+
+
+async def test_retry_after_is_honoured(gateway: Gateway, sink: Sink) -> None:
+    sink.script("/erp", Reply(429, {"Retry-After": "1"}))
+    async with gateway(subscription(sink, "erp")) as client:
+        await hook(client)
+        first, second = await sink.wait_for("/erp", 2, timeout=5)
+    assert second.at - first.at >= 1.0  # the schedule alone would have waited 0.05 s
+
+
+async def test_a_hung_subscriber_does_not_slow_another(gateway: Gateway, sink: Sink) -> None:
+    sink.script("/hung", *[Reply(hang=True)] * 100)
+    subs = subscription(sink, "hung", max_in_flight=2) + subscription(sink, "fast")
+    async with gateway(subs) as client:
+        started = time.monotonic()
+        for i in range(40):
+            await hook(client, OrderId=f"o-{i}")
+        got = await sink.wait_for("/fast", 40, timeout=5)
+        assert got[-1].at - started < 3.0  # well before the hung one's 2 s timeouts pile up
+        assert len(sink.at("/hung")) <= 4  # it only ever holds its own two slots
+
+
+async def test_admin_api_needs_the_token(gateway: Gateway, sink: Sink) -> None:
+    async with gateway(subscription(sink, "erp")) as client:
+        assert (await client.get("/admin/subscriptions")).status_code == 401
+        bad = {"Authorization": "Bearer nope"}
+        assert (await client.get("/admin/dlq", headers=bad)).status_code == 401
+        r = await client.get("/admin/dlq?subscription=zzz", headers=ADMIN)
+        assert r.status_code == 404
+        r = await client.delete("/admin/dlq/unknown", headers=ADMIN)
+        assert (r.status_code, "unknown" in r.json()["error"]) == (404, True)
+        r = await client.post("/admin/dlq/replay", json={"nope": 1}, headers=ADMIN)
+        assert r.status_code == 400
+
+
+async def test_dead_letter_can_be_deleted(gateway: Gateway, sink: Sink) -> None:
+    sink.script("/erp", Reply(500), Reply(500), Reply(500))
+    async with gateway(subscription(sink, "erp")) as client:
+        await hook(client)
+        dlq = await _until(
+            lambda: client.get("/admin/dlq", headers=ADMIN), lambda r: r.json()["total"] == 1
+        )
+        entry_id = dlq.json()["items"][0]["id"]
+        r = await client.delete(f"/admin/dlq/{entry_id}", headers=ADMIN)
+        assert r.json() == {"deleted": entry_id}
+        assert (await client.get("/admin/dlq", headers=ADMIN)).json()["total"] == 0
+
+
+async def _until(
+    fetch: Callable[[], Any], done: Callable[[httpx.Response], bool], timeout: float = 5
+) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while True:
+        response: httpx.Response = await fetch()
+        if done(response):
+            return response
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met: {response.text}")
+        await asyncio.sleep(0.05)
