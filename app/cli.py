@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import signal
@@ -10,8 +11,9 @@ import sys
 
 import uvicorn
 
-from app.config import load_settings
+from app.config import Settings, load_settings
 from app.errors import ConfigError
+from app.relay import run_worker
 from app.server import create_app
 
 DEFAULT_HOST = "127.0.0.1"
@@ -27,14 +29,41 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (default: $ORDERHOOK_CONFIG)")
     serve.add_argument("--host", default=DEFAULT_HOST)
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    worker = commands.add_parser("worker", help="run router and delivery only (needs REDIS_URL)")
+    worker.add_argument("--config", help="TOML config file (default: $ORDERHOOK_CONFIG)")
     return parser
 
 
-def serve(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> Settings | None:
     try:
-        settings = load_settings(args.config)
+        return load_settings(args.config)
     except ConfigError as exc:
         print(f"orderhook: {exc}", file=sys.stderr)
+        return None
+
+
+def worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    if settings.redis_url is None:
+        print(
+            "orderhook: worker needs REDIS_URL: workers share the gateway's Redis", file=sys.stderr
+        )
+        return 2
+    if not settings.subscriptions:
+        print(
+            "orderhook: worker has nothing to do: no [[subscriptions]] configured", file=sys.stderr
+        )
+        return 2
+    _tune_gc()
+    asyncio.run(run_worker(settings))
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
         return 2
     config = uvicorn.Config(
         create_app(settings),
@@ -78,9 +107,8 @@ def _exit_cleanly_on_stop_signals() -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return serve(args)
-    return 2
+    commands = {"serve": serve, "worker": worker}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

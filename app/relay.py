@@ -8,14 +8,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 
 import aiohttp
 
 from app.config import Settings
 from app.delivery import Deliverer
 from app.router import Router
-from app.store.client import Store
+from app.store.client import Store, open_store
 from app.store.deliveries import DeliveryStore
+from app.store.keys import Keys
 
 log = logging.getLogger("orderhook.relay")
 
@@ -55,3 +57,20 @@ class Relay:
         if self._session is not None:
             with contextlib.suppress(Exception):
                 await self._session.close()
+
+
+async def run_worker(settings: Settings) -> None:
+    """`orderhook worker`: the relay alone, on the shared Redis, until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    url = settings.redis_url or ""
+    keys = Keys(settings.key_prefix)
+    async with open_store(url, keys, settings.redis_timeout_s, settings.dedupe_window_s) as store:
+        relay = Relay(settings, store)
+        await relay.start()
+        log.info("worker %s started", relay.router.consumer)
+        await stop.wait()
+        log.info("worker stopping: finishing deliveries in flight")
+        await relay.stop()

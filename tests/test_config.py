@@ -126,3 +126,83 @@ def test_serve_refuses_a_bad_config_with_one_message_and_non_zero_exit(tmp_path:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert str(path) in lines[0] and "$.sources[0].account" in lines[0]
+
+
+SUB = """
+[[subscriptions]]
+id = "erp"
+url = "https://erp.example.com/vtex"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+"""
+
+
+def test_subscription_defaults_and_options(tmp_path: Path) -> None:
+    text = (
+        SUB
+        + """
+[[subscriptions]]
+id = "wms-2"
+url = "http://127.0.0.1:9000/in"
+secret_env = "WMS_SECRETS"
+transform = '{"orderId": orderId, "state": status}'
+retry_schedule = [0.5, 10]
+timeout = 3
+accounts = ["mystore"]
+max_in_flight = 2
+[subscriptions.filter]
+type = "FromOrders"
+expression = 'status = "invoiced" and value > 10000'
+disableSingleFire = true
+"""
+    )
+    new, old = (
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "whsec_dGhpcy1pcy1hbi1vbGQtc2VjcmV0LW9mLTMyLWJ5dA==",
+    )
+    settings = load_settings(write(tmp_path, text), {"WMS_SECRETS": f"{new} {old}"})
+    erp, wms = settings.subscriptions
+    assert (erp.timeout_s, erp.max_in_flight, erp.accounts) == (10.0, 8, None)
+    assert erp.retry_schedule_s == (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+    assert [str(s) for s in wms.secrets] == [new, old]
+    assert (wms.retry_schedule_s, wms.timeout_s, wms.max_in_flight) == ((0.5, 10.0), 3.0, 2)
+    assert wms.wants_account("mystore") and not wms.wants_account("other")
+    assert new not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ('id = "ERP"', "`subscriptions[0].id` must match [a-z0-9-]+"),
+        ('url = "ftp://x"', "`subscriptions[0].url` must be an http or https URL"),
+        ('secret = "whsec_abc"', "not a valid Standard Webhooks secret"),
+        ('secret = "nope"', "must start with 'whsec_'"),
+        ("timeout = 0", "`subscriptions[0].timeout` must be positive"),
+        ("retry_schedule = [-1]", "`subscriptions[0].retry_schedule` must hold seconds"),
+        (
+            'filter = { type = "FromOrders", expression = "status = = 1" }',
+            "`subscriptions[0].filter.expression` is not valid JSONata: S0211",
+        ),
+        ('filter = { type = "FromWorkflow", statuses = [] }', "unknown field `statuses`"),
+        ('filter = { type = "Sometimes" }', "Invalid value 'Sometimes'"),
+        ("transform = '{\"a\": '", "`subscriptions[0].transform` is not valid JSONata"),
+        ("extra = 1", "unknown field `extra`"),
+    ],
+)
+def test_invalid_subscriptions_are_refused(tmp_path: Path, change: str, expected: str) -> None:
+    key = change.split(" ", 1)[0]
+    lines = [line for line in SUB.splitlines() if not line.startswith(key + " ")]
+    path = write(tmp_path, "\n".join(lines) + "\n" + change + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    assert expected in str(info.value)
+
+
+def test_jsonata_error_names_the_position(tmp_path: Path) -> None:
+    text = SUB + "filter = { type = \"FromOrders\", expression = 'value > 10000 andd status' }\n"
+    with pytest.raises(ConfigError, match=r"at character 18"):
+        load_settings(write(tmp_path, text), {})
+
+
+def test_duplicate_subscription_ids_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'erp' is used twice"):
+        load_settings(write(tmp_path, SUB + SUB), {})
