@@ -264,3 +264,32 @@ async def _until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met: {response.text}")
         await asyncio.sleep(0.05)
+
+
+async def test_admin_api_without_a_configured_token_is_forbidden(
+    client: httpx.AsyncClient,
+) -> None:
+    for method, path in [
+        ("GET", "/admin/subscriptions"),
+        ("GET", "/admin/dlq"),
+        ("POST", "/admin/dlq/replay"),
+        ("DELETE", "/admin/dlq/x"),
+    ]:
+        r = await client.request(method, path, headers=ADMIN)
+        assert r.status_code == 403, path
+        assert "ORDERHOOK_ADMIN_TOKEN" in r.json()["error"]
+
+
+async def test_a_transform_failing_at_run_time_dead_letters_the_delivery(
+    gateway: Gateway, sink: Sink
+) -> None:
+    transform = """'$number(orderId)'"""
+    async with gateway(subscription(sink, "erp", transform=transform)) as client:
+        event_id = await hook(client)
+        dlq = await _until(
+            lambda: client.get("/admin/dlq", headers=ADMIN), lambda r: r.json()["total"] == 1
+        )
+    [entry] = dlq.json()["items"]
+    assert entry["eventId"] == event_id
+    assert entry["lastError"].startswith("transform failed: D3030")
+    assert sink.at("/erp") == []
