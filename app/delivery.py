@@ -22,7 +22,8 @@ from app.events import cloudevent, default_data
 from app.filters import EvaluationError, order_document
 from app.retry import Dead, Delivered, Gone, Outcome, Retry, decide, parse_retry_after
 from app.signing import signature_headers
-from app.store.deliveries import Claimed, DeliveryStore, now_ms
+from app.store.batcher import Batcher
+from app.store.deliveries import Claimed, DeliveryStore, Settlement, now_ms
 
 log = logging.getLogger("orderhook.delivery")
 
@@ -43,11 +44,16 @@ def build_body(sub: Subscription, event: dict[str, Any]) -> bytes:
 
 class SubscriptionWorker:
     def __init__(
-        self, sub: Subscription, deliveries: DeliveryStore, session: aiohttp.ClientSession
+        self,
+        sub: Subscription,
+        deliveries: DeliveryStore,
+        session: aiohttp.ClientSession,
+        settler: Batcher[Settlement, bool],
     ) -> None:
         self.sub = sub
         self.deliveries = deliveries
         self.session = session
+        self.settler = settler
         self.keys = sub.signing_keys()
         self.lease_s = sub.timeout_s + LEASE_MARGIN_S
         self.tasks: set[asyncio.Task[None]] = set()
@@ -130,12 +136,9 @@ class SubscriptionWorker:
         self, item: Claimed, outcome: Outcome, status: int | None, error: str
     ) -> None:
         name, due_ms = _outcome_name(outcome)
+        settlement = Settlement(self.sub.id, item.delivery_id, name, due_ms, status, error)
         try:
-            await asyncio.shield(
-                self.deliveries.settle(
-                    self.sub.id, item.delivery_id, name, due_ms=due_ms, status=status, error=error
-                )
-            )
+            await asyncio.shield(self.settler.submit(settlement))
         except StoreUnavailable as exc:  # the lease expires and the delivery is tried again
             log.warning("subscription %s: cannot record an outcome: %s", self.sub.id, exc)
             return
@@ -174,7 +177,10 @@ class Deliverer:
         session: aiohttp.ClientSession,
     ) -> None:
         self.deliveries = deliveries
-        self.workers = {s.id: SubscriptionWorker(s, deliveries, session) for s in subscriptions}
+        self.settler: Batcher[Settlement, bool] = Batcher(deliveries.settle, name="settle")
+        self.workers = {
+            s.id: SubscriptionWorker(s, deliveries, session, self.settler) for s in subscriptions
+        }
         self._stopping = asyncio.Event()
 
     def wake(self, subscription_ids: Iterable[str]) -> None:
@@ -183,6 +189,7 @@ class Deliverer:
                 self.workers[sub_id].wake()
 
     async def run(self) -> None:
+        self.settler.start()
         async with asyncio.TaskGroup() as group:
             for worker in self.workers.values():
                 group.create_task(worker.run())
@@ -204,3 +211,4 @@ class Deliverer:
     async def stop(self, grace_s: float) -> None:
         self._stopping.set()
         await asyncio.gather(*(w.stop(grace_s) for w in self.workers.values()))
+        await self.settler.close()

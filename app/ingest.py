@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -19,7 +20,8 @@ from app.config import Settings, Source
 from app.errors import PayloadTooLarge, Unauthorized, UnsupportedMedia
 from app.events import Notification, Ping, normalize, parse_body, utc_now_iso
 from app.http import json_response
-from app.store.group_commit import GroupCommit
+from app.store.batcher import Batcher
+from app.store.client import Appended
 
 log = logging.getLogger("orderhook.ingest")
 
@@ -80,8 +82,8 @@ class HookEndpoint:
             return json_response({"status": "pong"})
         authorize(message, sources)
         event = normalize(message, utc_now_iso())
-        commit: GroupCommit = request.app.state.commit
-        result = await commit.append(event)
+        commit: Batcher[dict[str, Any], Appended] = request.app.state.commit
+        result = await commit.submit(event)
         status = "accepted" if result.created else "duplicate"
         log.debug("ingest %s id=%s order=%r", status, event["id"], message.order_id)
         return json_response({"status": status, "id": event["id"]})

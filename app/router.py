@@ -29,12 +29,11 @@ log = logging.getLogger("orderhook.router")
 READ_COUNT = 200
 READ_BLOCK_MS = 1000
 RETRY_AFTER_STORE_ERROR_S = 1.0
-DELIVERY_ID_NAMESPACE = uuid.UUID("0c9a4a1e-51f4-5f7e-8a55-3b1f7c0d2e6a")
 
 
 def delivery_id(event_id: str, subscription_id: str) -> str:
     """Stable per (event, subscription): routing the same entry twice makes no second one."""
-    return str(uuid.uuid5(DELIVERY_ID_NAMESPACE, f"{event_id}/{subscription_id}"))
+    return f"{event_id}.{subscription_id}"
 
 
 def matching(

@@ -17,9 +17,9 @@ from app.errors import StoreUnavailable
 from app.http import EXCEPTION_HANDLERS, json_response
 from app.ingest import HookEndpoint
 from app.relay import Relay
+from app.store.batcher import Batcher
 from app.store.client import Store, open_store
 from app.store.embedded import EmbeddedRedis
-from app.store.group_commit import GroupCommit
 from app.store.keys import Keys
 
 log = logging.getLogger("orderhook.server")
@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> Starlette:
         if not settings.sources:
             log.warning("no [[sources]] configured: every hook request will be refused with 401")
         async with store_for(settings) as store:
-            commit = GroupCommit(store)
+            commit = Batcher(store.append, name="ingest")
             commit.start()
             relay = Relay(settings, store)
             if settings.subscriptions:  # without any, events wait in the stream for the first

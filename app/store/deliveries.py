@@ -34,6 +34,18 @@ class Claimed:
 
 
 @dataclass(frozen=True)
+class Settlement:
+    """The outcome of one attempt: delivered | retry (at `due_ms`) | dead | gone."""
+
+    sub: str
+    delivery_id: str
+    outcome: str
+    due_ms: int = 0
+    status: int | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class Routed:
     """One ingest entry and the deliveries it makes: (delivery id, subscription id) pairs."""
 
@@ -134,34 +146,21 @@ class DeliveryStore:
         claimed = [Claimed(_text(i), e, int(a)) for i, e, a in items]
         return claimed, int(float(next_due))
 
-    async def settle(
-        self,
-        sub: str,
-        delivery_id: str,
-        outcome: str,
-        *,
-        due_ms: int = 0,
-        status: int | None = None,
-        error: str = "",
-    ) -> bool:
-        keys = [
-            self.keys.inflight(sub),
-            self.keys.ready(sub),
-            self.keys.dlq(sub),
-            self.keys.state(sub),
-            self.keys.delivery(delivery_id),
-            self.keys.stats,
+    async def settle(self, outcomes: Sequence[Settlement]) -> list[bool]:
+        """Record a batch of attempt outcomes in one script run."""
+        payload = [
+            [
+                o.sub,
+                o.delivery_id,
+                o.outcome,
+                o.due_ms,
+                "" if o.status is None else str(o.status),
+                o.error,
+            ]
+            for o in outcomes
         ]
-        args = [
-            outcome,
-            delivery_id,
-            now_ms(),
-            due_ms,
-            "" if status is None else status,
-            error,
-            sub,
-        ]
-        return bool(await self.store.script(self._settle, keys, args))
+        args = [self.keys.tag, now_ms(), orjson.dumps(payload)]
+        return [bool(r) for r in await self.store.script(self._settle, [self.keys.stats], args)]
 
     async def reclaim_expired(self, sub: str) -> int:
         keys = [self.keys.inflight(sub), self.keys.ready(sub)]

@@ -1,34 +1,41 @@
--- Record the outcome of one delivery attempt.
+-- Record the outcomes of a batch of delivery attempts.
 --
--- KEYS[1] in flight;  KEYS[2] ready;  KEYS[3] dead letters;  KEYS[4] state;  KEYS[5] the delivery
--- KEYS[6] the stats hash
--- ARGV[1] outcome: delivered | retry | dead | gone
--- ARGV[2] delivery id;  ARGV[3] now, ms;  ARGV[4] due time of the retry, ms
--- ARGV[5] HTTP status ("" when none);  ARGV[6] error ("" when none);  ARGV[7] subscription id
+-- KEYS[1]  the stats hash
+-- ARGV[1]  the key tag (every key below is built from it: one hash slot)
+-- ARGV[2]  now, ms
+-- ARGV[3]  JSON: [[subscription, delivery id, outcome, due ms, status, error], ...]
+--          outcome: delivered | retry | dead | gone; status and error are "" when none
 --
 -- A delivery no longer in flight nor ready was taken over by another process (its lease had
--- expired): that process settles it, this one changes nothing. Returns 1 if settled, else 0.
-local outcome, id, now = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('ZREM', KEYS[1], id) == 0 and redis.call('ZREM', KEYS[2], id) == 0 then
-    return 0
+-- expired): that process settles it, this one changes nothing. Returns 1 per outcome recorded,
+-- 0 per outcome skipped.
+local tag, now = ARGV[1], ARGV[2]
+local results = {}
+for i, o in ipairs(cjson.decode(ARGV[3])) do
+    local sub, id, outcome, due, status, err = o[1], o[2], o[3], o[4], o[5], o[6]
+    local base = tag .. ':s:' .. sub
+    local key = tag .. ':d:' .. id
+    if redis.call('ZREM', base .. ':inflight', id) == 0 and redis.call('ZREM', base .. ':ready', id) == 0 then
+        results[i] = 0
+    elseif outcome == 'delivered' then
+        redis.call('DEL', key)
+        redis.call('HINCRBY', KEYS[1], sub .. ':delivered', 1)
+        results[i] = 1
+    else
+        redis.call('HINCRBY', key, 'attempts', 1)
+        redis.call('HSET', key, 'lastStatus', status, 'lastError', err, 'lastAttemptMs', now)
+        if outcome == 'retry' then
+            redis.call('ZADD', base .. ':ready', due, id)
+            redis.call('HINCRBY', KEYS[1], sub .. ':retried', 1)
+        elseif outcome == 'dead' then
+            redis.call('HSET', key, 'deadMs', now)
+            redis.call('ZADD', base .. ':dlq', now, id)
+            redis.call('HINCRBY', KEYS[1], sub .. ':dead', 1)
+        else -- gone: keep it queued, disable the subscription
+            redis.call('ZADD', base .. ':ready', now, id)
+            redis.call('HSET', base .. ':state', 'state', 'disabled', 'reason', err, 'changedMs', now)
+        end
+        results[i] = 1
+    end
 end
-local sub = ARGV[7]
-if outcome == 'delivered' then
-    redis.call('DEL', KEYS[5])
-    redis.call('HINCRBY', KEYS[6], sub .. ':delivered', 1)
-    return 1
-end
-redis.call('HINCRBY', KEYS[5], 'attempts', 1)
-redis.call('HSET', KEYS[5], 'lastStatus', ARGV[5], 'lastError', ARGV[6], 'lastAttemptMs', now)
-if outcome == 'retry' then
-    redis.call('ZADD', KEYS[2], ARGV[4], id)
-    redis.call('HINCRBY', KEYS[6], sub .. ':retried', 1)
-elseif outcome == 'dead' then
-    redis.call('HSET', KEYS[5], 'deadMs', now)
-    redis.call('ZADD', KEYS[3], now, id)
-    redis.call('HINCRBY', KEYS[6], sub .. ':dead', 1)
-elseif outcome == 'gone' then
-    redis.call('ZADD', KEYS[2], now, id)
-    redis.call('HSET', KEYS[4], 'state', 'disabled', 'reason', ARGV[6], 'changedMs', now)
-end
-return 1
+return results

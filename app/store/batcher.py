@@ -1,10 +1,13 @@
-"""Group commit: the events of the hook requests in flight go to Redis together.
+"""Group commit: what many callers want written goes to Redis together.
 
-Each request puts its event on a bounded list and waits for its own result. One flusher task
-takes everything waiting (up to `max_batch`), sends it in a single run of the ingest script and
-hands every request its own outcome; meanwhile the next batch collects. A request is therefore
-answered only once its own event is durable, and a busy gateway pays one Redis round trip per
-batch instead of one per request.
+Each caller puts its item on a bounded list and waits for its own result. One flusher task
+takes everything waiting (up to `max_batch`), writes it with a single call (one Lua script run,
+one round trip) and hands every caller its own result; meanwhile the next batch collects. A
+caller is therefore answered only once its own item is written, and a busy gateway pays one
+round trip per batch instead of one per item.
+
+Used for ingest (each hook request is answered only once its event is durable) and for the
+outcomes of delivery attempts.
 """
 
 from __future__ import annotations
@@ -12,42 +15,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 from app.errors import StoreUnavailable
-from app.store.client import Appended, Store
 
 log = logging.getLogger("orderhook.store")
 
 DEFAULT_MAX_BATCH = 256
 DEFAULT_MAX_WAITING = 10_000
 
-_Waiting = tuple[dict[str, Any], "asyncio.Future[Appended]"]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
-class GroupCommit:
+class Batcher(Generic[T, R]):
     def __init__(
         self,
-        store: Store,
+        write: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        name: str,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_waiting: int = DEFAULT_MAX_WAITING,
     ) -> None:
-        self.store = store
+        self.write = write
+        self.name = name
         self.max_batch = max_batch
         self.max_waiting = max_waiting
-        self._waiting: list[_Waiting] = []
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="orderhook-group-commit")
+        self._task = asyncio.create_task(self._run(), name=f"orderhook-{self.name}")
 
-    async def append(self, event: dict[str, Any]) -> Appended:
-        """Dedupe and append one event; returns once it is durable in Redis."""
+    async def submit(self, item: T) -> R:
+        """Write one item with the next batch; returns its own result once written."""
         if len(self._waiting) >= self.max_waiting:
-            raise StoreUnavailable(f"{self.max_waiting} events already wait for redis")
-        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        self._waiting.append((event, future))
+            raise StoreUnavailable(f"{self.max_waiting} {self.name} items already wait for redis")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
         self._wakeup.set()
         return await future
 
@@ -62,10 +68,10 @@ class GroupCommit:
         batch = self._waiting[: self.max_batch]
         del self._waiting[: self.max_batch]
         try:
-            results = await self.store.append([event for event, _ in batch])
+            results = await self.write([item for item, _ in batch])
         except Exception as exc:  # every waiter learns of it; the flusher carries on
             if not isinstance(exc, StoreUnavailable):
-                log.exception("ingest batch failed")
+                log.exception("%s batch failed", self.name)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
@@ -75,7 +81,7 @@ class GroupCommit:
                 future.set_result(result)
 
     async def close(self) -> None:
-        """Flush what still waits, then stop the flusher."""
+        """Write what still waits, then stop the flusher."""
         while self._waiting:
             await self._flush_one_batch()
         if self._task is not None:
