@@ -56,7 +56,9 @@ class SubscriptionWorker:
         self.settler = settler
         self.keys = sub.signing_keys()
         self.lease_s = sub.timeout_s + LEASE_MARGIN_S
+        self.timeout = aiohttp.ClientTimeout(total=sub.timeout_s)
         self.tasks: set[asyncio.Task[None]] = set()
+        self._refill_at = max(1, sub.max_in_flight // 4)  # claim in chunks when busy
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -98,7 +100,8 @@ class SubscriptionWorker:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        self._wake.set()
+        if self.sub.max_in_flight - len(self.tasks) >= self._refill_at:
+            self._wake.set()
 
     async def _attempt(self, item: Claimed) -> None:
         event = orjson.loads(item.event_json)
@@ -118,10 +121,13 @@ class SubscriptionWorker:
             "User-Agent": USER_AGENT,
             **signature_headers(self.keys, msg_id, int(time.time()), body),
         }
-        timeout = aiohttp.ClientTimeout(total=self.sub.timeout_s)
         try:
             async with self.session.post(
-                self.sub.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                self.sub.url,
+                data=body,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
             ) as response:
                 await response.content.read(MAX_RESPONSE_READ)
                 error = "" if 200 <= response.status < 300 else f"HTTP {response.status}"
