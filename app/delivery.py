@@ -31,6 +31,7 @@ IDLE_POLL_S = 0.25  # how soon work routed by another process, or a retry, is no
 LEASE_MARGIN_S = 5.0  # a lease outlives the attempt's timeout by this much
 MAX_RESPONSE_READ = 64 * 1024
 USER_AGENT = "orderhook/0.1"
+SETTLE_LINGER_S = 0.005
 
 
 def build_body(sub: Subscription, event: dict[str, Any]) -> bytes:
@@ -59,11 +60,31 @@ class SubscriptionWorker:
         self.timeout = aiohttp.ClientTimeout(total=sub.timeout_s)
         self.tasks: set[asyncio.Task[None]] = set()
         self._refill_at = max(1, sub.max_in_flight // 4)  # claim in chunks when busy
+        self._reserved = 0  # slots promised to deliveries the router is claiming for us
         self._wake = asyncio.Event()
         self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
+
+    def reserve(self, wanted: int) -> tuple[int, int]:
+        """Free slots for deliveries the router claims for us: (granted, lease expiry ms)."""
+        granted = 0 if self._stopping else max(0, min(wanted, self._free()))
+        self._reserved += granted
+        return granted, now_ms() + int(self.lease_s * 1000)
+
+    def hand_over(self, items: list[Claimed], reserved: int) -> None:
+        self._reserved -= reserved
+        for item in items:
+            self._start(item)
+
+    def _free(self) -> int:
+        return self.sub.max_in_flight - len(self.tasks) - self._reserved
+
+    def _start(self, item: Claimed) -> None:
+        task = asyncio.create_task(self._attempt(item))
+        self.tasks.add(task)
+        task.add_done_callback(self._finished)
 
     async def run(self) -> None:
         while not self._stopping:
@@ -80,7 +101,7 @@ class SubscriptionWorker:
 
     async def _claim_and_start(self) -> float:
         """Start what is due; return how long to wait before looking again."""
-        free = self.sub.max_in_flight - len(self.tasks)
+        free = self._free()
         if free <= 0:
             return IDLE_POLL_S  # a finishing attempt wakes us
         try:
@@ -89,9 +110,7 @@ class SubscriptionWorker:
             log.warning("subscription %s: cannot claim: %s", self.sub.id, exc)
             return 1.0
         for item in claimed:
-            task = asyncio.create_task(self._attempt(item))
-            self.tasks.add(task)
-            task.add_done_callback(self._finished)
+            self._start(item)
         if len(claimed) == free:
             return IDLE_POLL_S
         if next_due < 0:
@@ -100,7 +119,7 @@ class SubscriptionWorker:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        if self.sub.max_in_flight - len(self.tasks) >= self._refill_at:
+        if self._free() >= self._refill_at:
             self._wake.set()
 
     async def _attempt(self, item: Claimed) -> None:
@@ -183,16 +202,28 @@ class Deliverer:
         session: aiohttp.ClientSession,
     ) -> None:
         self.deliveries = deliveries
-        self.settler: Batcher[Settlement, bool] = Batcher(deliveries.settle, name="settle")
+        # The subscriber has its event by now: recording the outcome can wait a moment and
+        # share one round trip with the outcomes of other attempts.
+        self.settler: Batcher[Settlement, bool] = Batcher(
+            deliveries.settle, name="settle", linger_s=SETTLE_LINGER_S
+        )
         self.workers = {
             s.id: SubscriptionWorker(s, deliveries, session, self.settler) for s in subscriptions
         }
         self._stopping = asyncio.Event()
 
-    def wake(self, subscription_ids: Iterable[str]) -> None:
-        for sub_id in subscription_ids:
+    def wake(self, sub_ids: Iterable[str]) -> None:
+        for sub_id in sub_ids:
             if sub_id in self.workers:
                 self.workers[sub_id].wake()
+
+    def reserve(self, sub_id: str, wanted: int) -> tuple[int, int]:
+        worker = self.workers.get(sub_id)
+        return worker.reserve(wanted) if worker else (0, 0)
+
+    def hand_over(self, sub_id: str, items: list[Claimed], reserved: int) -> None:
+        if sub_id in self.workers:
+            self.workers[sub_id].hand_over(items, reserved)
 
     async def run(self) -> None:
         self.settler.start()

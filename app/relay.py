@@ -37,7 +37,7 @@ class Relay:
         connector = aiohttp.TCPConnector(limit=slots, limit_per_host=0, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
         self.deliverer = Deliverer(self.settings.subscriptions, self.deliveries, self._session)
-        self.router = Router(self.settings, self.deliveries, self.deliverer.wake)
+        self.router = Router(self.settings, self.deliveries, self.deliverer)
         self._tasks = [
             asyncio.create_task(self.router.run(self._stopping), name="orderhook-router"),
             asyncio.create_task(self.deliverer.run(), name="orderhook-deliverer"),

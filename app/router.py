@@ -15,14 +15,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from app.config import Settings, Subscription
 from app.errors import StoreUnavailable
 from app.filters import EvaluationError, order_document
-from app.store.deliveries import DeliveryStore, Routed
+from app.store.deliveries import Claimed, DeliveryStore, Planned, Routed
 
 log = logging.getLogger("orderhook.router")
 
@@ -55,17 +55,25 @@ def matching(
     return matched
 
 
+class Dispatch(Protocol):
+    """This process's deliverer, as the router sees it."""
+
+    def reserve(self, sub_id: str, wanted: int) -> tuple[int, int]:
+        """Take up to `wanted` free slots: (granted, lease expiry in ms)."""
+
+    def hand_over(self, sub_id: str, items: list[Claimed], reserved: int) -> None:
+        """Start the claimed deliveries; free the reserved slots left unused."""
+
+    def wake(self, sub_ids: Iterable[str]) -> None:
+        """Deliveries wait in these subscriptions' ready queues."""
+
+
 class Router:
-    def __init__(
-        self,
-        settings: Settings,
-        deliveries: DeliveryStore,
-        on_routed: Callable[[Iterable[str]], None],
-    ) -> None:
+    def __init__(self, settings: Settings, deliveries: DeliveryStore, dispatch: Dispatch) -> None:
         self.subscriptions = settings.subscriptions
         self.claim_idle_ms = int(settings.router_claim_idle_s * 1000)
         self.deliveries = deliveries
-        self.on_routed = on_routed
+        self.dispatch = dispatch
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._filter_errors: Counter[str] = Counter()
 
@@ -101,8 +109,14 @@ class Router:
         if not entries:
             return
         routed = [self.plan(entry_id, raw) for entry_id, raw in entries]
-        await self.deliveries.route(routed)
-        self.on_routed({sub for r in routed for _, sub in r.deliveries})
+        reserved = self._claim_locally(routed)
+        try:
+            claimed = await self.deliveries.route(routed)
+        except BaseException:
+            for sub, count in reserved.items():
+                self.dispatch.hand_over(sub, [], count)
+            raise
+        self._hand_over(routed, claimed, reserved)
         if self._filter_errors:
             errors, self._filter_errors = self._filter_errors, Counter()
             await self.deliveries.count({f"{sub}:filter_errors": n for sub, n in errors.items()})
@@ -110,8 +124,38 @@ class Router:
     def plan(self, entry_id: str, raw: bytes) -> Routed:
         event = orjson.loads(raw)
         subs = matching(self.subscriptions, event, self._filter_failed)
-        pairs = [(delivery_id(event["id"], sub.id), sub.id) for sub in subs]
-        return Routed(entry_id, event, raw, pairs)
+        planned = [Planned(delivery_id(event["id"], sub.id), sub.id) for sub in subs]
+        return Routed(entry_id, event, raw, planned)
+
+    def _claim_locally(self, routed: Sequence[Routed]) -> dict[str, int]:
+        """Lease deliveries to this process's own workers while they have free slots: they
+        start at once, without a round trip to claim them."""
+        wanted = Counter(d.sub for r in routed for d in r.deliveries)
+        reserved: dict[str, int] = {}
+        leases: dict[str, int] = {}
+        for sub, count in wanted.items():
+            reserved[sub], leases[sub] = self.dispatch.reserve(sub, count)
+        left = dict(reserved)
+        for d in (d for r in routed for d in r.deliveries):
+            if left[d.sub] > 0:
+                left[d.sub] -= 1
+                d.lease_until_ms = leases[d.sub]
+        return reserved
+
+    def _hand_over(
+        self, routed: Sequence[Routed], claimed: set[str], reserved: dict[str, int]
+    ) -> None:
+        items: dict[str, list[Claimed]] = {sub: [] for sub in reserved}
+        queued = set()
+        for r in routed:
+            for d in r.deliveries:
+                if d.delivery_id in claimed:
+                    items[d.sub].append(Claimed(d.delivery_id, r.event_json, 0))
+                elif not d.lease_until_ms:
+                    queued.add(d.sub)
+        for sub, count in reserved.items():
+            self.dispatch.hand_over(sub, items[sub], count)
+        self.dispatch.wake(queued)
 
     def _filter_failed(self, sub: Subscription, exc: EvaluationError) -> None:
         log.warning("filter of subscription %s failed, counted as no match: %s", sub.id, exc)

@@ -36,8 +36,10 @@ class Batcher(Generic[T, R]):
         name: str,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_waiting: int = DEFAULT_MAX_WAITING,
+        linger_s: float = 0.0,
     ) -> None:
         self.write = write
+        self.linger_s = linger_s
         self.name = name
         self.max_batch = max_batch
         self.max_waiting = max_waiting
@@ -60,6 +62,8 @@ class Batcher(Generic[T, R]):
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
+            if self.linger_s:  # let more gather where a short wait costs nobody anything
+                await asyncio.sleep(self.linger_s)
             self._wakeup.clear()
             while self._waiting:
                 await self._flush_one_batch()

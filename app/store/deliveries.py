@@ -45,14 +45,23 @@ class Settlement:
     error: str = ""
 
 
+@dataclass
+class Planned:
+    """A delivery to create; with a lease it goes straight in flight, claimed by this process."""
+
+    delivery_id: str
+    sub: str
+    lease_until_ms: int = 0
+
+
 @dataclass(frozen=True)
 class Routed:
-    """One ingest entry and the deliveries it makes: (delivery id, subscription id) pairs."""
+    """One ingest entry and the deliveries it makes."""
 
     entry_id: str
     event: dict[str, Any]
     event_json: bytes
-    deliveries: Sequence[tuple[str, str]]
+    deliveries: Sequence[Planned]
 
 
 def _text(value: bytes | str) -> str:
@@ -105,20 +114,28 @@ class DeliveryStore:
         )
         return [(_text(i), f[b"event"]) for i, f in reply[1] if f]
 
-    async def route(self, routed: Sequence[Routed]) -> int:
+    async def route(self, routed: Sequence[Routed]) -> set[str]:
+        """Create the deliveries and acknowledge the entries; returns the ids claimed."""
         payload = [
             [
                 r.entry_id,
                 [
-                    [d, sub, r.event["id"], r.event["orderId"], r.event_json.decode()]
-                    for d, sub in r.deliveries
+                    [
+                        d.delivery_id,
+                        d.sub,
+                        r.event["id"],
+                        r.event["orderId"],
+                        r.event_json.decode(),
+                        d.lease_until_ms,
+                    ]
+                    for d in r.deliveries
                 ],
             ]
             for r in routed
         ]
         args = [Keys.ROUTER_GROUP, now_ms(), self.keys.tag, orjson.dumps(payload)]
         keys = [self.keys.ingest_stream]
-        return int(await self.store.script(self._route, keys, args))
+        return {_text(i) for i in await self.store.script(self._route, keys, args)}
 
     async def count(self, increments: dict[str, int]) -> None:
         """Add to the counters in the stats hash."""

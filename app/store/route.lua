@@ -4,13 +4,16 @@
 -- ARGV[1]  the router's consumer group
 -- ARGV[2]  now, in milliseconds
 -- ARGV[3]  the key tag, e.g. "{orderhook}": every key of this prefix starts with it
--- ARGV[4]  JSON: [[entry id, [[delivery id, subscription, event id, order id, event JSON], ...]], ...]
+-- ARGV[4]  JSON: [[entry id, [[delivery id, subscription, event id, order id, event JSON,
+--          lease expiry ms], ...]], ...]; a lease expiry of 0 queues the delivery as ready,
+--          any other puts it straight in flight, claimed by this process's own worker
+--          (unless the subscription is disabled: then it waits in the ready set)
 --
 -- An entry already acknowledged (by another router that reclaimed it) creates nothing.
 -- Delivery keys are built from the tag: they share its hash slot with KEYS[1].
--- Returns the number of deliveries created.
+-- Returns the ids of the deliveries created in flight (claimed).
 local group, now, tag = ARGV[1], ARGV[2], ARGV[3]
-local created = 0
+local claimed = {}
 for _, entry in ipairs(cjson.decode(ARGV[4])) do
     if redis.call('XACK', KEYS[1], group, entry[1]) == 1 then
         for _, d in ipairs(entry[2]) do
@@ -18,11 +21,16 @@ for _, entry in ipairs(cjson.decode(ARGV[4])) do
             if redis.call('EXISTS', key) == 0 then
                 redis.call('HSET', key, 'id', d[1], 'sub', d[2], 'eventId', d[3], 'orderId', d[4],
                     'event', d[5], 'attempts', 0, 'createdMs', now)
-                redis.call('ZADD', tag .. ':s:' .. d[2] .. ':ready', now, d[1])
-                created = created + 1
+                local state = redis.call('HGET', tag .. ':s:' .. d[2] .. ':state', 'state')
+                if d[6] > 0 and state ~= 'disabled' then
+                    redis.call('ZADD', tag .. ':s:' .. d[2] .. ':inflight', d[6], d[1])
+                    claimed[#claimed + 1] = d[1]
+                else
+                    redis.call('ZADD', tag .. ':s:' .. d[2] .. ':ready', now, d[1])
+                end
             end
         end
         redis.call('XDEL', KEYS[1], entry[1])
     end
 end
-return created
+return claimed
