@@ -240,6 +240,8 @@ class Deliverer:
                         worker.wake()
                 except StoreUnavailable as exc:
                     log.warning("lease sweep: %s", exc)
+                except Exception:  # never let the sweep die: it is what makes crashes safe
+                    log.exception("lease sweep error")
             try:
                 await asyncio.wait_for(self._stopping.wait(), self.RECLAIM_EVERY_S)
             except TimeoutError:

@@ -78,23 +78,26 @@ class Router:
         self._filter_errors: Counter[str] = Counter()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await self._until_ready(stopping)
         next_reclaim = 0.0
         while not stopping.is_set():
+            await self._until_ready(stopping)
             try:
-                if time.monotonic() >= next_reclaim:
-                    next_reclaim = time.monotonic() + self.claim_idle_ms / 2000
-                    await self.route(
-                        await self.deliveries.reclaim_entries(
-                            self.consumer, self.claim_idle_ms, READ_COUNT
+                while not stopping.is_set():
+                    if time.monotonic() >= next_reclaim:
+                        next_reclaim = time.monotonic() + self.claim_idle_ms / 2000
+                        await self.route(
+                            await self.deliveries.reclaim_entries(
+                                self.consumer, self.claim_idle_ms, READ_COUNT
+                            )
                         )
+                    await self.route(
+                        await self.deliveries.read_new(self.consumer, READ_COUNT, READ_BLOCK_MS)
                     )
-                await self.route(
-                    await self.deliveries.read_new(self.consumer, READ_COUNT, READ_BLOCK_MS)
-                )
             except StoreUnavailable as exc:
                 log.warning("router: %s", exc)
-                await _sleep_unless(stopping, RETRY_AFTER_STORE_ERROR_S)
+            except Exception:  # e.g. the stream or group deleted under us: set up again
+                log.exception("router error")
+            await _sleep_unless(stopping, RETRY_AFTER_STORE_ERROR_S)
 
     async def _until_ready(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():

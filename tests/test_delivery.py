@@ -293,3 +293,16 @@ async def test_a_transform_failing_at_run_time_dead_letters_the_delivery(
     assert entry["eventId"] == event_id
     assert entry["lastError"].startswith("transform failed: D3030")
     assert sink.at("/erp") == []
+
+
+async def test_router_recovers_when_its_stream_is_deleted(
+    gateway: Gateway, sink: Sink, rdb: redis.Redis, keys: Keys
+) -> None:
+    async with gateway(subscription(sink, "erp")) as client:
+        await hook(client, State="handling")
+        await sink.wait_for("/erp", 1)
+        rdb.delete(keys.ingest_stream)  # the router is blocked reading it: UNBLOCKED error
+        await asyncio.sleep(0.2)
+        await hook(client, State="invoiced")
+        got = await sink.wait_for("/erp", 2, timeout=10)
+    assert body(got[1])["data"]["state"] == "invoiced"
