@@ -47,6 +47,9 @@ class Relay:
         """Route nothing more, let attempts in flight finish, close the session."""
         self._stopping.set()
         if self._tasks:
+            router = self._tasks[0]
+            # The router first (within one blocking read): it hands work to the workers.
+            await asyncio.wait([router], timeout=grace_s)
             await self.deliverer.stop(grace_s)
             done, pending = await asyncio.wait(self._tasks, timeout=grace_s)
             for task in pending:
