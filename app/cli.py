@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
 import signal
 import sys
 
 import uvicorn
 
+from app import logs
 from app.config import Settings, load_settings
 from app.errors import ConfigError
 from app.relay import run_worker
@@ -105,7 +105,7 @@ def _exit_cleanly_on_stop_signals() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     args = build_parser().parse_args(argv)
     commands = {"serve": serve, "worker": worker}
     return commands[args.command](args)

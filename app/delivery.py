@@ -11,6 +11,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -18,8 +20,9 @@ import orjson
 
 from app.config import Subscription
 from app.errors import StoreUnavailable
-from app.events import cloudevent, default_data
+from app.events import cloudevent, default_data, utc_now_iso
 from app.filters import EvaluationError, order_document
+from app.logs import log_event
 from app.retry import Dead, Delivered, Gone, Outcome, Retry, decide, parse_retry_after
 from app.signing import signature_headers
 from app.store.batcher import Batcher
@@ -30,8 +33,28 @@ log = logging.getLogger("orderhook.delivery")
 IDLE_POLL_S = 0.25  # how soon work routed by another process, or a retry, is noticed
 LEASE_MARGIN_S = 5.0  # a lease outlives the attempt's timeout by this much
 MAX_RESPONSE_READ = 64 * 1024
+LOGGED_BODY = 4096
 USER_AGENT = "orderhook/0.1"
 SETTLE_LINGER_S = 0.005
+
+
+@dataclass(frozen=True)
+class PostResult:
+    status: int | None  # None: no HTTP answer (timeout, refused, reset)
+    error: str
+    retry_after_s: float | None
+    head: bytes  # the first bytes of the response body, for the delivery log
+    duration_ms: int
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _latency_ms(event: dict[str, Any]) -> int:
+    """From receipt at ingest until now."""
+    received = datetime.fromisoformat(event["receivedAt"].replace("Z", "+00:00"))
+    return max(0, int((datetime.now(UTC) - received).total_seconds() * 1000))
 
 
 def build_body(sub: Subscription, event: dict[str, Any]) -> bytes:
@@ -127,19 +150,22 @@ class SubscriptionWorker:
         try:
             body = build_body(self.sub, event)
         except EvaluationError as exc:
-            await self._settle(item, Dead(), None, f"transform failed: {exc}")
+            result = PostResult(None, f"transform failed: {exc}", None, b"", 0)
+            await self._settle(item, event, Dead(), result)
             return
-        status, error, retry_after = await self._post(event["id"], body)
-        outcome = decide(status, item.attempts + 1, self.sub.retry_schedule_s, retry_after)
-        await self._settle(item, outcome, status, error)
+        result = await self._post(event["id"], body)
+        attempts = item.attempts + 1
+        outcome = decide(result.status, attempts, self.sub.retry_schedule_s, result.retry_after_s)
+        await self._settle(item, event, outcome, result)
 
-    async def _post(self, msg_id: str, body: bytes) -> tuple[int | None, str, float | None]:
-        """One POST: (status or None, error text, Retry-After seconds)."""
+    async def _post(self, msg_id: str, body: bytes) -> PostResult:
+        """One POST, and what came of it."""
         headers = {
             "Content-Type": "application/cloudevents+json",
             "User-Agent": USER_AGENT,
             **signature_headers(self.keys, msg_id, int(time.time()), body),
         }
+        started = time.monotonic()
         try:
             async with self.session.post(
                 self.sub.url,
@@ -148,25 +174,62 @@ class SubscriptionWorker:
                 timeout=self.timeout,
                 allow_redirects=False,
             ) as response:
-                await response.content.read(MAX_RESPONSE_READ)
+                head = await response.content.read(MAX_RESPONSE_READ)
                 error = "" if 200 <= response.status < 300 else f"HTTP {response.status}"
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                return response.status, error, retry_after
+                return PostResult(
+                    response.status, error, retry_after, head[:LOGGED_BODY], _ms_since(started)
+                )
         except TimeoutError:
-            return None, f"timeout after {self.sub.timeout_s:g} s", None
+            error = f"timeout after {self.sub.timeout_s:g} s"
         except aiohttp.ClientError as exc:
-            return None, f"{type(exc).__name__}: {exc}"[:500], None
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        return PostResult(None, error, None, b"", _ms_since(started))
 
     async def _settle(
-        self, item: Claimed, outcome: Outcome, status: int | None, error: str
+        self, item: Claimed, event: dict[str, Any], outcome: Outcome, result: PostResult
     ) -> None:
         name, due_ms = _outcome_name(outcome)
-        settlement = Settlement(self.sub.id, item.delivery_id, name, due_ms, status, error)
+        record = {
+            "at": utc_now_iso(),
+            "subscription": self.sub.id,
+            "deliveryId": item.delivery_id,
+            "eventId": event["id"],
+            "orderId": event["orderId"],
+            "attempt": item.attempts + 1,
+            "outcome": name,
+            "status": result.status,
+            "error": result.error or None,
+            "durationMs": result.duration_ms,
+            "response": result.head.decode("utf-8", "replace"),
+        }
+        settlement = Settlement(
+            self.sub.id,
+            item.delivery_id,
+            name,
+            due_ms,
+            result.status,
+            result.error,
+            event_id=event["id"],
+            record=orjson.dumps(record),
+            latency_ms=_latency_ms(event) if name == "delivered" else 0,
+        )
         try:
             await asyncio.shield(self.settler.submit(settlement))
         except StoreUnavailable as exc:  # the lease expires and the delivery is tried again
             log.warning("subscription %s: cannot record an outcome: %s", self.sub.id, exc)
             return
+        log_event(
+            "delivery",
+            outcome=name,
+            eventId=event["id"],
+            orderId=event["orderId"],
+            subscription=self.sub.id,
+            attempt=item.attempts + 1,
+            status=result.status,
+            error=result.error or None,
+            durationMs=result.duration_ms,
+        )
         if isinstance(outcome, Gone):
             log.warning("subscription %s answered 410: disabled until replayed", self.sub.id)
 

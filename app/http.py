@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -11,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.errors import RequestError, StoreUnavailable
+from app.logs import log_event
 
 log = logging.getLogger("orderhook.http")
 
@@ -24,14 +26,30 @@ def json_response(
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
+HOOK_PATH = "/hooks/vtex"
+REJECTION_REASONS = {400: "invalid", 401: "unauthorized", 413: "too_large", 415: "media_type"}
+
+
 async def on_request_error(request: Request, exc: Exception) -> Response:
     message = exc.message if isinstance(exc, RequestError) else str(exc)
     status = exc.status if isinstance(exc, RequestError) else 400
+    if request.url.path == HOOK_PATH:
+        await _count_rejection(request, REJECTION_REASONS.get(status, str(status)), status)
     return json_response({"error": message}, status)
+
+
+async def _count_rejection(request: Request, reason: str, status: int) -> None:
+    log_event("ingest", outcome="rejected", reason=reason, status=status)
+    relay = getattr(request.app.state, "relay", None)
+    if relay is not None:
+        with contextlib.suppress(StoreUnavailable):
+            await relay.deliveries.count({f"rejected:{reason}": 1})
 
 
 async def on_store_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("store unavailable: %s", exc)
+    if request.url.path == HOOK_PATH:  # not counted in Redis: it is the one thing down
+        log_event("ingest", outcome="rejected", reason="unavailable", status=503)
     return json_response(
         {"error": "storage is unavailable, try again later"},
         503,

@@ -20,6 +20,7 @@ from app.config import Settings, Source
 from app.errors import PayloadTooLarge, Unauthorized, UnsupportedMedia
 from app.events import Notification, Ping, normalize, parse_body, utc_now_iso
 from app.http import json_response
+from app.logs import log_event
 from app.store.batcher import Batcher
 from app.store.client import Appended
 
@@ -85,5 +86,11 @@ class HookEndpoint:
         commit: Batcher[dict[str, Any], Appended] = request.app.state.commit
         result = await commit.submit(event)
         status = "accepted" if result.created else "duplicate"
-        log.debug("ingest %s id=%s order=%r", status, event["id"], message.order_id)
+        log_event(
+            "ingest",
+            outcome=status,
+            eventId=event["id"],
+            orderId=message.order_id,
+            account=message.account,
+        )
         return json_response({"status": status, "id": event["id"]})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -50,7 +51,9 @@ class Store:
 
     async def append(self, events: Sequence[dict[str, Any]]) -> list[Appended]:
         """Dedupe and append events atomically; one round trip for the whole batch."""
-        keys = [self.keys.ingest_stream] + [self.keys.seen(e["id"]) for e in events]
+        minute = int(time.time() // 60)
+        keys = [self.keys.ingest_stream, self.keys.stats, self.keys.ingest_minute(minute)]
+        keys += [self.keys.seen(e["id"]) for e in events]
         args: list[Any] = [self.dedupe_window_s]
         for event in events:
             args += [event["id"], orjson.dumps(event)]

@@ -20,6 +20,7 @@ from app.store.client import Store, load_script
 from app.store.keys import Keys
 
 REPLAY_CHUNK = 500
+DEFAULT_LOG_RETENTION_S = 7 * 24 * 3600
 
 
 def now_ms() -> int:
@@ -43,6 +44,9 @@ class Settlement:
     due_ms: int = 0
     status: int | None = None
     error: str = ""
+    event_id: str = ""
+    record: bytes = b"{}"  # the attempt, for the delivery log
+    latency_ms: int = 0  # from receipt at ingest to delivered
 
 
 @dataclass
@@ -69,8 +73,9 @@ def _text(value: bytes | str) -> str:
 
 
 class DeliveryStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, retention_s: int = DEFAULT_LOG_RETENTION_S) -> None:
         self.store = store
+        self.retention_s = retention_s
         self.client = store.client
         self.keys: Keys = store.keys
         register = self.client.register_script
@@ -116,24 +121,16 @@ class DeliveryStore:
 
     async def route(self, routed: Sequence[Routed]) -> set[str]:
         """Create the deliveries and acknowledge the entries; returns the ids claimed."""
-        payload = [
-            [
-                r.entry_id,
-                [
-                    [
-                        d.delivery_id,
-                        d.sub,
-                        r.event["id"],
-                        r.event["orderId"],
-                        r.event_json.decode(),
-                        d.lease_until_ms,
-                    ]
-                    for d in r.deliveries
-                ],
+        payload = []
+        for r in routed:
+            event_id, order_id = r.event["id"], r.event["orderId"]
+            event_json = r.event_json.decode()
+            deliveries = [
+                [d.delivery_id, d.sub, event_id, order_id, event_json, d.lease_until_ms]
+                for d in r.deliveries
             ]
-            for r in routed
-        ]
-        args = [Keys.ROUTER_GROUP, now_ms(), self.keys.tag, orjson.dumps(payload)]
+            payload.append([r.entry_id, deliveries, event_id, order_id, event_json])
+        args = [Keys.ROUTER_GROUP, now_ms(), self.keys.tag, orjson.dumps(payload), self.retention_s]
         keys = [self.keys.ingest_stream]
         return {_text(i) for i in await self.store.script(self._route, keys, args)}
 
@@ -173,10 +170,13 @@ class DeliveryStore:
                 o.due_ms,
                 "" if o.status is None else str(o.status),
                 o.error,
+                o.event_id,
+                o.record.decode(),
+                o.latency_ms,
             ]
             for o in outcomes
         ]
-        args = [self.keys.tag, now_ms(), orjson.dumps(payload)]
+        args = [self.keys.tag, now_ms(), orjson.dumps(payload), self.retention_s]
         return [bool(r) for r in await self.store.script(self._settle, [self.keys.stats], args)]
 
     async def reclaim_expired(self, sub: str) -> int:

@@ -1,7 +1,9 @@
--- Dedupe and append a batch of events in one atomic step.
+-- Dedupe and append a batch of events in one atomic step, and count them.
 --
 -- KEYS[1]      the ingest stream
--- KEYS[1 + i]  the seen key of the i-th event
+-- KEYS[2]      the stats hash (`accepted`, `duplicates`)
+-- KEYS[3]      this minute's ingest counter (kept two hours, for the dashboard's chart)
+-- KEYS[3 + i]  the seen key of the i-th event
 -- ARGV[1]      the dedupe window in seconds
 -- ARGV[2i]     the i-th event id
 -- ARGV[2i + 1] the i-th event as JSON
@@ -10,15 +12,22 @@
 -- one} when the event was already seen within the window (also within this batch).
 local window = ARGV[1]
 local results = {}
-for i = 2, #KEYS do
+local accepted = 0
+for i = 4, #KEYS do
     local seen = KEYS[i]
     local first = redis.call('GET', seen)
     if first then
         results[#results + 1] = {0, first}
     else
-        local entry = redis.call('XADD', KEYS[1], '*', 'id', ARGV[2 * (i - 1)], 'event', ARGV[2 * (i - 1) + 1])
+        local n = i - 3
+        local entry = redis.call('XADD', KEYS[1], '*', 'id', ARGV[2 * n], 'event', ARGV[2 * n + 1])
         redis.call('SET', seen, entry, 'EX', window)
         results[#results + 1] = {1, entry}
+        accepted = accepted + 1
     end
 end
+redis.call('HINCRBY', KEYS[2], 'accepted', accepted)
+redis.call('HINCRBY', KEYS[2], 'duplicates', #results - accepted)
+redis.call('INCRBY', KEYS[3], accepted)
+redis.call('EXPIRE', KEYS[3], 7200)
 return results

@@ -28,6 +28,35 @@ class Keys:
         """Counters, kept in Redis so they are true across restarts and processes."""
         return f"{self.tag}:stats"
 
+    def ingest_minute(self, minute: int) -> str:
+        """Events accepted in one minute (Unix minutes), kept two hours."""
+        return f"{self.tag}:m:{minute}"
+
+    def event(self, event_id: str) -> str:
+        """An event as routed, kept for the retention (the delivery log)."""
+        return f"{self.tag}:ev:{event_id}"
+
+    def event_log(self, event_id: str) -> str:
+        """A list of an event's delivery attempts, newest first, kept for the retention."""
+        return f"{self.tag}:log:{event_id}"
+
+    def order(self, order_id: str) -> str:
+        """A set of an order's event ids, kept for the retention."""
+        return f"{self.tag}:order:{order_id}"
+
+    @property
+    def recent_attempts(self) -> str:
+        """A list of the latest delivery attempts of every subscription (the dashboard's)."""
+        return f"{self.tag}:attempts"
+
+    def pending_age(self, sub: str) -> str:
+        """A sorted set of a subscription's undelivered deliveries by creation time (ms)."""
+        return f"{self.tag}:s:{sub}:age"
+
+    def latencies(self, sub: str) -> str:
+        """A list of "<ms>:<latency ms>" of the latest deliveries, newest first."""
+        return f"{self.tag}:s:{sub}:lat"
+
     def delivery(self, delivery_id: str) -> str:
         """A hash: one event on its way to one subscription (Lua scripts build it the same way)."""
         return f"{self.tag}:d:{delivery_id}"

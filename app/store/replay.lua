@@ -12,6 +12,7 @@ for i = 3, #ARGV do
         redis.call('HSET', key, 'attempts', 0)
         redis.call('HDEL', key, 'deadMs')
         redis.call('ZADD', tag .. ':s:' .. sub .. ':ready', now, ARGV[i])
+        redis.call('ZADD', tag .. ':s:' .. sub .. ':age', now, ARGV[i])
         redis.call('HSET', tag .. ':s:' .. sub .. ':state', 'state', 'enabled', 'changedMs', now)
         count = count + 1
     end

@@ -1,15 +1,18 @@
--- Record the outcomes of a batch of delivery attempts.
+-- Record the outcomes of a batch of delivery attempts, and log each attempt.
 --
 -- KEYS[1]  the stats hash
 -- ARGV[1]  the key tag (every key below is built from it: one hash slot)
 -- ARGV[2]  now, ms
--- ARGV[3]  JSON: [[subscription, delivery id, outcome, due ms, status, error], ...]
+-- ARGV[3]  JSON: [[subscription, delivery id, outcome, due ms, status, error, event id,
+--          attempt record JSON, latency ms], ...]
 --          outcome: delivered | retry | dead | gone; status and error are "" when none
+-- ARGV[4]  the delivery log's retention, in seconds
 --
 -- A delivery no longer in flight nor ready was taken over by another process (its lease had
 -- expired): that process settles it, this one changes nothing. Returns 1 per outcome recorded,
--- 0 per outcome skipped.
-local tag, now = ARGV[1], ARGV[2]
+-- 0 per outcome skipped. Logs are capped lists: 100 attempts an event, 200 in the recent list,
+-- 1000 latencies a subscription.
+local tag, now, retention = ARGV[1], ARGV[2], ARGV[4]
 local results = {}
 for i, o in ipairs(cjson.decode(ARGV[3])) do
     local sub, id, outcome, due, status, err = o[1], o[2], o[3], o[4], o[5], o[6]
@@ -17,23 +20,35 @@ for i, o in ipairs(cjson.decode(ARGV[3])) do
     local key = tag .. ':d:' .. id
     if redis.call('ZREM', base .. ':inflight', id) == 0 and redis.call('ZREM', base .. ':ready', id) == 0 then
         results[i] = 0
-    elseif outcome == 'delivered' then
-        redis.call('DEL', key)
-        redis.call('HINCRBY', KEYS[1], sub .. ':delivered', 1)
-        results[i] = 1
     else
-        redis.call('HINCRBY', key, 'attempts', 1)
-        redis.call('HSET', key, 'lastStatus', status, 'lastError', err, 'lastAttemptMs', now)
-        if outcome == 'retry' then
-            redis.call('ZADD', base .. ':ready', due, id)
-            redis.call('HINCRBY', KEYS[1], sub .. ':retried', 1)
-        elseif outcome == 'dead' then
-            redis.call('HSET', key, 'deadMs', now)
-            redis.call('ZADD', base .. ':dlq', now, id)
-            redis.call('HINCRBY', KEYS[1], sub .. ':dead', 1)
-        else -- gone: keep it queued, disable the subscription
-            redis.call('ZADD', base .. ':ready', now, id)
-            redis.call('HSET', base .. ':state', 'state', 'disabled', 'reason', err, 'changedMs', now)
+        local log = tag .. ':log:' .. o[7]
+        redis.call('LPUSH', log, o[8])
+        redis.call('LTRIM', log, 0, 99)
+        redis.call('EXPIRE', log, retention)
+        redis.call('LPUSH', tag .. ':attempts', o[8])
+        redis.call('LTRIM', tag .. ':attempts', 0, 199)
+        if outcome == 'delivered' then
+            redis.call('DEL', key)
+            redis.call('ZREM', base .. ':age', id)
+            redis.call('LPUSH', base .. ':lat', now .. ':' .. o[9])
+            redis.call('LTRIM', base .. ':lat', 0, 999)
+            redis.call('HINCRBY', KEYS[1], sub .. ':delivered', 1)
+        else
+            redis.call('HINCRBY', key, 'attempts', 1)
+            redis.call('HSET', key, 'lastStatus', status, 'lastError', err, 'lastAttemptMs', now)
+            redis.call('HSET', base .. ':state', 'lastError', err, 'lastErrorMs', now)
+            if outcome == 'retry' then
+                redis.call('ZADD', base .. ':ready', due, id)
+                redis.call('HINCRBY', KEYS[1], sub .. ':retried', 1)
+            elseif outcome == 'dead' then
+                redis.call('HSET', key, 'deadMs', now)
+                redis.call('ZADD', base .. ':dlq', now, id)
+                redis.call('ZREM', base .. ':age', id)
+                redis.call('HINCRBY', KEYS[1], sub .. ':dead', 1)
+            else -- gone: keep it queued, disable the subscription
+                redis.call('ZADD', base .. ':ready', now, id)
+                redis.call('HSET', base .. ':state', 'state', 'disabled', 'reason', err, 'changedMs', now)
+            end
         end
         results[i] = 1
     end
