@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import orjson
@@ -11,23 +10,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.config import Settings
-from app.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from app.errors import BadRequest, NotFound
 from app.http import json_response
-from app.store.deliveries import DeliveryStore
+from app.ops.access import require
+from app.store.deliveries import DeliveryStore, OpsQueries
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
-
-
-def check_bearer(request: Request, settings: Settings) -> None:
-    token = settings.admin_token
-    if token is None:
-        raise Forbidden("the admin API is disabled: set ORDERHOOK_ADMIN_TOKEN to enable it")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), str(token).encode()
-    ):
-        raise Unauthorized("missing or invalid bearer token")
 
 
 class Admin:
@@ -36,7 +25,7 @@ class Admin:
         self.ids = [s.id for s in settings.subscriptions]
 
     def _deliveries(self, request: Request) -> DeliveryStore:
-        check_bearer(request, self.settings)
+        require(request, self.settings, "admin")
         deliveries: DeliveryStore = request.app.state.relay.deliveries
         return deliveries
 
@@ -96,8 +85,34 @@ class Admin:
             raise NotFound(f"no dead-letter entry {entry_id!r}")
         return json_response({"deleted": entry_id})
 
+    async def event(self, request: Request) -> Response:
+        queries = OpsQueries(self._deliveries(request))
+        event_id = request.path_params["id"]
+        event, attempts = await queries.event(event_id)
+        if event is None:
+            raise NotFound(f"no event {event_id!r} in the delivery log")
+        by_subscription: dict[str, list[dict[str, Any]]] = {}
+        for attempt in reversed(attempts):  # oldest first
+            by_subscription.setdefault(attempt["subscription"], []).append(attempt)
+        return json_response({"event": event, "attempts": by_subscription})
+
+    async def events(self, request: Request) -> Response:
+        queries = OpsQueries(self._deliveries(request))
+        order_id = request.query_params.get("orderId")
+        if not order_id:
+            raise BadRequest("give ?orderId=...")
+        rows = []
+        for event_id in await queries.order_events(order_id):
+            event, attempts = await queries.event(event_id)
+            if event is not None:
+                rows.append({**event, "attempts": len(attempts)})
+        rows.sort(key=lambda r: str(r["receivedAt"]))
+        return json_response({"orderId": order_id, "events": rows})
+
     def routes(self) -> list[Route]:
         return [
+            Route("/admin/events", self.events, methods=["GET"]),
+            Route("/admin/events/{id}", self.event, methods=["GET"]),
             Route("/admin/subscriptions", self.subscriptions, methods=["GET"]),
             Route("/admin/dlq", self.dlq, methods=["GET"]),
             Route("/admin/dlq/replay", self.replay, methods=["POST"]),

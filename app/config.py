@@ -41,6 +41,7 @@ ANY_ACCOUNT = "*"
 DEFAULT_DELIVERY_TIMEOUT_S = 10.0
 DEFAULT_MAX_IN_FLIGHT = 8
 DEFAULT_ROUTER_CLAIM_IDLE_S = 30.0
+DEFAULT_LOG_RETENTION_S = 7 * 24 * 3600
 _SUBSCRIPTION_ID = re.compile(r"\A[a-z0-9-]{1,64}\Z")
 
 AppendFsync = Literal["always", "everysec", "no"]
@@ -94,12 +95,17 @@ class _DeliveryFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     router_claim_idle_s: float = DEFAULT_ROUTER_CLAIM_IDLE_S
 
 
+class _OpsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    log_retention_s: int = DEFAULT_LOG_RETENTION_S
+
+
 class _ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sources: list[_SourceFile] = msgspec.field(default_factory=list)
     subscriptions: list[_SubscriptionFile] = msgspec.field(default_factory=list)
     store: _StoreFile = msgspec.field(default_factory=_StoreFile)
     ingest: _IngestFile = msgspec.field(default_factory=_IngestFile)
     delivery: _DeliveryFile = msgspec.field(default_factory=_DeliveryFile)
+    ops: _OpsFile = msgspec.field(default_factory=_OpsFile)
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,8 @@ class Settings:
     redis_url: str | None = None
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     admin_token: Secret | None = None
+    ops_token: Secret | None = None
+    log_retention_s: int = DEFAULT_LOG_RETENTION_S
     key_prefix: str = DEFAULT_KEY_PREFIX
     redis_timeout_s: float = DEFAULT_REDIS_TIMEOUT_S
     embedded_appendfsync: AppendFsync = "always"
@@ -165,6 +173,8 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
         redis_url=env.get("REDIS_URL") or None,
         data_dir=Path(env.get("ORDERHOOK_DATA_DIR") or DEFAULT_DATA_DIR),
         admin_token=_secret(env.get("ORDERHOOK_ADMIN_TOKEN")),
+        ops_token=_secret(env.get("ORDERHOOK_OPS_TOKEN")),
+        log_retention_s=parsed.ops.log_retention_s,
         key_prefix=parsed.store.key_prefix,
         redis_timeout_s=parsed.store.timeout_s,
         embedded_appendfsync=parsed.store.embedded_appendfsync,
@@ -196,6 +206,7 @@ def _check_limits(parsed: _ConfigFile, where: str) -> None:
         (parsed.ingest.max_body_bytes >= 1024, "ingest.max_body_bytes", "an integer >= 1024"),
         (parsed.ingest.dedupe_window_s >= 1, "ingest.dedupe_window_s", "an integer >= 1"),
         (parsed.store.timeout_s > 0, "store.timeout_s", "a number > 0"),
+        (parsed.ops.log_retention_s >= 60, "ops.log_retention_s", "an integer >= 60"),
         (parsed.delivery.router_claim_idle_s > 0, "delivery.router_claim_idle_s", "a number > 0"),
         (_valid_prefix(parsed.store.key_prefix), "store.key_prefix", "[A-Za-z0-9:_-]{1,64}"),
     ]

@@ -16,6 +16,7 @@ from app.config import Settings
 from app.errors import StoreUnavailable
 from app.http import EXCEPTION_HANDLERS, json_response
 from app.ingest import HookEndpoint
+from app.ops.routes import Ops
 from app.relay import Relay
 from app.store.batcher import Batcher
 from app.store.client import Store, open_store
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *Admin(settings).routes(),
+        *Ops(settings).routes(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.settings = settings

@@ -258,3 +258,66 @@ def _delivery_view(row: dict[bytes, bytes]) -> dict[str, Any]:
         "lastError": fields.get("lastError") or None,
         "deadAt": int(fields["deadMs"]) / 1000 if fields.get("deadMs") else None,
     }
+
+
+class OpsQueries:
+    """What the stats, metrics and dashboard read: counters, logs and health, all bounded."""
+
+    def __init__(self, deliveries: DeliveryStore) -> None:
+        self.store = deliveries.store
+        self.client = deliveries.client
+        self.keys = deliveries.keys
+
+    async def ingest_per_minute(self, minutes: int) -> list[tuple[int, int]]:
+        """(Unix minute, events accepted) for the last `minutes` minutes, oldest first."""
+        now = int(time.time() // 60)
+        span = list(range(now - minutes + 1, now + 1))
+        values = await self.store.guard(
+            partial(self.client.mget, [self.keys.ingest_minute(m) for m in span])
+        )
+        return [(m, int(v or 0)) for m, v in zip(span, values, strict=True)]
+
+    async def health(self, sub: str) -> dict[str, Any]:
+        """Oldest undelivered delivery's creation (ms), recent latencies, last error."""
+
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zrange(self.keys.pending_age(sub), 0, 0, withscores=True)
+                pipe.lrange(self.keys.latencies(sub), 0, -1)
+                pipe.hmget(self.keys.state(sub), "lastError", "lastErrorMs")
+                return list(await pipe.execute())
+
+        oldest, latencies, (last_error, last_error_ms) = await self.store.guard(read)
+        samples = []
+        for raw in latencies:
+            at, _, value = _text(raw).partition(":")
+            samples.append((int(at), int(value)))
+        return {
+            "oldestMs": int(oldest[0][1]) if oldest else None,
+            "latencies": samples,
+            "lastError": _text(last_error) if last_error else None,
+            "lastErrorMs": int(last_error_ms) if last_error_ms else None,
+        }
+
+    async def recent_attempts(self, count: int) -> list[dict[str, Any]]:
+        rows = await self.store.guard(
+            partial(self.client.lrange, self.keys.recent_attempts, 0, count - 1)
+        )
+        return [orjson.loads(row) for row in rows]
+
+    async def event(self, event_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """An event as routed and its attempts (newest first), while the log keeps them."""
+
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.get(self.keys.event(event_id))
+                pipe.lrange(self.keys.event_log(event_id), 0, -1)
+                return list(await pipe.execute())
+
+        raw, attempts = await self.store.guard(read)
+        event = orjson.loads(raw) if raw else None
+        return event, [orjson.loads(a) for a in attempts]
+
+    async def order_events(self, order_id: str) -> list[str]:
+        members = await self.store.guard(partial(self.client.smembers, self.keys.order(order_id)))
+        return sorted(_text(m) for m in members)

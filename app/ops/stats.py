@@ -1,0 +1,73 @@
+"""`GET /ops/stats`: totals from Redis (true across restarts and processes), queues, health."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from app.config import Settings
+from app.store.deliveries import DeliveryStore, OpsQueries
+
+LATENCY_WINDOW_S = 300
+
+
+def percentile(values: Sequence[int], q: float) -> int | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def latency_summary(samples: Sequence[tuple[int, int]], now_ms: int) -> dict[str, Any]:
+    recent = [value for at, value in samples if now_ms - at <= LATENCY_WINDOW_S * 1000]
+    return {
+        "count": len(recent),
+        "p50Ms": percentile(recent, 50),
+        "p95Ms": percentile(recent, 95),
+        "p99Ms": percentile(recent, 99),
+    }
+
+
+def ingest_totals(counters: dict[str, int]) -> dict[str, Any]:
+    rejected = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("rejected:")}
+    accepted, duplicates = counters.get("accepted", 0), counters.get("duplicates", 0)
+    return {
+        "received": accepted + duplicates + sum(rejected.values()),
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "rejected": rejected,
+    }
+
+
+async def collect(settings: Settings, deliveries: DeliveryStore) -> dict[str, Any]:
+    queries = OpsQueries(deliveries)
+    counters = await deliveries.stats()
+    now_ms = int(time.time() * 1000)
+    subscriptions = []
+    for sub in settings.subscriptions:
+        counts = await deliveries.subscription_counts(sub.id)
+        health = await queries.health(sub.id)
+        oldest = health["oldestMs"]
+        subscriptions.append(
+            {
+                "id": sub.id,
+                "url": sub.url,
+                **counts,
+                "delivered": counters.get(f"{sub.id}:delivered", 0),
+                "retried": counters.get(f"{sub.id}:retried", 0),
+                "deadLettered": counters.get(f"{sub.id}:dead", 0),
+                "filterErrors": counters.get(f"{sub.id}:filter_errors", 0),
+                "oldestUndeliveredAgeS": None if oldest is None else max(0, now_ms - oldest) / 1000,
+                "latency": latency_summary(health["latencies"], now_ms),
+                "lastError": health["lastError"],
+                "lastErrorAt": health["lastErrorMs"] and health["lastErrorMs"] / 1000,
+            }
+        )
+    return {
+        "ingest": ingest_totals(counters),
+        "ingestPerMinute": await queries.ingest_per_minute(60),
+        "subscriptions": subscriptions,
+    }
