@@ -190,11 +190,14 @@ def gateway_config(tmp_path: Path, prefix: str) -> Path:
 def live(redis_url: str, keys: Keys, tmp_path: Path) -> Iterator[Gateway]:
     """The gateway in a subprocess, on the test Redis, with this test's key prefix."""
     env = {**os.environ, "REDIS_URL": redis_url}
-    gateway = Gateway(gateway_config(tmp_path, keys.prefix), env, tmp_path / "gateway.log")
-    gateway.start()
-    yield gateway
-    gateway.stop()
+    process = Gateway(gateway_config(tmp_path, keys.prefix), env, tmp_path / "gateway.log")
+    process.start()
+    yield process
+    process.stop()
 
 
 def stream_events(rdb: redis.Redis, keys: Keys) -> list[dict[bytes, bytes]]:
     return [fields for _, fields in rdb.xrange(keys.ingest_stream)]
+
+
+from tests.relaying import gateway, sink  # noqa: E402, F401  (fixtures for every module)

@@ -4,78 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
-from typing import Any
 
 import httpx
-import orjson
 import pytest
 import redis
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from standardwebhooks.webhooks import Webhook
 
-from app.config import load_settings
-from app.server import create_app
 from app.store.keys import Keys
-from tests.conftest import AUTH, CONFIG_TOML, notification
+from tests.conftest import notification
+from tests.relaying import (
+    ADMIN,
+    OLD_SECRET,
+    SECRET,
+    Gateway,
+    body,
+    hook,
+    subscription,
+    until,
+)
 from tests.subscribers import Reply, Sink
 
 pytestmark = pytest.mark.anyio
-
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-OLD_SECRET = "whsec_dGhpcy1pcy1hbi1vbGQtc2VjcmV0LW9mLTMyLWJ5dA=="
-ADMIN = {"Authorization": "Bearer admin-token"}
-
-Gateway = Callable[[str], AbstractAsyncContextManager[httpx.AsyncClient]]
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    with Sink() as server:
-        yield server
-
-
-@pytest.fixture
-def gateway(redis_url: str, keys: Keys, tmp_path: Path) -> Gateway:
-    """An in-process gateway whose config is the test sources plus the given subscriptions."""
-
-    @asynccontextmanager
-    async def start(subscriptions_toml: str) -> AsyncIterator[httpx.AsyncClient]:
-        path = tmp_path / "orderhook.toml"
-        path.write_text(CONFIG_TOML.replace("{prefix}", keys.prefix) + subscriptions_toml)
-        env = {"REDIS_URL": redis_url, "ORDERHOOK_ADMIN_TOKEN": "admin-token"}
-        app = create_app(load_settings(path, env))
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-                yield client
-
-    return start
-
-
-def subscription(sink: Sink, sub_id: str, **options: Any) -> str:
-    lines = [
-        "[[subscriptions]]",
-        f'id = "{sub_id}"',
-        f'url = "{sink.url("/" + sub_id)}"',
-        f"secret = {orjson.dumps(options.pop('secret', SECRET)).decode()}",
-        "retry_schedule = [0.05, 0.05]",
-        f"timeout = {options.pop('timeout', 2)}",
-    ]
-    lines += [f"{key} = {value}" for key, value in options.items()]
-    return "\n" + "\n".join(lines) + "\n"
-
-
-async def hook(client: httpx.AsyncClient, **changes: Any) -> str:
-    r = await client.post("/hooks/vtex", json=notification(**changes), headers=AUTH)
-    assert r.status_code == 200, r.text
-    return str(r.json()["id"])
-
-
-def body(received: Any) -> dict[str, Any]:
-    return dict(orjson.loads(received.body))
 
 
 async def test_delivers_a_signed_structured_cloudevent(gateway: Gateway, sink: Sink) -> None:
@@ -167,7 +117,7 @@ async def test_exhausted_schedule_dead_letters_then_replay_delivers(
     async with gateway(subscription(sink, "erp")) as client:
         event_id = await hook(client)
         await sink.wait_for("/erp", 3)
-        dlq = await _until(
+        dlq = await until(
             lambda: client.get("/admin/dlq?subscription=erp", headers=ADMIN),
             lambda r: r.json()["total"] == 1,
         )
@@ -191,7 +141,7 @@ async def test_410_disables_keeps_queued_events_and_replay_reenables(
     async with gateway(subscription(sink, "erp")) as client:
         first = await hook(client, State="handling")
         await sink.wait_for("/erp", 1)
-        state = await _until(
+        state = await until(
             lambda: client.get("/admin/subscriptions", headers=ADMIN),
             lambda r: r.json()["subscriptions"][0]["state"] == "disabled",
         )
@@ -244,26 +194,13 @@ async def test_dead_letter_can_be_deleted(gateway: Gateway, sink: Sink) -> None:
     sink.script("/erp", Reply(500), Reply(500), Reply(500))
     async with gateway(subscription(sink, "erp")) as client:
         await hook(client)
-        dlq = await _until(
+        dlq = await until(
             lambda: client.get("/admin/dlq", headers=ADMIN), lambda r: r.json()["total"] == 1
         )
         entry_id = dlq.json()["items"][0]["id"]
         r = await client.delete(f"/admin/dlq/{entry_id}", headers=ADMIN)
         assert r.json() == {"deleted": entry_id}
         assert (await client.get("/admin/dlq", headers=ADMIN)).json()["total"] == 0
-
-
-async def _until(
-    fetch: Callable[[], Any], done: Callable[[httpx.Response], bool], timeout: float = 5
-) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while True:
-        response: httpx.Response = await fetch()
-        if done(response):
-            return response
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met: {response.text}")
-        await asyncio.sleep(0.05)
 
 
 async def test_admin_api_without_a_configured_token_is_forbidden(
@@ -286,7 +223,7 @@ async def test_a_transform_failing_at_run_time_dead_letters_the_delivery(
     transform = """'$number(orderId)'"""
     async with gateway(subscription(sink, "erp", transform=transform)) as client:
         event_id = await hook(client)
-        dlq = await _until(
+        dlq = await until(
             lambda: client.get("/admin/dlq", headers=ADMIN), lambda r: r.json()["total"] == 1
         )
     [entry] = dlq.json()["items"]
