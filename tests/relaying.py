@@ -40,7 +40,11 @@ def gateway(redis_url: str, keys: Keys, tmp_path: Path) -> Gateway:
     async def start(subscriptions_toml: str) -> AsyncIterator[httpx.AsyncClient]:
         path = tmp_path / "orderhook.toml"
         path.write_text(CONFIG_TOML.replace("{prefix}", keys.prefix) + subscriptions_toml)
-        env = {"REDIS_URL": redis_url, "ORDERHOOK_ADMIN_TOKEN": "admin-token"}
+        env = {
+            "REDIS_URL": redis_url,
+            "ORDERHOOK_ADMIN_TOKEN": "admin-token",
+            "ORDERHOOK_OPS_TOKEN": "ops-token",
+        }
         app = create_app(load_settings(path, env))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)

@@ -1,0 +1,136 @@
+"""Stats, metrics, the delivery log, access rules and the dashboard's HTML."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import notification
+from tests.relaying import ADMIN, Gateway, hook, subscription, until
+from tests.subscribers import Reply, Sink
+
+pytestmark = pytest.mark.anyio
+
+OPS = {"Authorization": "Bearer ops-token"}
+
+
+async def flow(client: httpx.AsyncClient, sink: Sink) -> tuple[str, str]:
+    """One event delivered to both; one dead-lettered at `down` after 3 attempts of 500."""
+    sink.script("/down", Reply(200), Reply(500), Reply(500), Reply(500))
+    first = await hook(client, State="handling")
+    await hook(client, State="handling")  # a duplicate
+    r = await client.post("/hooks/vtex", json=notification(), headers={"X-Orderhook-Token": "x"})
+    assert r.status_code == 401
+    second = await hook(client, State="invoiced")
+    await until(
+        lambda: client.get("/ops/stats", headers=OPS),
+        lambda r: r.json()["subscriptions"][1]["deadLetters"] == 1,
+    )
+    await sink.wait_for("/up", 2)
+    return first, second
+
+
+async def test_stats_move_as_events_flow(gateway: Gateway, sink: Sink) -> None:
+    subs = subscription(sink, "up") + subscription(sink, "down")
+    async with gateway(subs) as client:
+        await flow(client, sink)
+        stats = (await client.get("/ops/stats", headers=OPS)).json()
+    assert stats["ingest"] == {
+        "received": 4,
+        "accepted": 2,
+        "duplicates": 1,
+        "rejected": {"unauthorized": 1},
+    }
+    up, down = stats["subscriptions"]
+    assert (up["delivered"], up["retried"], up["deadLettered"], up["queued"]) == (2, 0, 0, 0)
+    assert (down["delivered"], down["retried"], down["deadLettered"]) == (1, 2, 1)
+    assert down["lastError"] == "HTTP 500"
+    assert up["latency"]["count"] == 2 and up["latency"]["p50Ms"] is not None
+    assert up["oldestUndeliveredAgeS"] is None
+    assert sum(count for _, count in stats["ingestPerMinute"]) == 2
+
+
+async def test_metrics_in_prometheus_format(gateway: Gateway, sink: Sink) -> None:
+    subs = subscription(sink, "up") + subscription(sink, "down")
+    async with gateway(subs) as client:
+        await flow(client, sink)
+        text = (await client.get("/metrics", headers=OPS)).text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert (
+        samples[("orderhook_ingest_events_total", (("outcome", "accepted"), ("reason", "")))] == 2
+    )
+    assert (
+        samples[
+            ("orderhook_ingest_events_total", (("outcome", "rejected"), ("reason", "unauthorized")))
+        ]
+        == 1
+    )
+    key = ("orderhook_deliveries_total", (("outcome", "dead_lettered"), ("subscription", "down")))
+    assert samples[key] == 1
+    assert samples[("orderhook_dead_letters", (("subscription", "down"),))] == 1
+    assert samples[("orderhook_subscription_enabled", (("subscription", "up"),))] == 1
+
+
+async def test_delivery_log_shows_each_attempt(gateway: Gateway, sink: Sink) -> None:
+    subs = subscription(sink, "up") + subscription(sink, "down")
+    async with gateway(subs) as client:
+        _, second = await flow(client, sink)
+        log = (await client.get(f"/admin/events/{second}", headers=ADMIN)).json()
+        found = (await client.get("/admin/events?orderId=v52277740atmc-01", headers=ADMIN)).json()
+        missing = await client.get("/admin/events/nope", headers=ADMIN)
+    assert log["event"]["state"] == "invoiced"
+    assert [a["status"] for a in log["attempts"]["down"]] == [500, 500, 500]
+    assert [a["outcome"] for a in log["attempts"]["down"]] == ["retry", "retry", "dead"]
+    assert [a["attempt"] for a in log["attempts"]["down"]] == [1, 2, 3]
+    assert [a["status"] for a in log["attempts"]["up"]] == [200]
+    assert log["attempts"]["up"][0]["response"] == "ok"
+    assert [e["state"] for e in found["events"]] == ["handling", "invoiced"]
+    assert missing.status_code == 404
+
+
+async def test_ops_token_reads_but_cannot_administer(gateway: Gateway, sink: Sink) -> None:
+    async with gateway(subscription(sink, "up")) as client:
+        assert (await client.get("/ops/stats", headers=OPS)).status_code == 200
+        assert (await client.get("/metrics", headers=OPS)).status_code == 200
+        assert (await client.get("/ops", headers=OPS)).status_code == 200
+        r = await client.get("/admin/subscriptions", headers=OPS)
+        assert r.status_code == 403 and "read-only" in r.json()["error"]
+        assert (await client.post("/ops/replay", headers=OPS)).status_code == 403
+        assert (await client.get("/ops/stats")).status_code == 401
+        assert (
+            await client.get("/metrics", headers={"Authorization": "Bearer x"})
+        ).status_code == 401
+        page = await client.get("/ops")
+        assert page.status_code == 401 and 'name="token"' in page.text  # the login form
+
+
+async def test_login_form_sets_a_session_cookie(gateway: Gateway, sink: Sink) -> None:
+    async with gateway(subscription(sink, "up")) as client:
+        bad = await client.post("/ops/login", data={"token": "wrong"})
+        assert bad.status_code == 401 and "not valid" in bad.text
+        r = await client.post("/ops/login", data={"token": "admin-token"})
+        assert r.status_code == 303
+        assert "httponly" in r.headers["set-cookie"].lower()
+        page = await client.get("/ops")
+        assert page.status_code == 200 and "signed in as admin" in page.text
+
+
+async def test_script_in_an_order_id_is_shown_as_text(gateway: Gateway, sink: Sink) -> None:
+    evil = "<script>alert(1)</script>"
+    async with gateway(subscription(sink, "up")) as client:
+        await hook(client, OrderId=evil)
+        await sink.wait_for("/up", 1)
+        await until(
+            lambda: client.get("/ops/stats", headers=OPS),
+            lambda r: r.json()["subscriptions"][0]["delivered"] == 1,
+        )
+        page = (await client.get("/ops", headers=ADMIN)).text
+        search = (await client.get("/ops", params={"orderId": evil}, headers=ADMIN)).text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert evil not in page and evil not in search
+    assert "&lt;script&gt;" in search
