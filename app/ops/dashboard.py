@@ -6,6 +6,7 @@ through `html.escape`; the page refreshes itself every few seconds.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
@@ -38,11 +39,17 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def health_class(sub: dict[str, Any]) -> str:
-    """red: disabled or dead letters waiting; amber: backlog or a recent error; green: fine."""
+RECENT_ERROR_S = 300
+
+
+def health_class(sub: dict[str, Any], now: float | None = None) -> str:
+    """red: disabled or dead letters waiting; amber: a backlog over a minute old or an error
+    in the last 5 minutes; green: fine."""
     if sub["state"] != "enabled" or sub["deadLetters"] > 0:
         return "bad"
-    if (sub["oldestUndeliveredAgeS"] or 0) > 60 or sub["lastError"]:
+    now = time.time() if now is None else now
+    recent_error = sub["lastErrorAt"] is not None and now - sub["lastErrorAt"] < RECENT_ERROR_S
+    if (sub["oldestUndeliveredAgeS"] or 0) > 60 or recent_error:
         return "warn"
     return "ok"
 
