@@ -10,7 +10,7 @@ import sys
 
 import uvicorn
 
-from app import logs
+from app import cli_ops, logs
 from app.config import Settings, load_settings
 from app.errors import ConfigError
 from app.relay import run_worker
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (default: $ORDERHOOK_CONFIG)")
     serve.add_argument("--host", default=DEFAULT_HOST)
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    cli_ops.add_commands(commands)
     worker = commands.add_parser("worker", help="run router and delivery only (needs REDIS_URL)")
     worker.add_argument("--config", help="TOML config file (default: $ORDERHOOK_CONFIG)")
     return parser
@@ -108,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure()
     args = build_parser().parse_args(argv)
     commands = {"serve": serve, "worker": worker}
-    return commands[args.command](args)
+    if args.command in commands:
+        return commands[args.command](args)
+    return cli_ops.run(args)
 
 
 if __name__ == "__main__":

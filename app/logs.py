@@ -33,3 +33,4 @@ def configure(level: int = logging.INFO) -> None:
     root.setLevel(level)
     outcomes.handlers[:] = [raw]
     outcomes.propagate = False
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the CLI's requests are not news

@@ -1,0 +1,222 @@
+"""`orderhook status | dlq list | dlq replay | events show`: the admin API from a terminal.
+
+Every failure is one line on stderr and exit status 1: the gateway down, a refused token, an
+unknown id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TIMEOUT = httpx.Timeout(10.0)
+REPLAY_CHUNK = 100
+PAGE = 500
+
+
+class CliError(Exception):
+    """Printed as `orderhook: <message>`, exit status 1."""
+
+
+def add_commands(commands: Any) -> None:
+    status = commands.add_parser("status", help="the running gateway's health, as a table")
+    _common(status)
+    dlq = commands.add_parser("dlq", help="the dead-letter queues")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    listing = dlq_commands.add_parser("list", help="dead letters, newest first")
+    listing.add_argument("--subscription")
+    listing.add_argument("--limit", type=int, default=50)
+    _common(listing)
+    replay = dlq_commands.add_parser("replay", help="requeue dead letters with a fresh schedule")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--subscription")
+    which.add_argument("--id", dest="ids", action="append", help="a dead-letter id (repeatable)")
+    _common(replay)
+    events = commands.add_parser("events", help="the delivery log")
+    events_commands = events.add_subparsers(dest="events_command", required=True)
+    show = events_commands.add_parser("show", help="an event and its attempts")
+    show.add_argument("id")
+    _common(show)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("ORDERHOOK_URL", DEFAULT_URL),
+        help="the gateway (default: $ORDERHOOK_URL or %(default)s)",
+    )
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    try:
+        with Api(args.url, os.environ.get("ORDERHOOK_ADMIN_TOKEN", "")) as api:
+            if args.command == "status":
+                print_status(api.get("/ops/stats"), out)
+            elif args.command == "dlq" and args.dlq_command == "list":
+                print_dead_letters(api, args.subscription, args.limit, out)
+            elif args.command == "dlq":
+                replay(api, args.subscription, args.ids, out)
+            else:
+                print_event(api.get(f"/admin/events/{args.id}"), out)
+    except CliError as exc:
+        print(f"orderhook: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class Api:
+    def __init__(self, url: str, token: str) -> None:
+        if not token:
+            raise CliError("set ORDERHOOK_ADMIN_TOKEN to the gateway's admin token")
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.url, timeout=TIMEOUT, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self._call("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._call("POST", path, json=body)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise CliError(f"cannot reach the gateway at {self.url}: {exc}") from None
+        if response.status_code in (401, 403):
+            raise CliError(
+                f"the gateway refused the token (HTTP {response.status_code}): {_error(response)}"
+            )
+        if response.status_code >= 400:
+            raise CliError(f"HTTP {response.status_code}: {_error(response)}")
+        return response.json()
+
+
+def _error(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]
+
+
+def table(rows: list[list[Any]], out: TextIO) -> None:
+    cells = [["—" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    for n, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+        if n == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+
+
+def print_status(stats: dict[str, Any], out: TextIO) -> None:
+    ingest = stats["ingest"]
+    rejected = ", ".join(f"{k} {v}" for k, v in ingest["rejected"].items()) or "0"
+    print(
+        f"ingest: received {ingest['received']}, accepted {ingest['accepted']}, "
+        f"duplicates {ingest['duplicates']}, rejected {rejected}",
+        file=out,
+    )
+    rows: list[list[Any]] = [
+        [
+            "subscription",
+            "state",
+            "delivered",
+            "retried",
+            "queued",
+            "in flight",
+            "dead",
+            "oldest (s)",
+            "p99 ms",
+            "last error",
+        ]
+    ]
+    for s in stats["subscriptions"]:
+        age = s["oldestUndeliveredAgeS"]
+        rows.append(
+            [
+                s["id"],
+                s["state"],
+                s["delivered"],
+                s["retried"],
+                s["queued"],
+                s["inFlight"],
+                s["deadLetters"],
+                None if age is None else round(age),
+                s["latency"]["p99Ms"],
+                s["lastError"],
+            ]
+        )
+    table(rows, out)
+
+
+def _all_dead(api: Api, subscription: str | None) -> Iterator[dict[str, Any]]:
+    offset: int | None = 0
+    while offset is not None:
+        page = api.get("/admin/dlq", subscription=subscription, offset=offset, limit=PAGE)
+        yield from page["items"]
+        offset = page["next"]
+
+
+def print_dead_letters(api: Api, subscription: str | None, limit: int, out: TextIO) -> None:
+    page = api.get("/admin/dlq", subscription=subscription, limit=limit)
+    rows: list[list[Any]] = [["id", "subscription", "order", "attempts", "status", "error"]]
+    rows += [
+        [i["id"], i["subscription"], i["orderId"], i["attempts"], i["lastStatus"], i["lastError"]]
+        for i in page["items"]
+    ]
+    table(rows, out)
+    print(f"{len(page['items'])} of {page['total']} dead letters", file=out)
+
+
+def replay(api: Api, subscription: str | None, ids: list[str] | None, out: TextIO) -> None:
+    if ids:
+        done = api.post("/admin/dlq/replay", {"ids": ids})["replayed"]
+        if done < len(ids):
+            raise CliError(f"replayed {done} of {len(ids)}: the others are not dead letters")
+        print(f"replayed {done}", file=out)
+        return
+    todo = [item["id"] for item in _all_dead(api, subscription)]
+    done = 0
+    for start in range(0, len(todo), REPLAY_CHUNK):
+        done += api.post("/admin/dlq/replay", {"ids": todo[start : start + REPLAY_CHUNK]})[
+            "replayed"
+        ]
+        progress(done, len(todo))
+    api.post("/admin/dlq/replay", {"subscription": subscription})  # re-enables it too
+    print(f"replayed {done} dead letters of {subscription}", file=out)
+
+
+def progress(done: int, total: int, width: int = 30) -> None:
+    filled = width * done // max(total, 1)
+    bar = "#" * filled + "." * (width - filled)
+    print(f"\r[{bar}] {done}/{total}", end="\n" if done >= total else "", file=sys.stderr)
+
+
+def print_event(found: dict[str, Any], out: TextIO) -> None:
+    event = found["event"]
+    print(
+        f"event {event['id']}: order {event['orderId']} {event['lastState']} -> "
+        f"{event['state']} ({event['account']}, received {event['receivedAt']})",
+        file=out,
+    )
+    for sub, attempts in found["attempts"].items():
+        print(f"\n{sub}:", file=out)
+        rows: list[list[Any]] = [["#", "time", "outcome", "status", "ms", "error"]]
+        rows += [
+            [a["attempt"], a["at"], a["outcome"], a["status"], a["durationMs"], a["error"]]
+            for a in attempts
+        ]
+        table(rows, out)
