@@ -1,36 +1,62 @@
-"""Structured logs: one JSON line per ingest and delivery outcome.
+"""Structured logs: one JSON line per ingest and delivery outcome, on standard output.
 
 Only the fields given are written: event ids, order ids, subscription ids, statuses, errors.
 Request headers, tokens and secrets are never passed here, so they cannot appear.
+
+The lines are written to a buffered stream and flushed every `FLUSH_EVERY_S` (and at exit),
+not line by line: a write system call per hook request cost ~20% of ingest throughput.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
 from app.events import utc_now_iso
 
-outcomes = logging.getLogger("orderhook.outcomes")
+FLUSH_EVERY_S = 0.5
+
+
+class _Outcomes:
+    def __init__(self) -> None:
+        self.stream: TextIO | None = None
+
+    def write(self, kind: str, fields: dict[str, Any]) -> None:
+        if self.stream is not None:
+            line = orjson.dumps({"time": utc_now_iso(), "kind": kind, **fields})
+            self.stream.write(line.decode() + "\n")
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            self.stream.flush()
+
+
+outcomes = _Outcomes()
 
 
 def log_event(kind: str, **fields: Any) -> None:
-    if outcomes.isEnabledFor(logging.INFO):
-        outcomes.info("%s", orjson.dumps({"time": utc_now_iso(), "kind": kind, **fields}).decode())
+    outcomes.write(kind, fields)
 
 
-def configure(level: int = logging.INFO) -> None:
-    """Plain lines for the gateway's own messages; outcome lines are JSON as they are."""
+async def flush_periodically() -> None:
+    """Run for the life of the process (serve's lifespan, or the worker)."""
+    while True:
+        await asyncio.sleep(FLUSH_EVERY_S)
+        outcomes.flush()
+
+
+def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
+    """Plain lines on stderr for the gateway's own messages; outcome lines (JSON) on stdout."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    raw = logging.StreamHandler(sys.stdout)
-    raw.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    outcomes.handlers[:] = [raw]
-    outcomes.propagate = False
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the CLI's requests are not news
+    outcomes.stream = stream or sys.stdout
+    atexit.register(outcomes.flush)

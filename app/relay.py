@@ -12,6 +12,7 @@ import signal
 
 import aiohttp
 
+from app import logs
 from app.config import Settings
 from app.delivery import Deliverer
 from app.router import Router
@@ -74,6 +75,8 @@ async def run_worker(settings: Settings) -> None:
         relay = Relay(settings, store)
         await relay.start()
         log.info("worker %s started", relay.router.consumer)
+        flusher = asyncio.create_task(logs.flush_periodically())
         await stop.wait()
+        flusher.cancel()
         log.info("worker stopping: finishing deliveries in flight")
         await relay.stop()

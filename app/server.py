@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app import logs
 from app.admin import Admin
 from app.config import Settings
 from app.errors import StoreUnavailable
@@ -66,9 +68,12 @@ def create_app(settings: Settings) -> Starlette:
             if settings.subscriptions:  # without any, events wait in the stream for the first
                 await relay.start()
             app.state.store, app.state.commit, app.state.relay = store, commit, relay
+            flusher = asyncio.create_task(logs.flush_periodically())
             try:
                 yield
             finally:
+                flusher.cancel()
+                logs.outcomes.flush()
                 await relay.stop()
                 await commit.close()
 
