@@ -24,6 +24,7 @@ from app.store.batcher import Batcher
 from app.store.client import Store, open_store
 from app.store.embedded import EmbeddedRedis
 from app.store.keys import Keys
+from app.vtex.jsonata import JsonataEndpoint
 
 log = logging.getLogger("orderhook.server")
 
@@ -83,6 +84,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         *Admin(settings).routes(),
         *Ops(settings).routes(),
+        Route(
+            "/api/orders/expressions/jsonata", JsonataEndpoint(settings).handle, methods=["POST"]
+        ),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.settings = settings
