@@ -42,6 +42,9 @@ DEFAULT_DELIVERY_TIMEOUT_S = 10.0
 DEFAULT_MAX_IN_FLIGHT = 8
 DEFAULT_ROUTER_CLAIM_IDLE_S = 30.0
 DEFAULT_LOG_RETENTION_S = 7 * 24 * 3600
+DEFAULT_VISIBILITY_TIMEOUT_S = 240.0  # VTEX Feed v3's default
+DEFAULT_PULL_RETENTION_S = 4 * 24 * 3600.0  # VTEX Feed v3: 4 to 14 days
+MAX_PULL_RETENTION_S = 14 * 24 * 3600.0
 _SUBSCRIPTION_ID = re.compile(r"\A[a-z0-9-]{1,64}\Z")
 
 AppendFsync = Literal["always", "everysec", "no"]
@@ -80,7 +83,12 @@ class _FromOrdersFile(
 
 class _SubscriptionFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: str
-    url: str
+    url: str | None = None
+    mode: Literal["push", "pull"] = "push"
+    token: str | None = None
+    token_env: str | None = None
+    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT_S
+    retention: float = DEFAULT_PULL_RETENTION_S
     secret: str | list[str] | None = None
     secret_env: str | None = None
     filter: _FromWorkflowFile | _FromOrdersFile | None = None
@@ -133,6 +141,10 @@ class Subscription:
     timeout_s: float = DEFAULT_DELIVERY_TIMEOUT_S
     accounts: frozenset[str] | None = None
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    mode: Literal["push", "pull"] = "push"
+    token: Secret | None = None  # a pull subscription's own bearer token
+    visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
+    retention_s: float = DEFAULT_PULL_RETENTION_S
 
     def wants_account(self, account: str) -> bool:
         return self.accounts is None or account in self.accounts
@@ -264,7 +276,10 @@ def _resolve_subscription(
 
     if not _SUBSCRIPTION_ID.match(sub.id):
         raise fail("id", "must match [a-z0-9-]+ (at most 64 characters)")
-    if urlsplit(sub.url).scheme not in ("http", "https") or not urlsplit(sub.url).hostname:
+    if sub.mode == "pull":
+        return _resolve_pull(sub, fail, env)
+    url = sub.url or ""
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
         raise fail("url", "must be an http or https URL")
     if sub.timeout <= 0 or sub.max_in_flight < 1:
         raise fail("timeout" if sub.timeout <= 0 else "max_in_flight", "must be positive")
@@ -273,7 +288,7 @@ def _resolve_subscription(
         raise fail("retry_schedule", "must hold seconds >= 0")
     return Subscription(
         id=sub.id,
-        url=sub.url,
+        url=url,
         secrets=_subscription_secrets(sub, fail, env),
         filter=_compile_filter(sub.filter, fail),
         transform=_compile(sub.transform, "transform", fail) if sub.transform else None,
@@ -281,6 +296,35 @@ def _resolve_subscription(
         timeout_s=sub.timeout,
         accounts=frozenset(sub.accounts) if sub.accounts is not None else None,
         max_in_flight=sub.max_in_flight,
+    )
+
+
+def _resolve_pull(
+    sub: _SubscriptionFile, fail: Callable[[str, str], ConfigError], env: Mapping[str, str]
+) -> Subscription:
+    """A Feed v3-style subscription: consumers take its events with GET /feed/{id}."""
+    if sub.url is not None:
+        raise fail("url", 'is not used by a pull subscription (mode = "pull")')
+    if (sub.token is None) == (sub.token_env is None):
+        raise fail("token", "is required for a pull subscription: give `token` or `token_env`")
+    token = sub.token if sub.token is not None else env.get(sub.token_env or "")
+    if not token:
+        raise fail("token_env", f"names {sub.token_env}, which is not set or empty")
+    if sub.visibility_timeout <= 0:
+        raise fail("visibility_timeout", "must be positive")
+    if not 0 < sub.retention <= MAX_PULL_RETENTION_S:
+        raise fail("retention", "must be positive and at most 1209600 seconds (14 days)")
+    return Subscription(
+        id=sub.id,
+        url="",
+        secrets=(),
+        filter=_compile_filter(sub.filter, fail),
+        transform=_compile(sub.transform, "transform", fail) if sub.transform else None,
+        accounts=frozenset(sub.accounts) if sub.accounts is not None else None,
+        mode="pull",
+        token=Secret(token),
+        visibility_timeout_s=sub.visibility_timeout,
+        retention_s=sub.retention,
     )
 
 

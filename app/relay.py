@@ -34,10 +34,11 @@ class Relay:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        slots = sum(s.max_in_flight for s in self.settings.subscriptions) or 1
+        slots = sum(s.max_in_flight for s in self.settings.subscriptions if s.mode == "push") or 1
         connector = aiohttp.TCPConnector(limit=slots, limit_per_host=0, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
-        self.deliverer = Deliverer(self.settings.subscriptions, self.deliveries, self._session)
+        push = [s for s in self.settings.subscriptions if s.mode == "push"]
+        self.deliverer = Deliverer(push, self.deliveries, self._session)
         self.router = Router(self.settings, self.deliveries, self.deliverer)
         self._tasks = [
             asyncio.create_task(self.router.run(self._stopping), name="orderhook-router"),

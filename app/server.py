@@ -24,6 +24,7 @@ from app.store.batcher import Batcher
 from app.store.client import Store, open_store
 from app.store.embedded import EmbeddedRedis
 from app.store.keys import Keys
+from app.vtex.feed import Feed
 from app.vtex.jsonata import JsonataEndpoint
 
 log = logging.getLogger("orderhook.server")
@@ -84,6 +85,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         *Admin(settings).routes(),
         *Ops(settings).routes(),
+        *Feed(settings).routes(),
         Route(
             "/api/orders/expressions/jsonata", JsonataEndpoint(settings).handle, methods=["POST"]
         ),

@@ -85,6 +85,8 @@ class DeliveryStore:
         self._reclaim = register(load_script("reclaim.lua"))
         self._replay = register(load_script("replay.lua"))
         self._dlq_delete = register(load_script("dlq_delete.lua"))
+        self._feed_take = register(load_script("feed_take.lua"))
+        self._feed_commit = register(load_script("feed_commit.lua"))
 
     # -- the router's side -------------------------------------------------------------------
 
@@ -182,6 +184,26 @@ class DeliveryStore:
     async def reclaim_expired(self, sub: str) -> int:
         keys = [self.keys.inflight(sub), self.keys.ready(sub)]
         return int(await self.store.script(self._reclaim, keys, [now_ms()]))
+
+    # -- pull subscriptions (Feed v3 style) -------------------------------------------------
+
+    async def feed_take(
+        self, sub: str, maxlot: int, visibility_s: float, retention_s: float
+    ) -> tuple[list[tuple[str, bytes]], int]:
+        """Up to `maxlot` items, hidden until the returned time (ms)."""
+        now = now_ms()
+        hidden_until = now + int(visibility_s * 1000)
+        keys = [self.keys.ready(sub), self.keys.inflight(sub), self.keys.stats]
+        args = [now, hidden_until, maxlot, self.keys.tag, int(retention_s * 1000), sub]
+        items = await self.store.script(self._feed_take, keys, args)
+        return [(_text(i), e) for i, e in items], hidden_until
+
+    async def feed_commit(self, sub: str, receipts: Sequence[str]) -> int:
+        """Commit items by "<delivery id>~<hidden until>" receipts."""
+        keys = [self.keys.inflight(sub), self.keys.stats]
+        return int(
+            await self.store.script(self._feed_commit, keys, [self.keys.tag, sub, *receipts])
+        )
 
     # -- admin -------------------------------------------------------------------------------
 

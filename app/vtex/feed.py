@@ -1,0 +1,111 @@
+"""Pull subscriptions in VTEX Feed v3 style, for consumers that cannot take pushes.
+
+`GET /feed/{subscription}?maxlot=N` (1 to 10) returns up to N items shaped like VTEX feed items,
+plus `event` (the CloudEvent), and hides them for the subscription's visibility timeout;
+`POST /feed/{subscription}/commit` with `{"handles": [...]}` removes them. Uncommitted items
+come back; items older than the retention are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.config import Settings, Subscription
+from app.delivery import build_body
+from app.errors import BadRequest, NotFound, Unauthorized
+from app.events import cloudevent, default_data
+from app.filters import EvaluationError
+from app.http import json_response
+from app.store.deliveries import DeliveryStore
+
+MAX_LOT = 10  # as in VTEX
+DEFAULT_LOT = 1
+MAX_HANDLES = 1000
+
+
+def encode_handle(delivery_id: str, hidden_until_ms: int) -> str:
+    return base64.urlsafe_b64encode(f"{delivery_id}~{hidden_until_ms}".encode()).decode()
+
+
+def decode_handle(handle: str) -> str | None:
+    try:
+        return base64.urlsafe_b64decode(handle.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+
+
+def feed_item(sub: Subscription, event: dict[str, Any], handle: str) -> dict[str, Any]:
+    try:
+        cloud = orjson.loads(build_body(sub, event))
+    except EvaluationError as exc:  # the consumer still gets its event, untransformed
+        cloud = {**cloudevent(event, default_data(event)), "transformerror": str(exc)}
+    return {
+        "eventId": event["id"],
+        "handle": handle,
+        "domain": event["domain"],
+        "state": event["state"],
+        "lastState": event["lastState"],
+        "orderId": event["orderId"],
+        "lastChange": event["lastChange"],
+        "currentChange": event["currentChange"],
+        "event": cloud,
+    }
+
+
+class Feed:
+    def __init__(self, settings: Settings) -> None:
+        self.pull = {s.id: s for s in settings.subscriptions if s.mode == "pull"}
+
+    def _authorized(self, request: Request) -> tuple[Subscription, DeliveryStore]:
+        sub = self.pull.get(request.path_params["subscription"])
+        if sub is None:
+            raise NotFound(f"no pull subscription {request.path_params['subscription']!r}")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        expected = str(sub.token).encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise Unauthorized("missing or invalid bearer token for this subscription")
+        deliveries: DeliveryStore = request.app.state.relay.deliveries
+        return sub, deliveries
+
+    async def take(self, request: Request) -> Response:
+        sub, deliveries = self._authorized(request)
+        raw = request.query_params.get("maxlot", str(DEFAULT_LOT))
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOT:
+            raise BadRequest(f"`maxlot` must be an integer from 1 to {MAX_LOT}")
+        items, hidden_until = await deliveries.feed_take(
+            sub.id, int(raw), sub.visibility_timeout_s, sub.retention_s
+        )
+        return json_response(
+            [
+                feed_item(sub, orjson.loads(event), encode_handle(delivery_id, hidden_until))
+                for delivery_id, event in items
+            ]
+        )
+
+    async def commit(self, request: Request) -> Response:
+        sub, deliveries = self._authorized(request)
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"body is not valid JSON: {exc}") from exc
+        handles = body.get("handles") if isinstance(body, dict) else None
+        if not isinstance(handles, list) or not all(isinstance(h, str) for h in handles):
+            raise BadRequest('give {"handles": ["...", ...]}')
+        if len(handles) > MAX_HANDLES:
+            raise BadRequest(f"at most {MAX_HANDLES} handles at once")
+        receipts = [r for r in (decode_handle(h) for h in handles) if r is not None]
+        return json_response({"committed": await deliveries.feed_commit(sub.id, receipts)})
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/feed/{subscription}", self.take, methods=["GET"]),
+            Route("/feed/{subscription}/commit", self.commit, methods=["POST"]),
+        ]
