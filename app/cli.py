@@ -15,6 +15,7 @@ from app.config import Settings, load_settings
 from app.errors import ConfigError
 from app.relay import run_worker
 from app.server import create_app
+from app.vtex import hooks
 from app.vtex.jsonata import cli_test
 
 DEFAULT_HOST = "127.0.0.1"
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=DEFAULT_HOST)
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     cli_ops.add_commands(commands)
+    hooks.add_commands(commands)
     jsonata = commands.add_parser("jsonata", help="JSONata filters, as VTEX evaluates them")
     jsonata_commands = jsonata.add_subparsers(dest="jsonata_command", required=True)
     tester = jsonata_commands.add_parser("test", help="does EXPRESSION match the order?")
@@ -114,6 +116,8 @@ def _exit_cleanly_on_stop_signals() -> None:
 def main(argv: list[str] | None = None) -> int:
     logs.configure()
     args = build_parser().parse_args(argv)
+    if args.command == "vtex":
+        return hooks.run(args)
     if args.command == "jsonata":
         return cli_test(args.expression, args.document)
     commands = {"serve": serve, "worker": worker}

@@ -38,6 +38,7 @@ DEFAULT_KEY_PREFIX = "orderhook"
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_REDIS_TIMEOUT_S = 2.0
 ANY_ACCOUNT = "*"
+DEFAULT_VTEX_BASE_URL = "https://{account}.vtexcommercestable.com.br"
 DEFAULT_DELIVERY_TIMEOUT_S = 10.0
 DEFAULT_MAX_IN_FLIGHT = 8
 DEFAULT_ROUTER_CLAIM_IDLE_S = 30.0
@@ -55,6 +56,13 @@ class _SourceFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth_header: str
     auth_token: str | None = None
     auth_token_env: str | None = None
+    app_key_env: str | None = None  # VTEX API credentials, for hook registration
+    app_token_env: str | None = None
+
+
+class _VtexFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    base_url: str = DEFAULT_VTEX_BASE_URL
+    public_url: str | None = None  # where VTEX reaches this gateway, for hook registration
 
 
 class _StoreFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -114,6 +122,7 @@ class _ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ingest: _IngestFile = msgspec.field(default_factory=_IngestFile)
     delivery: _DeliveryFile = msgspec.field(default_factory=_DeliveryFile)
     ops: _OpsFile = msgspec.field(default_factory=_OpsFile)
+    vtex: _VtexFile = msgspec.field(default_factory=_VtexFile)
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,8 @@ class Source:
     account: str
     auth_header: str
     auth_token: Secret
+    app_key: Secret | None = None
+    app_token: Secret | None = None
 
     def allows(self, account: str) -> bool:
         return self.account in (ANY_ACCOUNT, account)
@@ -163,6 +174,8 @@ class Settings:
     admin_token: Secret | None = None
     ops_token: Secret | None = None
     log_retention_s: int = DEFAULT_LOG_RETENTION_S
+    vtex_base_url: str = DEFAULT_VTEX_BASE_URL
+    public_url: str | None = None
     key_prefix: str = DEFAULT_KEY_PREFIX
     redis_timeout_s: float = DEFAULT_REDIS_TIMEOUT_S
     embedded_appendfsync: AppendFsync = "always"
@@ -187,6 +200,8 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
         admin_token=_secret(env.get("ORDERHOOK_ADMIN_TOKEN")),
         ops_token=_secret(env.get("ORDERHOOK_OPS_TOKEN")),
         log_retention_s=parsed.ops.log_retention_s,
+        vtex_base_url=parsed.vtex.base_url,
+        public_url=parsed.vtex.public_url,
         key_prefix=parsed.store.key_prefix,
         redis_timeout_s=parsed.store.timeout_s,
         embedded_appendfsync=parsed.store.embedded_appendfsync,
@@ -251,8 +266,20 @@ def _resolve_source(src: _SourceFile, index: int, where: str, env: Mapping[str, 
             f"config {where}: `{key}` needs a non-empty `account`, `auth_header` and token"
         )
     return Source(
-        account=src.account, auth_header=src.auth_header.strip().lower(), auth_token=Secret(token)
+        account=src.account,
+        auth_header=src.auth_header.strip().lower(),
+        auth_token=Secret(token),
+        app_key=_from_env(src.app_key_env, f"{key}.app_key_env", where, env),
+        app_token=_from_env(src.app_token_env, f"{key}.app_token_env", where, env),
     )
+
+
+def _from_env(name: str | None, key: str, where: str, env: Mapping[str, str]) -> Secret | None:
+    if name is None:
+        return None
+    if not env.get(name):
+        raise ConfigError(f"config {where}: `{key}` names {name}, which is not set or empty")
+    return Secret(env[name])
 
 
 def _resolve_subscriptions(

@@ -1,0 +1,85 @@
+"""A fake VTEX for tests, following VTEX's documented contract for the endpoints the gateway
+uses: hook configuration (GET, POST, DELETE /api/orders/hook/config; POST pings the hook URL
+and saves only on 200), with `X-VTEX-API-AppKey` and `X-VTEX-API-AppToken` required. Each
+account lives under its own path prefix: base URL `http://127.0.0.1:PORT/{account}`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.conftest import free_port
+
+APP_KEY = "vtexappkey-mystore-TEST"
+APP_TOKEN = "app-token-TEST"
+
+
+class FakeVtex:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.hooks: dict[str, dict[str, Any]] = {}
+        self.pings: list[tuple[str, int]] = []  # (url, status the hook URL answered)
+        app = Starlette(
+            routes=[
+                Route(
+                    "/{account}/api/orders/hook/config",
+                    self.hook_config,
+                    methods=["GET", "POST", "DELETE"],
+                ),
+            ]
+        )
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{{account}}"
+
+    async def hook_config(self, request: Request) -> Response:
+        if (
+            request.headers.get("x-vtex-api-appkey"),
+            request.headers.get("x-vtex-api-apptoken"),
+        ) != (APP_KEY, APP_TOKEN):
+            return JSONResponse({"error": {"message": "Unauthorized"}}, 401)
+        account = request.path_params["account"]
+        if request.method == "GET":
+            hook = self.hooks.get(account)
+            return JSONResponse(hook) if hook else Response(status_code=404)
+        if request.method == "DELETE":
+            self.hooks.pop(account, None)
+            return Response(status_code=200)
+        config = await request.json()
+        flt, hook = config.get("filter", {}), config.get("hook", {})
+        if flt.get("type") not in ("FromWorkflow", "FromOrders") or not hook.get("url"):
+            return JSONResponse({"error": {"message": "filter and hook.url are required"}}, 400)
+        async with httpx.AsyncClient(timeout=5) as client:  # VTEX pings before saving
+            ping = await client.post(
+                hook["url"], json={"hookConfig": "ping"}, headers=hook.get("headers") or {}
+            )
+        self.pings.append((hook["url"], ping.status_code))
+        if ping.status_code != 200:
+            return JSONResponse({"error": {"message": "the hook URL did not answer 200"}}, 400)
+        self.hooks[account] = config
+        return JSONResponse(config)
+
+    def __enter__(self) -> FakeVtex:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake VTEX did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -1,0 +1,86 @@
+"""Hook registration from the CLI against the fake VTEX, which pings the real gateway."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from app.store.keys import Keys
+from tests.conftest import HEADER, TOKEN, Gateway
+from tests.fake_vtex import APP_KEY, APP_TOKEN, FakeVtex
+
+
+def write_config(tmp_path: Path, prefix: str, vtex: FakeVtex, public_url: str) -> Path:
+    path = tmp_path / "vtex.toml"
+    path.write_text(f"""
+[[sources]]
+account = "mystore"
+auth_header = "{HEADER}"
+auth_token = "{TOKEN}"
+app_key_env = "VTEX_APP_KEY"
+app_token_env = "VTEX_APP_TOKEN"
+
+[store]
+key_prefix = "{prefix}"
+
+[vtex]
+base_url = "{vtex.base_url}"
+public_url = "{public_url}"
+""")
+    return path
+
+
+def test_register_show_ensure_delete(redis_url: str, keys: Keys, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "VTEX_APP_KEY": APP_KEY,
+        "VTEX_APP_TOKEN": APP_TOKEN,
+    }
+    with FakeVtex() as vtex:
+        placeholder = write_config(tmp_path, keys.prefix, vtex, "http://unused")
+        gateway = Gateway(placeholder, env, tmp_path / "gw.log")
+        config = write_config(tmp_path, keys.prefix, vtex, gateway.url)
+        gateway.config = config
+        gateway.start()
+
+        def hook(
+            action: str, *more: str, environ: dict[str, str] = env
+        ) -> subprocess.CompletedProcess[str]:
+            command = [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "vtex",
+                "hook",
+                action,
+                "--account",
+                "mystore",
+                "--config",
+                str(config),
+                *more,
+            ]
+            return subprocess.run(command, capture_output=True, text=True, env=environ, timeout=30)
+
+        try:
+            assert hook("show").stdout.strip() == "no hook on mystore"
+            registered = hook("register", "--status", "invoiced", "--status", "canceled")
+            assert registered.returncode == 0, registered.stderr
+            saved = vtex.hooks["mystore"]
+            assert saved["hook"]["url"] == gateway.url + "/hooks/vtex"
+            assert saved["hook"]["headers"] == {HEADER.lower(): TOKEN}
+            assert saved["filter"] == {"type": "FromWorkflow", "status": ["invoiced", "canceled"]}
+            assert vtex.pings == [(gateway.url + "/hooks/vtex", 200)]  # our gateway said pong
+            assert gateway.url in hook("show").stdout
+            assert "is in place" in hook("ensure").stdout
+            assert hook("delete").returncode == 0
+            assert "mystore" not in vtex.hooks
+            again = hook("ensure")  # VTEX removed it: ensure registers it again
+            assert again.returncode == 0 and "registered" in again.stdout
+            assert vtex.hooks["mystore"]["filter"]["type"] == "FromWorkflow"
+            wrong = hook("show", environ={**env, "VTEX_APP_TOKEN": "nope"})
+            assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr
+        finally:
+            gateway.stop()
