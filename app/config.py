@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -56,13 +56,16 @@ class _SourceFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth_header: str
     auth_token: str | None = None
     auth_token_env: str | None = None
-    app_key_env: str | None = None  # VTEX API credentials, for hook registration
+    app_key_env: str | None = None  # VTEX API credentials: hook registration, enrichment
     app_token_env: str | None = None
+    enrich: bool = False  # fetch the full order (Get Order) for every event of this source
 
 
 class _VtexFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     base_url: str = DEFAULT_VTEX_BASE_URL
     public_url: str | None = None  # where VTEX reaches this gateway, for hook registration
+    max_requests_per_minute: int = 6000  # VTEX's limit per account, for all processes
+    enrich_give_up_s: float = 3600.0  # then an event is routed without its order, marked
 
 
 class _StoreFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -134,9 +137,17 @@ class Source:
     auth_token: Secret
     app_key: Secret | None = None
     app_token: Secret | None = None
+    enrich: bool = False
 
     def allows(self, account: str) -> bool:
         return self.account in (ANY_ACCOUNT, account)
+
+
+def source_for(sources: Sequence[Source], account: str) -> Source | None:
+    """The source of an account: its own entry first, else a "*" one."""
+    exact = [s for s in sources if s.account == account]
+    candidates = exact or [s for s in sources if s.allows(account)]
+    return candidates[0] if candidates else None
 
 
 @dataclass(frozen=True)
@@ -176,6 +187,8 @@ class Settings:
     log_retention_s: int = DEFAULT_LOG_RETENTION_S
     vtex_base_url: str = DEFAULT_VTEX_BASE_URL
     public_url: str | None = None
+    vtex_max_requests_per_minute: int = 6000
+    enrich_give_up_s: float = 3600.0
     key_prefix: str = DEFAULT_KEY_PREFIX
     redis_timeout_s: float = DEFAULT_REDIS_TIMEOUT_S
     embedded_appendfsync: AppendFsync = "always"
@@ -202,6 +215,8 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
         log_retention_s=parsed.ops.log_retention_s,
         vtex_base_url=parsed.vtex.base_url,
         public_url=parsed.vtex.public_url,
+        vtex_max_requests_per_minute=parsed.vtex.max_requests_per_minute,
+        enrich_give_up_s=parsed.vtex.enrich_give_up_s,
         key_prefix=parsed.store.key_prefix,
         redis_timeout_s=parsed.store.timeout_s,
         embedded_appendfsync=parsed.store.embedded_appendfsync,
@@ -271,7 +286,14 @@ def _resolve_source(src: _SourceFile, index: int, where: str, env: Mapping[str, 
         auth_token=Secret(token),
         app_key=_from_env(src.app_key_env, f"{key}.app_key_env", where, env),
         app_token=_from_env(src.app_token_env, f"{key}.app_token_env", where, env),
+        enrich=_check_enrich(src, key, where),
     )
+
+
+def _check_enrich(src: _SourceFile, key: str, where: str) -> bool:
+    if src.enrich and (src.app_key_env is None or src.app_token_env is None):
+        raise ConfigError(f"config {where}: `{key}.enrich` needs app_key_env and app_token_env")
+    return src.enrich
 
 
 def _from_env(name: str | None, key: str, where: str, env: Mapping[str, str]) -> Secret | None:

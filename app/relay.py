@@ -19,6 +19,7 @@ from app.router import Router
 from app.store.client import Store, open_store
 from app.store.deliveries import DeliveryStore
 from app.store.keys import Keys
+from app.vtex.enrich import Enricher
 
 log = logging.getLogger("orderhook.relay")
 
@@ -39,7 +40,10 @@ class Relay:
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
         push = [s for s in self.settings.subscriptions if s.mode == "push"]
         self.deliverer = Deliverer(push, self.deliveries, self._session)
-        self.router = Router(self.settings, self.deliveries, self.deliverer)
+        enricher = None
+        if any(s.enrich for s in self.settings.sources):
+            enricher = Enricher(self.settings, self.deliveries.store, self._session)
+        self.router = Router(self.settings, self.deliveries, self.deliverer, enricher)
         self._tasks = [
             asyncio.create_task(self.router.run(self._stopping), name="orderhook-router"),
             asyncio.create_task(self.deliverer.run(), name="orderhook-deliverer"),

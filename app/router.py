@@ -23,6 +23,7 @@ from app.config import Settings, Subscription
 from app.errors import StoreUnavailable
 from app.filters import EvaluationError, order_document
 from app.store.deliveries import Claimed, DeliveryStore, Planned, Routed
+from app.vtex.enrich import Enricher
 
 log = logging.getLogger("orderhook.router")
 
@@ -69,7 +70,14 @@ class Dispatch(Protocol):
 
 
 class Router:
-    def __init__(self, settings: Settings, deliveries: DeliveryStore, dispatch: Dispatch) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        deliveries: DeliveryStore,
+        dispatch: Dispatch,
+        enricher: Enricher | None = None,
+    ) -> None:
+        self.enricher = enricher
         self.subscriptions = settings.subscriptions
         self.claim_idle_ms = int(settings.router_claim_idle_s * 1000)
         self.deliveries = deliveries
@@ -109,6 +117,8 @@ class Router:
                 await _sleep_unless(stopping, RETRY_AFTER_STORE_ERROR_S)
 
     async def route(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        if entries and self.enricher is not None:
+            entries = await self.enricher.ready(entries)  # the rest wait, pending, for later
         if not entries:
             return
         routed = [self.plan(entry_id, raw) for entry_id, raw in entries]

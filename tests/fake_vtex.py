@@ -5,8 +5,10 @@ account lives under its own path prefix: base URL `http://127.0.0.1:PORT/{accoun
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +20,9 @@ from starlette.routing import Route
 
 from tests.conftest import free_port
 
+SAMPLE_ORDER = json.loads(
+    (Path(__file__).parent / "data" / "order-ready-for-handling.json").read_text()
+)
 APP_KEY = "vtexappkey-mystore-TEST"
 APP_TOKEN = "app-token-TEST"
 
@@ -34,8 +39,12 @@ class FakeVtex:
                     self.hook_config,
                     methods=["GET", "POST", "DELETE"],
                 ),
+                Route("/{account}/api/oms/pvt/orders/{order_id}", self.get_order, methods=["GET"]),
             ]
         )
+        self.order_failures: list[tuple[int, dict[str, str]]] = []  # answered first, in turn
+        self.order_requests: list[tuple[str, float]] = []  # (order id, time.monotonic())
+        self.order_values: dict[str, int] = {}  # `value` per order id (default: the sample's)
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -44,12 +53,34 @@ class FakeVtex:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/{{account}}"
 
-    async def hook_config(self, request: Request) -> Response:
-        if (
+    @staticmethod
+    def _unauthorized(request: Request) -> Response | None:
+        given = (
             request.headers.get("x-vtex-api-appkey"),
             request.headers.get("x-vtex-api-apptoken"),
-        ) != (APP_KEY, APP_TOKEN):
+        )
+        if given != (APP_KEY, APP_TOKEN):
             return JSONResponse({"error": {"message": "Unauthorized"}}, 401)
+        return None
+
+    async def get_order(self, request: Request) -> Response:
+        """Get Order: the sample order under the requested id; 404 for ids starting "gone"."""
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
+        order_id = request.path_params["order_id"]
+        self.order_requests.append((order_id, time.monotonic()))
+        if self.order_failures:
+            status, headers = self.order_failures.pop(0)
+            return JSONResponse({"error": {"message": "scripted"}}, status, headers)
+        if order_id.startswith("gone"):
+            return JSONResponse({"error": {"message": "Order not found"}}, 404)
+        order = dict(SAMPLE_ORDER, orderId=order_id)
+        order["value"] = self.order_values.get(order_id, order["value"])
+        return JSONResponse(order)
+
+    async def hook_config(self, request: Request) -> Response:
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
         account = request.path_params["account"]
         if request.method == "GET":
             hook = self.hooks.get(account)

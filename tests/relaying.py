@@ -23,7 +23,7 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OLD_SECRET = "whsec_dGhpcy1pcy1hbi1vbGQtc2VjcmV0LW9mLTMyLWJ5dA=="
 ADMIN = {"Authorization": "Bearer admin-token"}
 
-Gateway = Callable[[str], AbstractAsyncContextManager[httpx.AsyncClient]]
+Gateway = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
 @pytest.fixture
@@ -37,13 +37,16 @@ def gateway(redis_url: str, keys: Keys, tmp_path: Path) -> Gateway:
     """An in-process gateway whose config is the test sources plus the given subscriptions."""
 
     @asynccontextmanager
-    async def start(subscriptions_toml: str) -> AsyncIterator[httpx.AsyncClient]:
+    async def start(
+        subscriptions_toml: str, **extra_env: str
+    ) -> AsyncIterator[httpx.AsyncClient]:
         path = tmp_path / "orderhook.toml"
         path.write_text(CONFIG_TOML.replace("{prefix}", keys.prefix) + subscriptions_toml)
         env = {
             "REDIS_URL": redis_url,
             "ORDERHOOK_ADMIN_TOKEN": "admin-token",
             "ORDERHOOK_OPS_TOKEN": "ops-token",
+            **extra_env,
         }
         app = create_app(load_settings(path, env))
         async with app.router.lifespan_context(app):

@@ -57,6 +57,14 @@ class Keys:
         """A list of "<ms>:<latency ms>" of the latest deliveries, newest first."""
         return f"{self.tag}:s:{sub}:lat"
 
+    def vtex_rate(self, account: str, minute: int) -> str:
+        """Get Order requests to one account in one minute, counted across processes."""
+        return f"{self.tag}:vtex:rate:{account}:{minute}"
+
+    def vtex_hold(self, account: str) -> str:
+        """Set while VTEX asked (429 + Retry-After) to leave an account alone."""
+        return f"{self.tag}:vtex:hold:{account}"
+
     def delivery(self, delivery_id: str) -> str:
         """A hash: one event on its way to one subscription (Lua scripts build it the same way)."""
         return f"{self.tag}:d:{delivery_id}"

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from app.config import Settings, Source, load_settings
+from app.config import Settings, Source, load_settings, source_for
 from app.errors import ConfigError
 
 HOOK_PATH = "/api/orders/hook/config"
@@ -64,7 +64,7 @@ def add_commands(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
-        source = source_for(settings, args.account)
+        source = credentials_for(settings, args.account)
         with VtexApi(settings.vtex_base_url, args.account, source) as api:
             return _act(args, settings, source, api)
     except (HookError, ConfigError) as exc:
@@ -90,12 +90,10 @@ def _act(args: argparse.Namespace, settings: Settings, source: Source, api: Vtex
     return 0
 
 
-def source_for(settings: Settings, account: str) -> Source:
-    exact = [s for s in settings.sources if s.account == account]
-    candidates = exact or [s for s in settings.sources if s.allows(account)]
-    if not candidates:
+def credentials_for(settings: Settings, account: str) -> Source:
+    source = source_for(settings.sources, account)
+    if source is None:
         raise HookError(f"no [[sources]] entry for account {account!r}")
-    source = candidates[0]
     if source.app_key is None or source.app_token is None:
         raise HookError(f"the source of {account!r} needs app_key_env and app_token_env")
     return source
