@@ -59,6 +59,7 @@ class _SourceFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     app_key_env: str | None = None  # VTEX API credentials: hook registration, enrichment
     app_token_env: str | None = None
     enrich: bool = False  # fetch the full order (Get Order) for every event of this source
+    feed_backup: bool = False  # also poll this account's Feed v3 for what the hook missed
 
 
 class _VtexFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -66,6 +67,7 @@ class _VtexFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     public_url: str | None = None  # where VTEX reaches this gateway, for hook registration
     max_requests_per_minute: int = 6000  # VTEX's limit per account, for all processes
     enrich_give_up_s: float = 3600.0  # then an event is routed without its order, marked
+    feed_poll_s: float = 5.0  # between Feed v3 polls when the feed was empty
 
 
 class _StoreFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -138,6 +140,7 @@ class Source:
     app_key: Secret | None = None
     app_token: Secret | None = None
     enrich: bool = False
+    feed_backup: bool = False
 
     def allows(self, account: str) -> bool:
         return self.account in (ANY_ACCOUNT, account)
@@ -189,6 +192,7 @@ class Settings:
     public_url: str | None = None
     vtex_max_requests_per_minute: int = 6000
     enrich_give_up_s: float = 3600.0
+    feed_poll_s: float = 5.0
     key_prefix: str = DEFAULT_KEY_PREFIX
     redis_timeout_s: float = DEFAULT_REDIS_TIMEOUT_S
     embedded_appendfsync: AppendFsync = "always"
@@ -217,6 +221,7 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
         public_url=parsed.vtex.public_url,
         vtex_max_requests_per_minute=parsed.vtex.max_requests_per_minute,
         enrich_give_up_s=parsed.vtex.enrich_give_up_s,
+        feed_poll_s=parsed.vtex.feed_poll_s,
         key_prefix=parsed.store.key_prefix,
         redis_timeout_s=parsed.store.timeout_s,
         embedded_appendfsync=parsed.store.embedded_appendfsync,
@@ -286,14 +291,17 @@ def _resolve_source(src: _SourceFile, index: int, where: str, env: Mapping[str, 
         auth_token=Secret(token),
         app_key=_from_env(src.app_key_env, f"{key}.app_key_env", where, env),
         app_token=_from_env(src.app_token_env, f"{key}.app_token_env", where, env),
-        enrich=_check_enrich(src, key, where),
+        enrich=_needs_credentials(src, "enrich", src.enrich, key, where),
+        feed_backup=_needs_credentials(src, "feed_backup", src.feed_backup, key, where),
     )
 
 
-def _check_enrich(src: _SourceFile, key: str, where: str) -> bool:
-    if src.enrich and (src.app_key_env is None or src.app_token_env is None):
-        raise ConfigError(f"config {where}: `{key}.enrich` needs app_key_env and app_token_env")
-    return src.enrich
+def _needs_credentials(src: _SourceFile, name: str, on: bool, key: str, where: str) -> bool:
+    if on and (src.app_key_env is None or src.app_token_env is None):
+        raise ConfigError(f"config {where}: `{key}.{name}` needs app_key_env and app_token_env")
+    if on and name == "feed_backup" and src.account == ANY_ACCOUNT:
+        raise ConfigError(f"config {where}: `{key}.feed_backup` needs a named account, not *")
+    return on
 
 
 def _from_env(name: str | None, key: str, where: str, env: Mapping[str, str]) -> Secret | None:

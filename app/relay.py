@@ -20,6 +20,7 @@ from app.store.client import Store, open_store
 from app.store.deliveries import DeliveryStore
 from app.store.keys import Keys
 from app.vtex.enrich import Enricher
+from app.vtex.feed_backup import FeedPoller
 
 log = logging.getLogger("orderhook.relay")
 
@@ -48,14 +49,24 @@ class Relay:
             asyncio.create_task(self.router.run(self._stopping), name="orderhook-router"),
             asyncio.create_task(self.deliverer.run(), name="orderhook-deliverer"),
         ]
+        self._tasks += [
+            asyncio.create_task(
+                FeedPoller(self.settings, source, self.deliveries.store, self._session).run(
+                    self._stopping
+                ),
+                name=f"orderhook-feed-{source.account}",
+            )
+            for source in self.settings.sources
+            if source.feed_backup
+        ]
 
     async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
         """Route nothing more, let attempts in flight finish, close the session."""
         self._stopping.set()
         if self._tasks:
-            router = self._tasks[0]
+            router, others = self._tasks[0], self._tasks[2:]  # the router, the feed pollers
             # The router first (within one blocking read): it hands work to the workers.
-            await asyncio.wait([router], timeout=grace_s)
+            await asyncio.wait([router, *others], timeout=grace_s)
             await self.deliverer.stop(grace_s)
             done, pending = await asyncio.wait(self._tasks, timeout=grace_s)
             for task in pending:

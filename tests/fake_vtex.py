@@ -6,6 +6,7 @@ account lives under its own path prefix: base URL `http://127.0.0.1:PORT/{accoun
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -40,11 +41,14 @@ class FakeVtex:
                     methods=["GET", "POST", "DELETE"],
                 ),
                 Route("/{account}/api/oms/pvt/orders/{order_id}", self.get_order, methods=["GET"]),
+                Route("/{account}/api/orders/feed", self.feed, methods=["GET", "POST"]),
             ]
         )
         self.order_failures: list[tuple[int, dict[str, str]]] = []  # answered first, in turn
         self.order_requests: list[tuple[str, float]] = []  # (order id, time.monotonic())
         self.order_values: dict[str, int] = {}  # `value` per order id (default: the sample's)
+        self.feed_items: list[dict[str, Any]] = []  # Feed v3: items, handles, visibility
+        self.feed_visibility_s = 240.0
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -77,6 +81,27 @@ class FakeVtex:
         order = dict(SAMPLE_ORDER, orderId=order_id)
         order["value"] = self.order_values.get(order_id, order["value"])
         return JSONResponse(order)
+
+    def add_feed_item(self, **item: Any) -> None:
+        self.feed_items.append({"item": item, "handle": None, "visible_at": 0.0})
+
+    async def feed(self, request: Request) -> Response:
+        """Feed v3: GET ?maxlot=N (at most 10) hides what it returns; POST commits handles."""
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
+        now = time.monotonic()
+        if request.method == "POST":
+            handles = set((await request.json()).get("handles", []))
+            self.feed_items = [i for i in self.feed_items if i["handle"] not in handles]
+            return Response(status_code=204)
+        maxlot = int(request.query_params.get("maxlot", "1"))
+        if not 1 <= maxlot <= 10:
+            return JSONResponse({"error": {"message": "maxlot must be from 1 to 10"}}, 400)
+        lot = [i for i in self.feed_items if i["visible_at"] <= now][:maxlot]
+        for entry in lot:
+            entry["handle"] = secrets.token_urlsafe(16)
+            entry["visible_at"] = now + self.feed_visibility_s
+        return JSONResponse([{**entry["item"], "handle": entry["handle"]} for entry in lot])
 
     async def hook_config(self, request: Request) -> Response:
         if (refused := self._unauthorized(request)) is not None:

@@ -37,9 +37,7 @@ def gateway(redis_url: str, keys: Keys, tmp_path: Path) -> Gateway:
     """An in-process gateway whose config is the test sources plus the given subscriptions."""
 
     @asynccontextmanager
-    async def start(
-        subscriptions_toml: str, **extra_env: str
-    ) -> AsyncIterator[httpx.AsyncClient]:
+    async def start(subscriptions_toml: str, **extra_env: str) -> AsyncIterator[httpx.AsyncClient]:
         path = tmp_path / "orderhook.toml"
         path.write_text(CONFIG_TOML.replace("{prefix}", keys.prefix) + subscriptions_toml)
         env = {

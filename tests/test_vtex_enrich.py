@@ -1,4 +1,4 @@
-"""Order enrichment against the fake VTEX: FromOrders on the full order, 429, give-up, 404."""
+"""Enrichment (Get Order) and the Feed v3 backup, against the fake VTEX."""
 
 from __future__ import annotations
 
@@ -107,3 +107,48 @@ async def test_never_dropped_when_enrichment_fails(
     reasons = sorted(body(g)["data"]["orderUnavailable"] for g in got)
     assert reasons == ["HTTP 500 from VTEX Get Order"] * 2
     assert all("order" not in body(g)["data"] for g in got)
+
+
+def feed_config(vtex: FakeVtex, sink: Sink) -> str:
+    return f"""
+[[sources]]
+account = "mystore"
+auth_header = "X-Enrich"
+auth_token = "enrich-token"
+app_key_env = "VTEX_APP_KEY"
+app_token_env = "VTEX_APP_TOKEN"
+feed_backup = true
+
+[vtex]
+base_url = "{vtex.base_url}"
+feed_poll_s = 0.2
+""" + subscription(sink, "all")
+
+
+def feed_item(order_id: str, state: str = "ready-for-handling") -> dict[str, Any]:
+    spec = notification(OrderId=order_id, State=state)
+    return {
+        "eventId": f"E-{order_id}",
+        "domain": spec["Domain"],
+        "state": state,
+        "lastState": spec["LastState"],
+        "orderId": order_id,
+        "lastChange": spec["LastChange"],
+        "currentChange": spec["CurrentChange"],
+    }
+
+
+async def test_feed_backup_relays_what_the_hook_missed_once(
+    vtex: FakeVtex, sink: Sink, gateway: Gateway
+) -> None:
+    vtex.add_feed_item(**feed_item("both-1"))  # came by hook and by feed
+    vtex.add_feed_item(**feed_item("feed-only-2"))  # the hook missed it
+    async with gateway(feed_config(vtex, sink), **CREDENTIALS) as client:
+        hook_id = await post(client, OrderId="both-1")
+        got = await sink.wait_for("/all", 2, timeout=10)
+        await asyncio.sleep(0.6)  # more polls: nothing more arrives
+        assert len(sink.at("/all")) == 2
+    orders = sorted(body(g)["data"]["orderId"] for g in got)
+    assert orders == ["both-1", "feed-only-2"]
+    assert hook_id in {g.headers["webhook-id"] for g in got}  # the same event, relayed once
+    assert vtex.feed_items == []  # both committed, after they were appended
