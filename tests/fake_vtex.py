@@ -139,3 +139,21 @@ class FakeVtex:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def main() -> None:
+    """`python -m tests.fake_vtex --port 9000`: try hook registration without a VTEX account."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=9000)
+    port = parser.parse_args().port
+    fake = FakeVtex()
+    fake.server.config.port = port
+    fake.port = port
+    print(f"fake VTEX on {fake.base_url} (app key {APP_KEY}, app token {APP_TOKEN})", flush=True)
+    fake.server.run()
+
+
+if __name__ == "__main__":
+    main()

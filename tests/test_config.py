@@ -206,3 +206,48 @@ def test_jsonata_error_names_the_position(tmp_path: Path) -> None:
 def test_duplicate_subscription_ids_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="'erp' is used twice"):
         load_settings(write(tmp_path, SUB + SUB), {})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[[subscriptions]]\nid = "p"\nmode = "pull"', "token` is required for a pull"),
+        (
+            '[[subscriptions]]\nid = "p"\nmode = "pull"\ntoken = "t"\nurl = "http://x"',
+            "is not used by a pull subscription",
+        ),
+        (
+            '[[subscriptions]]\nid = "p"\nmode = "pull"\ntoken = "t"\nretention = 2000000',
+            "at most 1209600 seconds",
+        ),
+        ('[[subscriptions]]\nid = "p"\nmode = "poll"\ntoken = "t"', "Invalid enum value 'poll'"),
+        (
+            '[[sources]]\naccount = "a"\nauth_header = "h"\nauth_token = "t"\nenrich = true',
+            "`sources[0].enrich` needs app_key_env and app_token_env",
+        ),
+        (
+            '[[sources]]\naccount = "*"\nauth_header = "h"\nauth_token = "t"\n'
+            'app_key_env = "K"\napp_token_env = "T"\nfeed_backup = true',
+            "needs a named account",
+        ),
+        (
+            '[[sources]]\naccount = "a"\nauth_header = "h"\nauth_token = "t"\napp_key_env = "NOPE"',
+            "names NOPE, which is not set",
+        ),
+    ],
+)
+def test_vtex_native_options_are_checked(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), {"K": "k", "T": "t"})
+    assert expected in str(info.value)
+
+
+def test_pull_subscription_defaults(tmp_path: Path) -> None:
+    text = '[[subscriptions]]\nid = "p"\nmode = "pull"\ntoken_env = "FEED_TOKEN"'
+    [sub] = load_settings(write(tmp_path, text), {"FEED_TOKEN": "f"}).subscriptions
+    assert (sub.mode, str(sub.token), sub.visibility_timeout_s, sub.retention_s) == (
+        "pull",
+        "f",
+        240.0,
+        345600.0,
+    )
