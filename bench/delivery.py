@@ -50,7 +50,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import Counter, defaultdict
@@ -88,7 +87,7 @@ from bench.ingest import (
     log_excerpt,
     orderhook_executable,
     parse_wrk,
-    sigterm_as_interrupt,
+    run_in_workdir,
     spawn,
     start_gateway,
     start_redis,
@@ -1075,24 +1074,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="orderhook-bench-delivery-"))
-    status = 1
-    try:
-        with sigterm_as_interrupt():
-            status = run(args, workdir)
-    except BenchError as exc:
-        print(f"\nbench: FAILED: {exc}", file=sys.stderr)
-        status = 2
-    except KeyboardInterrupt:
-        print("\nbench: interrupted", file=sys.stderr)
-        status = 130
-    finally:
-        if status == 0 and not args.keep_temp:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"bench: temporary files (config, logs) kept in {workdir}", file=sys.stderr)
-    return status
+    return run_in_workdir(run, parse_args(argv), "orderhook-bench-delivery-")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -641,7 +641,15 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="orderhook-bench-"))
+    return run_in_workdir(run, args, "orderhook-bench-")
+
+
+def run_in_workdir(
+    run: Callable[[argparse.Namespace, Path], int], args: argparse.Namespace, prefix: str
+) -> int:
+    """Run a benchmark in a fresh temporary directory; exit statuses: 0 ok, 1 failed check,
+    2 could not run, 130 interrupted. The directory is kept (and named) unless all went well."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     status = 1
     try:
         with sigterm_as_interrupt():
@@ -656,10 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if status == 0 and not args.keep_temp:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
-            print(
-                f"bench: temporary files (config, logs, redis data) kept in {workdir}",
-                file=sys.stderr,
-            )
+            print(f"bench: temporary files (config, logs) kept in {workdir}", file=sys.stderr)
     return status
 
 
