@@ -101,12 +101,10 @@ class Admin:
         order_id = request.query_params.get("orderId")
         if not order_id:
             raise BadRequest("give ?orderId=...")
-        rows = []
-        for event_id in await queries.order_events(order_id):
-            event, attempts = await queries.event(event_id)
-            if event is not None:
-                rows.append({**event, "attempts": len(attempts)})
-        rows.sort(key=lambda r: str(r["receivedAt"]))
+        rows = [
+            {**event, "attempts": len(attempts)}
+            for event, attempts in await queries.order_history(order_id)
+        ]
         return json_response({"orderId": order_id, "events": rows})
 
     def routes(self) -> list[Route]:

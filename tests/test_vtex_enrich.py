@@ -30,16 +30,18 @@ def vtex() -> Iterator[FakeVtex]:
         yield fake
 
 
-def config(vtex: FakeVtex, sink: Sink, give_up_s: float = 60) -> str:
-    return (
-        f"""
+SOURCE = """
 [[sources]]
 account = "mystore"
 auth_header = "X-Enrich"
 auth_token = "enrich-token"
 app_key_env = "VTEX_APP_KEY"
 app_token_env = "VTEX_APP_TOKEN"
-enrich = true
+"""
+
+
+def config(vtex: FakeVtex, sink: Sink, give_up_s: float = 60) -> str:
+    settings = f"""enrich = true
 
 [vtex]
 base_url = "{vtex.base_url}"
@@ -48,14 +50,11 @@ enrich_give_up_s = {give_up_s}
 [delivery]
 router_claim_idle_s = 0.4
 """
-        + subscription(
-            sink, "big", filter="""{ type = "FromOrders", expression = 'value > 10000' }"""
-        )
-        + subscription(
-            sink,
-            "items",
-            filter="""{ type = "FromOrders", expression = '$count(items[price >= 7000]) > 0' }""",
-        )
+    return (
+        SOURCE
+        + settings
+        + subscription(sink, "big", filter=BIG)
+        + subscription(sink, "items", filter=ITEMS)
     )
 
 
@@ -110,19 +109,16 @@ async def test_never_dropped_when_enrichment_fails(
 
 
 def feed_config(vtex: FakeVtex, sink: Sink) -> str:
-    return f"""
-[[sources]]
-account = "mystore"
-auth_header = "X-Enrich"
-auth_token = "enrich-token"
-app_key_env = "VTEX_APP_KEY"
-app_token_env = "VTEX_APP_TOKEN"
-feed_backup = true
+    return (
+        SOURCE
+        + f"""feed_backup = true
 
 [vtex]
 base_url = "{vtex.base_url}"
 feed_poll_s = 0.2
-""" + subscription(sink, "all")
+"""
+        + subscription(sink, "all")
+    )
 
 
 def feed_item(order_id: str, state: str = "ready-for-handling") -> dict[str, Any]:

@@ -55,7 +55,8 @@ class Ops:
             dead += (await deliveries.dead_letters(sub.id, 0, DASHBOARD_ROWS))[0]
         dead.sort(key=lambda d: d["deadAt"] or 0, reverse=True)
         order_id = request.query_params.get("orderId") or None
-        found = await _order_events(queries, order_id) if order_id else []
+        history = await queries.order_history(order_id) if order_id else []
+        found = [{"event": event, "attempts": attempts} for event, attempts in history]
         html = dashboard.page(
             snapshot,
             dead[:DASHBOARD_ROWS],
@@ -102,16 +103,6 @@ class Ops:
             Route("/ops/stats", self.stats, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
         ]
-
-
-async def _order_events(queries: OpsQueries, order_id: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    for event_id in await queries.order_events(order_id):
-        event, attempts = await queries.event(event_id)
-        if event is not None:
-            found.append({"event": event, "attempts": attempts})
-    found.sort(key=lambda f: str(f["event"]["receivedAt"]))
-    return found
 
 
 async def _form(request: Request) -> dict[str, str]:

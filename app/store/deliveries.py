@@ -340,6 +340,13 @@ class OpsQueries:
         event = orjson.loads(raw) if raw else None
         return event, [orjson.loads(a) for a in attempts]
 
-    async def order_events(self, order_id: str) -> list[str]:
+    async def order_history(self, order_id: str) -> list[tuple[dict[str, Any], list[Any]]]:
+        """An order's events still in the log, oldest first, each with its attempts."""
         members = await self.store.guard(partial(self.client.smembers, self.keys.order(order_id)))
-        return sorted(_text(m) for m in members)
+        history = []
+        for event_id in sorted(_text(m) for m in members):
+            event, attempts = await self.event(event_id)
+            if event is not None:
+                history.append((event, attempts))
+        history.sort(key=lambda pair: str(pair[0]["receivedAt"]))
+        return history
