@@ -12,6 +12,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -121,6 +122,7 @@ class _OpsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class _ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    allow_networks: list[str] = msgspec.field(default_factory=list)
     sources: list[_SourceFile] = msgspec.field(default_factory=list)
     subscriptions: list[_SubscriptionFile] = msgspec.field(default_factory=list)
     store: _StoreFile = msgspec.field(default_factory=_StoreFile)
@@ -182,6 +184,7 @@ class Subscription:
 class Settings:
     sources: tuple[Source, ...] = ()
     subscriptions: tuple[Subscription, ...] = ()
+    allow_networks: tuple[IPv4Network | IPv6Network, ...] = ()
     router_claim_idle_s: float = DEFAULT_ROUTER_CLAIM_IDLE_S
     redis_url: str | None = None
     data_dir: Path = Path(DEFAULT_DATA_DIR)
@@ -211,6 +214,7 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
     return Settings(
         sources=tuple(_resolve_source(s, i, where, env) for i, s in enumerate(parsed.sources)),
         subscriptions=_resolve_subscriptions(parsed.subscriptions, where, env),
+        allow_networks=_networks(parsed.allow_networks, where),
         router_claim_idle_s=parsed.delivery.router_claim_idle_s,
         redis_url=env.get("REDIS_URL") or None,
         data_dir=Path(env.get("ORDERHOOK_DATA_DIR") or DEFAULT_DATA_DIR),
@@ -229,6 +233,13 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
         dedupe_window_s=parsed.ingest.dedupe_window_s,
         config_path=Path(path) if path else None,
     )
+
+
+def _networks(cidrs: list[str], where: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    try:
+        return tuple(ip_network(cidr, strict=False) for cidr in cidrs)
+    except ValueError as exc:
+        raise ConfigError(f"config {where}: `allow_networks` holds a bad CIDR: {exc}") from None
 
 
 def _secret(value: str | None) -> Secret | None:

@@ -25,6 +25,7 @@ from app.filters import EvaluationError, order_document
 from app.logs import log_event
 from app.retry import Dead, Delivered, Gone, Outcome, Retry, decide, parse_retry_after
 from app.signing import signature_headers
+from app.ssrf import Refused
 from app.store.batcher import Batcher
 from app.store.deliveries import Claimed, DeliveryStore, Settlement, now_ms
 
@@ -45,6 +46,7 @@ class PostResult:
     retry_after_s: float | None
     head: bytes  # the first bytes of the response body, for the delivery log
     duration_ms: int
+    refused: bool = False  # by the SSRF guard
 
 
 def _ms_since(started: float) -> int:
@@ -156,6 +158,8 @@ class SubscriptionWorker:
         result = await self._post(event["id"], body)
         attempts = item.attempts + 1
         outcome = decide(result.status, attempts, self.sub.retry_schedule_s, result.retry_after_s)
+        if result.refused:  # retrying cannot help: a clear error in the log, not a storm
+            outcome = Dead()
         await self._settle(item, event, outcome, result)
 
     async def _post(self, msg_id: str, body: bytes) -> PostResult:
@@ -180,6 +184,8 @@ class SubscriptionWorker:
                 return PostResult(
                     response.status, error, retry_after, head[:LOGGED_BODY], _ms_since(started)
                 )
+        except Refused as exc:
+            return PostResult(None, str(exc), None, b"", _ms_since(started), refused=True)
         except TimeoutError:
             error = f"timeout after {self.sub.timeout_s:g} s"
         except aiohttp.ClientError as exc:

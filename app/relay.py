@@ -16,6 +16,7 @@ from app import logs
 from app.config import Settings
 from app.delivery import Deliverer
 from app.router import Router
+from app.ssrf import GuardedConnector
 from app.store.client import Store, open_store
 from app.store.deliveries import DeliveryStore
 from app.store.keys import Keys
@@ -37,7 +38,9 @@ class Relay:
 
     async def start(self) -> None:
         slots = sum(s.max_in_flight for s in self.settings.subscriptions if s.mode == "push") or 1
-        connector = aiohttp.TCPConnector(limit=slots, limit_per_host=0, enable_cleanup_closed=True)
+        connector = GuardedConnector(
+            self.settings.allow_networks, limit=slots, limit_per_host=0, enable_cleanup_closed=True
+        )
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
         push = [s for s in self.settings.subscriptions if s.mode == "push"]
         self.deliverer = Deliverer(push, self.deliveries, self._session)

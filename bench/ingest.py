@@ -59,6 +59,8 @@ HOST = "127.0.0.1"
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 TOKEN = "bench-token"
 CONFIG_TOML = f"""\
+allow_networks = ["127.0.0.0/8"]
+
 [[sources]]
 account = "*"
 auth_header = "X-Orderhook-Token"

@@ -118,6 +118,8 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 CONFIG_TOML = f"""
+allow_networks = ["127.0.0.0/8"]  # the test subscribers and the fake VTEX are on loopback
+
 [[sources]]
 account = "mystore"
 auth_header = "{HEADER}"

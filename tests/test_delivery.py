@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,8 +12,10 @@ import redis
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from standardwebhooks.webhooks import Webhook
 
+from app.config import load_settings
+from app.server import create_app
 from app.store.keys import Keys
-from tests.conftest import notification
+from tests.conftest import CONFIG_TOML, notification
 from tests.relaying import (
     ADMIN,
     OLD_SECRET,
@@ -243,3 +246,38 @@ async def test_router_recovers_when_its_stream_is_deleted(
         await hook(client, State="invoiced")
         got = await sink.wait_for("/erp", 2, timeout=10)
     assert body(got[1])["data"]["state"] == "invoiced"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{port}/erp",  # loopback: not in this config's allow_networks
+        "http://localhost:{port}/erp",  # a name that resolves to loopback
+        "http://169.254.169.254/latest/meta-data",  # cloud metadata
+        "http://10.1.2.3/erp",  # private
+        "http://[::ffff:127.0.0.1]:{port}/erp",  # loopback in IPv6 clothing
+    ],
+)
+async def test_ssrf_guard_refuses_private_targets_without_retrying(
+    redis_url: str, keys: Keys, tmp_path: Path, sink: Sink, url: str
+) -> None:
+    text = CONFIG_TOML.replace('allow_networks = ["127.0.0.0/8"]', "allow_networks = []")
+    text = text.replace("{prefix}", keys.prefix) + (
+        f'\n[[subscriptions]]\nid = "erp"\nurl = "{url.format(port=sink.port)}"\n'
+        f'secret = "{SECRET}"\nretry_schedule = [0.05, 0.05]\ntimeout = 2\n'
+    )
+    path = tmp_path / "ssrf.toml"
+    path.write_text(text)
+    env = {"REDIS_URL": redis_url, "ORDERHOOK_ADMIN_TOKEN": "admin-token"}
+    app = create_app(load_settings(path, env))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            await hook(client)
+            dlq = await until(
+                lambda: client.get("/admin/dlq", headers=ADMIN), lambda r: r.json()["total"] == 1
+            )
+    [entry] = dlq.json()["items"]
+    assert entry["attempts"] == 1  # dead at once: no retry storm
+    assert entry["lastError"].startswith("refused by the SSRF guard")
+    assert sink.at("/erp") == []
