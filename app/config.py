@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -103,6 +103,10 @@ class _SubscriptionFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     token_env: str | None = None
     visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT_S
     retention: float = DEFAULT_PULL_RETENTION_S
+    breaker_threshold: int = 10  # consecutive failures that open the circuit breaker
+    breaker_cooldown: float = 30.0  # seconds, doubling on each failed probe ...
+    breaker_cooldown_max: float = 3600.0  # ... up to this
+    disable_after: float = 5 * 24 * 3600.0  # failing this long without a success disables
     secret: str | list[str] | None = None
     secret_env: str | None = None
     filter: _FromWorkflowFile | _FromOrdersFile | None = None
@@ -172,6 +176,19 @@ class Subscription:
     token: Secret | None = None  # a pull subscription's own bearer token
     visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
     retention_s: float = DEFAULT_PULL_RETENTION_S
+    breaker_threshold: int = 10
+    breaker_cooldown_s: float = 30.0
+    breaker_cooldown_max_s: float = 3600.0
+    disable_after_s: float = 5 * 24 * 3600.0
+
+    def breaker(self) -> list[int]:
+        """For the settle script: threshold, cooldown ms, max cooldown ms, disable after ms."""
+        return [
+            self.breaker_threshold,
+            int(self.breaker_cooldown_s * 1000),
+            int(self.breaker_cooldown_max_s * 1000),
+            int(self.disable_after_s * 1000),
+        ]
 
     def wants_account(self, account: str) -> bool:
         return self.accounts is None or account in self.accounts
@@ -364,7 +381,23 @@ def _resolve_subscription(
         timeout_s=sub.timeout,
         accounts=frozenset(sub.accounts) if sub.accounts is not None else None,
         max_in_flight=sub.max_in_flight,
+        **_breaker(sub, fail),
     )
+
+
+def _breaker(sub: _SubscriptionFile, fail: Callable[[str, str], ConfigError]) -> dict[str, Any]:
+    if sub.breaker_threshold < 1:
+        raise fail("breaker_threshold", "must be at least 1")
+    if not 0 < sub.breaker_cooldown <= sub.breaker_cooldown_max:
+        raise fail("breaker_cooldown", "must be positive and at most breaker_cooldown_max")
+    if sub.disable_after <= 0:
+        raise fail("disable_after", "must be positive")
+    return {
+        "breaker_threshold": sub.breaker_threshold,
+        "breaker_cooldown_s": sub.breaker_cooldown,
+        "breaker_cooldown_max_s": sub.breaker_cooldown_max,
+        "disable_after_s": sub.disable_after,
+    }
 
 
 def _resolve_pull(

@@ -31,7 +31,8 @@ DRAIN_GRACE_S = 10.0
 class Relay:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
-        self.deliveries = DeliveryStore(store, settings.log_retention_s)
+        breakers = {s.id: s.breaker() for s in settings.subscriptions}
+        self.deliveries = DeliveryStore(store, settings.log_retention_s, breakers)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None

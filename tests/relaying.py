@@ -61,7 +61,7 @@ def subscription(sink: Sink, sub_id: str, **options: Any) -> str:
         f'id = "{sub_id}"',
         f'url = "{sink.url("/" + sub_id)}"',
         f"secret = {orjson.dumps(options.pop('secret', SECRET)).decode()}",
-        "retry_schedule = [0.05, 0.05]",
+        f"retry_schedule = {options.pop('retry_schedule', '[0.05, 0.05]')}",
         f"timeout = {options.pop('timeout', 2)}",
     ]
     lines += [f"{key} = {value}" for key, value in options.items()]

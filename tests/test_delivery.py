@@ -281,3 +281,39 @@ async def test_ssrf_guard_refuses_private_targets_without_retrying(
     assert entry["attempts"] == 1  # dead at once: no retry storm
     assert entry["lastError"].startswith("refused by the SSRF guard")
     assert sink.at("/erp") == []
+
+
+async def test_circuit_breaker_opens_probes_and_closes(gateway: Gateway, sink: Sink) -> None:
+    sink.script("/erp", Reply(500), Reply(500), Reply(500))
+    options = {"breaker_threshold": 3, "breaker_cooldown": 1, "max_in_flight": 1}
+    async with gateway(subscription(sink, "erp", **options)) as client:
+        ids = [await hook(client, OrderId=f"b-{i}") for i in range(4)]
+        state = await until(
+            lambda: client.get("/admin/subscriptions", headers=ADMIN),
+            lambda r: r.json()["subscriptions"][0]["breaker"] == "open",
+        )
+        assert state.json()["subscriptions"][0]["consecutiveFailures"] == 3
+        await hook(client, OrderId="b-4")  # keeps queueing while open
+        got = await sink.wait_for("/erp", 3 + 5, timeout=10)
+        final = (await client.get("/admin/subscriptions", headers=ADMIN)).json()
+    gap = got[3].at - got[2].at
+    assert gap >= 0.8  # nothing sent while open, then one probe
+    assert final["subscriptions"][0]["breaker"] == "closed"
+    delivered = {g.headers["webhook-id"] for g in got[3:]}
+    assert set(ids) <= delivered and len(delivered) == 5  # nothing dropped
+
+
+async def test_failing_for_too_long_disables(gateway: Gateway, sink: Sink) -> None:
+    sink.script("/erp", *[Reply(500)] * 1000)
+    options = {
+        "retry_schedule": "[0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]",
+        "disable_after": 0.5,
+    }
+    async with gateway(subscription(sink, "erp", **options)) as client:
+        await hook(client)
+        state = await until(
+            lambda: client.get("/admin/subscriptions", headers=ADMIN),
+            lambda r: r.json()["subscriptions"][0]["state"] == "disabled",
+        )
+    reason = state.json()["subscriptions"][0]["reason"]
+    assert reason.startswith("failing for ") and reason.endswith("HTTP 500")

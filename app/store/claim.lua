@@ -2,16 +2,32 @@
 --
 -- KEYS[1]  the subscription's ready set (score: due time, ms)
 -- KEYS[2]  its in-flight set (score: lease expiry, ms)
--- KEYS[3]  its state hash (state = "disabled" claims nothing)
+-- KEYS[3]  its state hash: state = "disabled" claims nothing; the circuit breaker
+--          (`breaker` = closed | open | half-open, `openUntil` ms, `probeUntil` ms)
 -- ARGV[1]  now, ms;  ARGV[2] lease expiry, ms;  ARGV[3] at most this many;  ARGV[4] the key tag
 --
+-- An open breaker claims nothing until `openUntil`; then it turns half-open and lets exactly
+-- one delivery through as a probe (another one only if that probe's lease ran out).
 -- Returns {items, next due}: items are {delivery id, event JSON, attempts so far}; next due is
 -- the earliest due time still waiting (ms), or -1 when nothing waits (or disabled).
-if redis.call('HGET', KEYS[3], 'state') == 'disabled' then
+local now = tonumber(ARGV[1])
+local state = redis.call('HMGET', KEYS[3], 'state', 'breaker', 'openUntil', 'probeUntil')
+if state[1] == 'disabled' then
     return {{}, -1}
 end
+local limit = tonumber(ARGV[3])
+if state[2] == 'open' or state[2] == 'half-open' then
+    if state[2] == 'open' and now < tonumber(state[3]) then
+        return {{}, tonumber(state[3])}
+    end
+    if state[2] == 'half-open' and now < tonumber(state[4] or 0) then
+        return {{}, tonumber(state[4])}
+    end
+    limit = 1
+    redis.call('HSET', KEYS[3], 'breaker', 'half-open', 'probeUntil', ARGV[2])
+end
 local items = {}
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit)
 for _, id in ipairs(ids) do
     redis.call('ZREM', KEYS[1], id)
     local d = redis.call('HMGET', ARGV[4] .. ':d:' .. id, 'event', 'attempts')

@@ -73,9 +73,15 @@ def _text(value: bytes | str) -> str:
 
 
 class DeliveryStore:
-    def __init__(self, store: Store, retention_s: int = DEFAULT_LOG_RETENTION_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        retention_s: int = DEFAULT_LOG_RETENTION_S,
+        breakers: dict[str, list[int]] | None = None,
+    ) -> None:
         self.store = store
         self.retention_s = retention_s
+        self.breakers = orjson.dumps(breakers or {})  # per subscription, for the settle script
         self.client = store.client
         self.keys: Keys = store.keys
         register = self.client.register_script
@@ -178,7 +184,7 @@ class DeliveryStore:
             ]
             for o in outcomes
         ]
-        args = [self.keys.tag, now_ms(), orjson.dumps(payload), self.retention_s]
+        args = [self.keys.tag, now_ms(), orjson.dumps(payload), self.retention_s, self.breakers]
         return [bool(r) for r in await self.store.script(self._settle, [self.keys.stats], args)]
 
     async def reclaim_expired(self, sub: str) -> int:
@@ -222,6 +228,8 @@ class DeliveryStore:
 
     async def set_state(self, sub: str, state: str, reason: str = "") -> None:
         mapping: Any = {"state": state, "reason": reason, "changedMs": now_ms()}
+        if state == "enabled":  # an operator's "go": the breaker starts afresh too
+            mapping.update(breaker="closed", failures=0, opens=0)
         await self.store.guard(partial(self.client.hset, self.keys.state(sub), mapping=mapping))
 
     async def delete_dead(self, delivery_id: str) -> bool:
@@ -261,6 +269,9 @@ class DeliveryStore:
         return {
             "state": state.get("state", "enabled"),
             "reason": state.get("reason") or None,
+            "breaker": state.get("breaker", "closed"),
+            "consecutiveFailures": int(state.get("failures", 0)),
+            "breakerOpenUntil": int(state["openUntil"]) / 1000 if "openUntil" in state else None,
             "queued": int(queued),
             "inFlight": int(in_flight),
             "deadLetters": int(dead),

@@ -13,7 +13,9 @@ for i = 3, #ARGV do
         redis.call('HDEL', key, 'deadMs')
         redis.call('ZADD', tag .. ':s:' .. sub .. ':ready', now, ARGV[i])
         redis.call('ZADD', tag .. ':s:' .. sub .. ':age', now, ARGV[i])
-        redis.call('HSET', tag .. ':s:' .. sub .. ':state', 'state', 'enabled', 'changedMs', now)
+        redis.call('HSET', tag .. ':s:' .. sub .. ':state', 'state', 'enabled', 'changedMs', now,
+            'breaker', 'closed', 'failures', 0, 'opens', 0)
+        redis.call('HDEL', tag .. ':s:' .. sub .. ':state', 'failingSinceMs', 'openUntil')
         count = count + 1
     end
 end

@@ -8,7 +8,8 @@
 -- ARGV[4]  JSON: [[entry id, [[delivery id, subscription, event id, order id, event JSON,
 --          lease expiry ms], ...], event id, order id, event JSON], ...]; a lease expiry of 0 queues the delivery as ready,
 --          any other puts it straight in flight, claimed by this process's own worker
---          (unless the subscription is disabled: then it waits in the ready set)
+--          (unless the subscription is disabled or its breaker is not closed: then it waits in
+--          the ready set)
 --
 -- Each routed event is kept (ev:<id>) and indexed by order id for the retention, for the
 -- delivery log; each new delivery joins its subscription's age set (oldest undelivered).
@@ -28,8 +29,8 @@ for _, entry in ipairs(cjson.decode(ARGV[4])) do
                 redis.call('HSET', key, 'id', d[1], 'sub', d[2], 'eventId', d[3], 'orderId', d[4],
                     'event', d[5], 'attempts', 0, 'createdMs', now)
                 redis.call('ZADD', tag .. ':s:' .. d[2] .. ':age', now, d[1])
-                local state = redis.call('HGET', tag .. ':s:' .. d[2] .. ':state', 'state')
-                if d[6] > 0 and state ~= 'disabled' then
+                local state = redis.call('HMGET', tag .. ':s:' .. d[2] .. ':state', 'state', 'breaker')
+                if d[6] > 0 and state[1] ~= 'disabled' and (not state[2] or state[2] == 'closed') then
                     redis.call('ZADD', tag .. ':s:' .. d[2] .. ':inflight', d[6], d[1])
                     claimed[#claimed + 1] = d[1]
                 else

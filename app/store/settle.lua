@@ -7,13 +7,43 @@
 --          attempt record JSON, latency ms], ...]
 --          outcome: delivered | retry | dead | gone; status and error are "" when none
 -- ARGV[4]  the delivery log's retention, in seconds
+-- ARGV[5]  JSON: per subscription, its breaker {threshold, base cooldown ms, max cooldown ms,
+--          disable after ms}
 --
+-- The circuit breaker: a success closes it (and clears the failure count); `threshold`
+-- consecutive failures, or a failed probe, open it for a cooldown that doubles from the base
+-- up to the max; failing without a success for `disable after` disables the subscription.
 -- A delivery no longer in flight nor ready was taken over by another process (its lease had
 -- expired): that process settles it, this one changes nothing. Returns 1 per outcome recorded,
 -- 0 per outcome skipped. Logs are capped lists: 100 attempts an event, 200 in the recent list,
 -- 1000 latencies a subscription.
-local tag, now, retention = ARGV[1], ARGV[2], ARGV[4]
+local tag, now, retention = ARGV[1], tonumber(ARGV[2]), ARGV[4]
+local breakers = cjson.decode(ARGV[5])
 local results = {}
+
+local function succeeded(state)
+    redis.call('HSET', state, 'breaker', 'closed', 'failures', 0, 'opens', 0)
+    redis.call('HDEL', state, 'failingSinceMs', 'openUntil', 'probeUntil')
+end
+
+local function failed(state, sub, err)
+    local b = breakers[sub] or {10, 30000, 3600000, 432000000}
+    local failures = redis.call('HINCRBY', state, 'failures', 1)
+    if redis.call('HSETNX', state, 'failingSinceMs', now) == 0 then
+        local since = tonumber(redis.call('HGET', state, 'failingSinceMs'))
+        if now - since >= b[4] then
+            redis.call('HSET', state, 'state', 'disabled', 'changedMs', now,
+                'reason', 'failing for ' .. math.floor((now - since) / 1000) .. ' s: ' .. err)
+        end
+    end
+    local breaker = redis.call('HGET', state, 'breaker')
+    if breaker == 'half-open' or (breaker ~= 'open' and failures >= b[1]) then
+        local opens = redis.call('HINCRBY', state, 'opens', 1)
+        local cooldown = math.min(b[3], b[2] * 2 ^ (opens - 1))
+        redis.call('HSET', state, 'breaker', 'open', 'openUntil', now + cooldown)
+        redis.call('HINCRBY', KEYS[1], sub .. ':breaker_opened', 1)
+    end
+end
 for i, o in ipairs(cjson.decode(ARGV[3])) do
     local sub, id, outcome, due, status, err = o[1], o[2], o[3], o[4], o[5], o[6]
     local base = tag .. ':s:' .. sub
@@ -28,6 +58,7 @@ for i, o in ipairs(cjson.decode(ARGV[3])) do
         redis.call('LPUSH', tag .. ':attempts', o[8])
         redis.call('LTRIM', tag .. ':attempts', 0, 199)
         if outcome == 'delivered' then
+            succeeded(base .. ':state')
             redis.call('DEL', key)
             redis.call('ZREM', base .. ':age', id)
             redis.call('LPUSH', base .. ':lat', now .. ':' .. o[9])
@@ -37,6 +68,9 @@ for i, o in ipairs(cjson.decode(ARGV[3])) do
             redis.call('HINCRBY', key, 'attempts', 1)
             redis.call('HSET', key, 'lastStatus', status, 'lastError', err, 'lastAttemptMs', now)
             redis.call('HSET', base .. ':state', 'lastError', err, 'lastErrorMs', now)
+            if outcome ~= 'gone' then
+                failed(base .. ':state', sub, err)
+            end
             if outcome == 'retry' then
                 redis.call('ZADD', base .. ':ready', due, id)
                 redis.call('HINCRBY', KEYS[1], sub .. ':retried', 1)
