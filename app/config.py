@@ -103,6 +103,7 @@ class _SubscriptionFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     token_env: str | None = None
     visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT_S
     retention: float = DEFAULT_PULL_RETENTION_S
+    max_per_second: float = 0  # deliveries a second, across every process; 0: no limit
     breaker_threshold: int = 10  # consecutive failures that open the circuit breaker
     breaker_cooldown: float = 30.0  # seconds, doubling on each failed probe ...
     breaker_cooldown_max: float = 3600.0  # ... up to this
@@ -176,6 +177,7 @@ class Subscription:
     token: Secret | None = None  # a pull subscription's own bearer token
     visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
     retention_s: float = DEFAULT_PULL_RETENTION_S
+    max_per_second: float = 0
     breaker_threshold: int = 10
     breaker_cooldown_s: float = 30.0
     breaker_cooldown_max_s: float = 3600.0
@@ -392,11 +394,14 @@ def _breaker(sub: _SubscriptionFile, fail: Callable[[str, str], ConfigError]) ->
         raise fail("breaker_cooldown", "must be positive and at most breaker_cooldown_max")
     if sub.disable_after <= 0:
         raise fail("disable_after", "must be positive")
+    if sub.max_per_second < 0:
+        raise fail("max_per_second", "must be 0 (no limit) or positive")
     return {
         "breaker_threshold": sub.breaker_threshold,
         "breaker_cooldown_s": sub.breaker_cooldown,
         "breaker_cooldown_max_s": sub.breaker_cooldown_max,
         "disable_after_s": sub.disable_after,
+        "max_per_second": sub.max_per_second,
     }
 
 

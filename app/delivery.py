@@ -94,7 +94,9 @@ class SubscriptionWorker:
 
     def reserve(self, wanted: int) -> tuple[int, int]:
         """Free slots for deliveries the router claims for us: (granted, lease expiry ms)."""
-        granted = 0 if self._stopping else max(0, min(wanted, self._free()))
+        if self._stopping or self.sub.max_per_second:  # rate-limited: through the bucket only
+            return 0, 0
+        granted = max(0, min(wanted, self._free()))
         self._reserved += granted
         return granted, now_ms() + int(self.lease_s * 1000)
 
@@ -130,7 +132,9 @@ class SubscriptionWorker:
         if free <= 0:
             return IDLE_POLL_S  # a finishing attempt wakes us
         try:
-            claimed, next_due = await self.deliveries.claim(self.sub.id, free, self.lease_s)
+            claimed, next_due = await self.deliveries.claim(
+                self.sub.id, free, self.lease_s, self.sub.max_per_second
+            )
         except StoreUnavailable as exc:
             log.warning("subscription %s: cannot claim: %s", self.sub.id, exc)
             return 1.0

@@ -317,3 +317,14 @@ async def test_failing_for_too_long_disables(gateway: Gateway, sink: Sink) -> No
         )
     reason = state.json()["subscriptions"][0]["reason"]
     assert reason.startswith("failing for ") and reason.endswith("HTTP 500")
+
+
+async def test_max_per_second_spreads_deliveries(gateway: Gateway, sink: Sink) -> None:
+    async with gateway(subscription(sink, "erp", max_per_second=5)) as client:
+        for i in range(10):
+            await hook(client, OrderId=f"r-{i}")
+        got = await sink.wait_for("/erp", 10, timeout=10)
+    span = got[-1].at - got[0].at
+    assert span >= 0.8  # a burst of 5, then 5 a second
+    windows = [sum(1 for g in got if 0 <= g.at - start < 0.5) for start in (g.at for g in got)]
+    assert max(windows) <= 5 + 3  # never much above the rate, burst included

@@ -5,6 +5,8 @@
 -- KEYS[3]  its state hash: state = "disabled" claims nothing; the circuit breaker
 --          (`breaker` = closed | open | half-open, `openUntil` ms, `probeUntil` ms)
 -- ARGV[1]  now, ms;  ARGV[2] lease expiry, ms;  ARGV[3] at most this many;  ARGV[4] the key tag
+-- ARGV[5]  the subscription's max_per_second, 0 for none: a token bucket in the state hash
+--          (`tokens`, `tokensAtMs`; capacity one second's worth), shared by every process
 --
 -- An open breaker claims nothing until `openUntil`; then it turns half-open and lets exactly
 -- one delivery through as a probe (another one only if that probe's lease ran out).
@@ -26,6 +28,20 @@ if state[2] == 'open' or state[2] == 'half-open' then
     limit = 1
     redis.call('HSET', KEYS[3], 'breaker', 'half-open', 'probeUntil', ARGV[2])
 end
+local rate = tonumber(ARGV[5] or 0)
+local tokens = 0
+if rate > 0 then
+    local bucket = redis.call('HMGET', KEYS[3], 'tokens', 'tokensAtMs')
+    local capacity = math.max(1, rate)
+    tokens = tonumber(bucket[1] or capacity)
+    local since = now - tonumber(bucket[2] or now)
+    tokens = math.min(capacity, tokens + since * rate / 1000)
+    limit = math.min(limit, math.floor(tokens))
+    if limit < 1 then
+        redis.call('HSET', KEYS[3], 'tokens', tostring(tokens), 'tokensAtMs', now)
+        return {{}, now + math.ceil((1 - tokens) * 1000 / rate)}
+    end
+end
 local items = {}
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit)
 for _, id in ipairs(ids) do
@@ -35,6 +51,9 @@ for _, id in ipairs(ids) do
         redis.call('ZADD', KEYS[2], ARGV[2], id)
         items[#items + 1] = {id, d[1], d[2]}
     end
+end
+if rate > 0 then
+    redis.call('HSET', KEYS[3], 'tokens', tostring(tokens - #items), 'tokensAtMs', now)
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {items, first[2] or -1}

@@ -159,11 +159,13 @@ class DeliveryStore:
 
     # -- the deliverer's side ----------------------------------------------------------------
 
-    async def claim(self, sub: str, limit: int, lease_s: float) -> tuple[list[Claimed], int]:
+    async def claim(
+        self, sub: str, limit: int, lease_s: float, max_per_second: float = 0
+    ) -> tuple[list[Claimed], int]:
         """Up to `limit` due deliveries, and the next due time (ms, -1 for none)."""
         now = now_ms()
         keys = [self.keys.ready(sub), self.keys.inflight(sub), self.keys.state(sub)]
-        args = [now, now + int(lease_s * 1000), limit, self.keys.tag]
+        args = [now, now + int(lease_s * 1000), limit, self.keys.tag, max_per_second]
         items, next_due = await self.store.script(self._claim, keys, args)
         claimed = [Claimed(_text(i), e, int(a)) for i, e, a in items]
         return claimed, int(float(next_due))
