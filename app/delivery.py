@@ -22,6 +22,7 @@ from app.config import Subscription
 from app.errors import StoreUnavailable
 from app.events import cloudevent, default_data, utc_now_iso
 from app.filters import EvaluationError, order_document
+from app.lifecycle import sleep_unless
 from app.logs import log_event
 from app.retry import Dead, Delivered, Gone, Outcome, Retry, decide, parse_retry_after
 from app.signing import signature_headers
@@ -315,10 +316,7 @@ class Deliverer:
                     log.warning("lease sweep: %s", exc)
                 except Exception:  # never let the sweep die: it is what makes crashes safe
                     log.exception("lease sweep error")
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self.RECLAIM_EVERY_S)
-            except TimeoutError:
-                pass
+            await sleep_unless(self._stopping, self.RECLAIM_EVERY_S)
 
     async def stop(self, grace_s: float) -> None:
         self._stopping.set()

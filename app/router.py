@@ -22,6 +22,7 @@ import orjson
 from app.config import Settings, Subscription
 from app.errors import StoreUnavailable
 from app.filters import EvaluationError, order_document
+from app.lifecycle import sleep_unless
 from app.store.deliveries import Claimed, DeliveryStore, Planned, Routed
 from app.vtex.enrich import Enricher
 
@@ -105,7 +106,7 @@ class Router:
                 log.warning("router: %s", exc)
             except Exception:  # e.g. the stream or group deleted under us: set up again
                 log.exception("router error")
-            await _sleep_unless(stopping, RETRY_AFTER_STORE_ERROR_S)
+            await sleep_unless(stopping, RETRY_AFTER_STORE_ERROR_S)
 
     async def _until_ready(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -114,7 +115,7 @@ class Router:
                 return
             except StoreUnavailable as exc:
                 log.warning("router waiting for redis: %s", exc)
-                await _sleep_unless(stopping, RETRY_AFTER_STORE_ERROR_S)
+                await sleep_unless(stopping, RETRY_AFTER_STORE_ERROR_S)
 
     async def route(self, entries: Sequence[tuple[str, bytes]]) -> None:
         if entries and self.enricher is not None:
@@ -173,10 +174,3 @@ class Router:
     def _filter_failed(self, sub: Subscription, exc: EvaluationError) -> None:
         log.warning("filter of subscription %s failed, counted as no match: %s", sub.id, exc)
         self._filter_errors[sub.id] += 1
-
-
-async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stopping.wait(), seconds)
-    except TimeoutError:
-        pass

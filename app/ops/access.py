@@ -17,22 +17,25 @@ COOKIE = "orderhook_token"
 Role = Literal["admin", "ops"]
 
 
-def presented_token(request: Request) -> str | None:
+def bearer_token(request: Request) -> str | None:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.cookies.get(COOKIE)
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def _matches(given: str, token: Secret | None) -> bool:
+def presented_token(request: Request) -> str | None:
+    return bearer_token(request) or request.cookies.get(COOKIE)
+
+
+def matches(given: str, token: Secret | None) -> bool:
+    """Constant-time comparison with a configured token (False when none is)."""
     return token is not None and hmac.compare_digest(given.encode(), str(token).encode())
 
 
 def role_of(token: str | None, settings: Settings) -> Role | None:
     if token is None:
         return None
-    admin = _matches(token, settings.admin_token)
-    ops = _matches(token, settings.ops_token)  # both compared: no early exit to time
+    admin = matches(token, settings.admin_token)
+    ops = matches(token, settings.ops_token)  # both compared: no early exit to time
     return "admin" if admin else "ops" if ops else None
 
 

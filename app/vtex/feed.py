@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 from typing import Any
 
 import orjson
@@ -24,6 +23,7 @@ from app.errors import BadRequest, NotFound, Unauthorized
 from app.events import cloudevent, default_data
 from app.filters import EvaluationError
 from app.http import json_response
+from app.ops.access import bearer_token, matches
 from app.store.deliveries import DeliveryStore
 
 MAX_LOT = 10  # as in VTEX
@@ -68,9 +68,8 @@ class Feed:
         sub = self.pull.get(request.path_params["subscription"])
         if sub is None:
             raise NotFound(f"no pull subscription {request.path_params['subscription']!r}")
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        expected = str(sub.token).encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        given = bearer_token(request)
+        if given is None or not matches(given, sub.token):
             raise Unauthorized("missing or invalid bearer token for this subscription")
         deliveries: DeliveryStore = request.app.state.relay.deliveries
         return sub, deliveries

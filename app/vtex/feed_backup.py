@@ -17,6 +17,7 @@ import aiohttp
 from app.config import Settings, Source
 from app.errors import StoreUnavailable
 from app.events import Notification, normalize, utc_now_iso
+from app.lifecycle import sleep_unless
 from app.logs import log_event
 from app.retry import parse_retry_after
 from app.store.client import Store
@@ -71,10 +72,7 @@ class FeedPoller:
                 log.exception("feed of %s failed", self.source.account)
                 pause = ERROR_PAUSE_S
             if pause:
-                try:
-                    await asyncio.wait_for(stopping.wait(), pause)
-                except TimeoutError:
-                    pass
+                await sleep_unless(stopping, pause)
 
     async def poll_once(self) -> float:
         """Take, append and commit one lot; returns how long to wait before the next."""
