@@ -35,6 +35,7 @@ from app.signing import secret_key
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 DEFAULT_DEDUPE_WINDOW_S = 7 * 24 * 3600
+DEFAULT_BODY_TIMEOUT_S = 10.0  # a hook body is a few hundred bytes; a trickle is an attack
 DEFAULT_KEY_PREFIX = "orderhook"
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_REDIS_TIMEOUT_S = 2.0
@@ -80,6 +81,7 @@ class _StoreFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class _IngestFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     dedupe_window_s: int = DEFAULT_DEDUPE_WINDOW_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
 
 class _FromWorkflowFile(
@@ -220,6 +222,7 @@ class Settings:
     embedded_appendfsync: AppendFsync = "always"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     dedupe_window_s: int = DEFAULT_DEDUPE_WINDOW_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     config_path: Path | None = field(default=None, compare=False)
 
 
@@ -250,6 +253,7 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
         embedded_appendfsync=parsed.store.embedded_appendfsync,
         max_body_bytes=parsed.ingest.max_body_bytes,
         dedupe_window_s=parsed.ingest.dedupe_window_s,
+        body_timeout_s=parsed.ingest.body_timeout_s,
         config_path=Path(path) if path else None,
     )
 
@@ -282,6 +286,7 @@ def _check_limits(parsed: _ConfigFile, where: str) -> None:
     checks = [
         (parsed.ingest.max_body_bytes >= 1024, "ingest.max_body_bytes", "an integer >= 1024"),
         (parsed.ingest.dedupe_window_s >= 1, "ingest.dedupe_window_s", "an integer >= 1"),
+        (parsed.ingest.body_timeout_s > 0, "ingest.body_timeout_s", "a number > 0"),
         (parsed.store.timeout_s > 0, "store.timeout_s", "a number > 0"),
         (parsed.ops.log_retention_s >= 60, "ops.log_retention_s", "an integer >= 60"),
         (parsed.delivery.router_claim_idle_s > 0, "delivery.router_claim_idle_s", "a number > 0"),

@@ -183,8 +183,11 @@ class SubscriptionWorker:
                 timeout=self.timeout,
                 allow_redirects=False,
             ) as response:
-                head = await response.content.read(MAX_RESPONSE_READ)
+                head = await _read_head(response.content, MAX_RESPONSE_READ)
                 error = "" if 200 <= response.status < 300 else f"HTTP {response.status}"
+                if 300 <= response.status < 400:
+                    location = response.headers.get("Location", "")[:200]
+                    error += f" redirect to {location!r}, not followed"
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 return PostResult(
                     response.status, error, retry_after, head[:LOGGED_BODY], _ms_since(started)
@@ -252,6 +255,21 @@ class SubscriptionWorker:
             await asyncio.wait(self.tasks, timeout=grace_s)
         for task in self.tasks:
             task.cancel()  # their leases expire and they are tried again
+
+
+async def _read_head(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to `limit` bytes (the rest of a large body is not wanted, nor waited for).
+    A body cut short of its length raises ClientPayloadError: the answer is not complete,
+    so the delivery is not counted as made."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _outcome_name(outcome: Outcome) -> tuple[str, int]:

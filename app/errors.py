@@ -6,6 +6,7 @@ OrderhookError
 └── RequestError           the request is refused; carries its HTTP status
     ├── Unauthorized       401: no source's auth header matches, or the account is not allowed
     ├── BadRequest         400: invalid JSON, not an object, a missing or mistyped field
+    ├── RequestTimeout     408: the body did not arrive within the body timeout
     ├── PayloadTooLarge    413: the body is over the limit
     └── UnsupportedMedia   415: the content type is not JSON
 """
@@ -49,6 +50,10 @@ class NotFound(RequestError):
 
 class BadRequest(RequestError):
     status = 400
+
+
+class RequestTimeout(RequestError):
+    status = 408
 
 
 class PayloadTooLarge(RequestError):

@@ -21,6 +21,10 @@ EVENT_ID_NAMESPACE = uuid.UUID("6f1c3a0e-3d52-5b8e-9a57-0c2f5d7e4b11")
 
 _OPTIONAL_TEXT = ("Domain", "State", "LastState", "LastChange", "CurrentChange")
 
+# I-JSON (RFC 7493): numbers beyond 2^53 are not exact in every consumer (JavaScript, JSONata),
+# so a notification carrying one would reach subscribers changed. It is refused instead.
+MAX_SAFE_NUMBER = 2**53 - 1
+
 
 @dataclass(frozen=True)
 class Ping:
@@ -47,9 +51,28 @@ def parse_body(body: bytes) -> Ping | Notification:
         raise BadRequest(f"body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise BadRequest(f"body must be a JSON object, got {_json_type(doc)}")
+    _check_numbers(doc)
     if doc.get("hookConfig") == "ping":
         return Ping()
     return _notification(doc)
+
+
+def _check_numbers(doc: dict[str, Any]) -> None:
+    """BadRequest naming the first number out of I-JSON's exact range (orjson has already
+    refused infinities and nesting deeper than 1,024)."""
+    pending: list[tuple[str, Any]] = [("", doc)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, dict):
+            pending += ((f"{path}.{key}", item) for key, item in value.items())
+        elif isinstance(value, list):
+            pending += ((f"{path}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            if abs(value) > MAX_SAFE_NUMBER:
+                raise BadRequest(
+                    f"number at `{path.lstrip('.')[:200]}` is out of range: "
+                    f"numbers must be within ±{MAX_SAFE_NUMBER} (I-JSON)"
+                )
 
 
 def _notification(doc: dict[str, Any]) -> Notification:

@@ -27,7 +27,13 @@ def json_response(
 
 
 HOOK_PATH = "/hooks/vtex"
-REJECTION_REASONS = {400: "invalid", 401: "unauthorized", 413: "too_large", 415: "media_type"}
+REJECTION_REASONS = {
+    400: "invalid",
+    401: "unauthorized",
+    408: "timeout",
+    413: "too_large",
+    415: "media_type",
+}
 
 
 async def on_request_error(request: Request, exc: Exception) -> Response:

@@ -7,6 +7,7 @@ durable in Redis (or known to be a duplicate of one that is).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.config import Settings, Source
-from app.errors import PayloadTooLarge, Unauthorized, UnsupportedMedia
+from app.errors import PayloadTooLarge, RequestTimeout, Unauthorized, UnsupportedMedia
 from app.events import Notification, Ping, normalize, parse_body, utc_now_iso
 from app.http import json_response
 from app.logs import log_event
@@ -54,18 +55,23 @@ def check_content_type(headers: Headers) -> None:
         raise UnsupportedMedia(f"content type must be application/json, got {media!r}")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, or PayloadTooLarge as soon as it is known to be over `limit` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body; PayloadTooLarge as soon as it is known to be over `limit` bytes, and
+    RequestTimeout when it has not all arrived within `timeout_s` (a trickled body)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
     return b"".join(chunks)
 
 
@@ -78,7 +84,8 @@ class HookEndpoint:
     async def handle(self, request: Request) -> Response:
         sources = authenticate(request.headers, self.settings.sources)
         check_content_type(request.headers)
-        message = parse_body(await read_body(request, self.settings.max_body_bytes))
+        body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout_s)
+        message = parse_body(body)
         if isinstance(message, Ping):
             return json_response({"status": "pong"})
         authorize(message, sources)

@@ -18,6 +18,7 @@ from app.config import Settings
 from app.errors import StoreUnavailable
 from app.http import EXCEPTION_HANDLERS, json_response
 from app.ingest import HookEndpoint
+from app.openapi import OpenApiEndpoint
 from app.ops.routes import Ops
 from app.relay import Relay
 from app.store.batcher import Batcher
@@ -83,6 +84,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/hooks/vtex", HookEndpoint(settings).handle, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", OpenApiEndpoint(settings).handle, methods=["GET"]),
         *Admin(settings).routes(),
         *Ops(settings).routes(),
         *Feed(settings).routes(),

@@ -4,6 +4,7 @@ answers as each test tells it, per path."""
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,9 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     hang: bool = False  # accept the request and never answer
+    body_bytes: int = 0  # answer with a body this long, in 64 KiB chunks ...
+    chunk_delay_s: float = 0.0  # ... this far apart
+    cut: bool = False  # send the status line, headers and part of the body, then close
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float  # time.monotonic()
+    status: int = 200  # what the sink answered
 
 
 class Sink:
@@ -36,6 +41,8 @@ class Sink:
         self.port = free_port()
         self.received: list[Received] = []
         self._replies: dict[str, list[Reply]] = {}
+        self._flaky: dict[str, tuple[float, random.Random]] = {}
+        self.body_bytes_sent: list[int] = []  # per slow-body reply: bytes written before the end
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -48,6 +55,11 @@ class Sink:
     def script(self, path: str, *replies: Reply) -> None:
         with self._lock:
             self._replies[path] = list(replies)
+
+    def flaky(self, path: str, ratio: float, seed: int = 0) -> None:
+        """Beyond any scripted replies, answer 500 to this share of requests, at random."""
+        with self._lock:
+            self._flaky[path] = (ratio, random.Random(seed))
 
     def at(self, path: str) -> list[Received]:
         with self._lock:
@@ -72,15 +84,44 @@ class Sink:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         with self._lock:
-            self.received.append(
-                Received(request.path, dict(request.headers), body, time.monotonic())
-            )
             queue = self._replies.get(request.path, [])
+            scripted = bool(queue)
             reply = queue.pop(0) if queue else Reply()
+            if not scripted and request.path in self._flaky:
+                ratio, rng = self._flaky[request.path]
+                reply = Reply(status=500) if rng.random() < ratio else reply
+            self.received.append(
+                Received(request.path, dict(request.headers), body, time.monotonic(), reply.status)
+            )
         if reply.hang:
             assert self._stop is not None
             await self._stop.wait()
+        if reply.cut or reply.body_bytes:
+            return await self._stream(request, reply)
         return web.Response(status=reply.status, headers=reply.headers, text="ok")
+
+    async def _stream(self, request: web.Request, reply: Reply) -> web.StreamResponse:
+        response = web.StreamResponse(status=reply.status, headers=reply.headers)
+        response.content_length = max(reply.body_bytes, 1000)
+        await response.prepare(request)
+        if reply.cut:
+            await response.write(b"x" * 100)
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        sent = 0
+        try:
+            while sent < reply.body_bytes:
+                chunk = b"x" * min(65536, reply.body_bytes - sent)
+                await response.write(chunk)
+                sent += len(chunk)
+                await asyncio.sleep(reply.chunk_delay_s)
+        except (ConnectionError, RuntimeError):  # the client went away
+            pass
+        finally:
+            with self._lock:
+                self.body_bytes_sent.append(sent)
+        return response
 
     def _serve(self) -> None:
         asyncio.run(self._main())

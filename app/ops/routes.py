@@ -10,13 +10,14 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from app.config import Settings
-from app.errors import Forbidden, PayloadTooLarge
+from app.errors import BadRequest, Forbidden, PayloadTooLarge
 from app.http import json_response
 from app.ops import dashboard, metrics, stats
 from app.ops.access import COOKIE, presented_token, require, role_of
 from app.store.deliveries import DeliveryStore, OpsQueries
 
 MAX_FORM_BYTES = 4096
+MAX_FORM_FIELDS = 10
 DASHBOARD_ROWS = 50
 COOKIE_MAX_AGE_S = 12 * 3600
 
@@ -112,5 +113,8 @@ async def _form(request: Request) -> dict[str, str]:
         body += chunk
         if len(body) > MAX_FORM_BYTES:
             raise PayloadTooLarge(f"form is over {MAX_FORM_BYTES} bytes")
-    pairs: list[tuple[str, str]] = parse_qsl(body.decode("utf-8", "replace"), max_num_fields=10)
+    try:
+        pairs = parse_qsl(body.decode("utf-8", "replace"), max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:  # more fields than that
+        raise BadRequest(f"form has more than {MAX_FORM_FIELDS} fields") from None
     return dict(pairs)

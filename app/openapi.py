@@ -1,0 +1,628 @@
+"""`GET /openapi.json`: an OpenAPI 3.1 description of every endpoint the gateway serves.
+
+Written out here rather than generated: the handlers parse their input by hand (to give VTEX's
+own error texts), so there are no models to generate it from. tests/test_openapi.py keeps it
+honest: every route the app serves must be described here and nothing else, and schemathesis
+checks the live gateway's answers against these schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app import __version__
+from app.config import Settings
+from app.http import json_response
+from app.vtex.feed import MAX_HANDLES, MAX_LOT
+
+Schema = dict[str, Any]
+
+NULLABLE_TEXT: Schema = {"type": ["string", "null"]}
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def json_body(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def error(description: str) -> Schema:
+    return json_body(ref("Error"), description)
+
+
+UNAVAILABLE: Schema = {
+    **error("Redis does not answer; try again later"),
+    "headers": {"Retry-After": {"schema": {"type": "string", "pattern": r"^\d+$"}}},
+}
+
+BEARER_ERRORS: dict[str, Schema] = {
+    "401": error("missing or invalid token"),
+    "403": error("this endpoint is disabled (no token configured) or needs the admin token"),
+    "503": UNAVAILABLE,
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "what is wrong"}},
+    },
+    "Notification": {
+        "description": "VTEX's order hook notification (extra fields are kept as they are)",
+        "type": "object",
+        "required": ["OrderId", "Origin"],
+        "properties": {
+            "Domain": NULLABLE_TEXT,
+            "OrderId": {"type": "string", "minLength": 1},
+            "State": NULLABLE_TEXT,
+            "LastState": NULLABLE_TEXT,
+            "LastChange": NULLABLE_TEXT,
+            "CurrentChange": NULLABLE_TEXT,
+            "Origin": {
+                "type": "object",
+                "required": ["Account"],
+                "properties": {"Account": {"type": "string"}, "Key": NULLABLE_TEXT},
+            },
+        },
+    },
+    "Ping": {
+        "description": "sent by VTEX when a hook is saved",
+        "type": "object",
+        "required": ["hookConfig"],
+        "properties": {"hookConfig": {"const": "ping"}},
+    },
+    "Event": {
+        "description": "an accepted notification as the gateway keeps it",
+        "type": "object",
+        "required": ["id", "account", "orderId", "receivedAt", "raw"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "account": {"type": "string"},
+            "domain": NULLABLE_TEXT,
+            "orderId": {"type": "string"},
+            "state": NULLABLE_TEXT,
+            "lastState": NULLABLE_TEXT,
+            "lastChange": NULLABLE_TEXT,
+            "currentChange": NULLABLE_TEXT,
+            "receivedAt": {"type": "string", "format": "date-time"},
+            "raw": {"type": "object", "description": "the notification as received"},
+        },
+    },
+    "Attempt": {
+        "description": "one delivery attempt, as the delivery log records it",
+        "type": "object",
+        "required": ["at", "subscription", "eventId", "outcome"],
+        "properties": {
+            "at": {"type": "string", "format": "date-time"},
+            "subscription": {"type": "string"},
+            "deliveryId": {"type": "string"},
+            "eventId": {"type": "string"},
+            "orderId": {"type": "string"},
+            "attempt": {"type": "integer", "minimum": 1},
+            "outcome": {"enum": ["delivered", "retry", "dead", "gone"]},
+            "status": {"type": ["integer", "null"]},
+            "error": NULLABLE_TEXT,
+            "durationMs": {"type": "number"},
+            "response": {"type": "string", "description": "the head of the response body"},
+        },
+    },
+    "DeadLetter": {
+        "type": "object",
+        "required": ["id", "eventId", "subscription", "attempts"],
+        "properties": {
+            "id": {"type": "string", "description": "the entry id, for replay and delete"},
+            "eventId": {"type": "string"},
+            "orderId": NULLABLE_TEXT,
+            "subscription": {"type": "string"},
+            "attempts": {"type": "integer", "minimum": 0},
+            "lastStatus": {"type": ["integer", "null"]},
+            "lastError": NULLABLE_TEXT,
+            "deadAt": {"type": ["number", "null"], "description": "Unix time, seconds"},
+        },
+    },
+    "SubscriptionState": {
+        "type": "object",
+        "required": ["id", "url", "state", "breaker", "queued", "inFlight", "deadLetters"],
+        "properties": {
+            "id": {"type": "string"},
+            "url": NULLABLE_TEXT,
+            "state": {"enum": ["enabled", "disabled"]},
+            "reason": NULLABLE_TEXT,
+            "breaker": {"enum": ["closed", "open", "half-open"]},
+            "consecutiveFailures": {"type": "integer", "minimum": 0},
+            "breakerOpenUntil": {"type": ["number", "null"]},
+            "queued": {"type": "integer", "minimum": 0},
+            "inFlight": {"type": "integer", "minimum": 0},
+            "deadLetters": {"type": "integer", "minimum": 0},
+        },
+    },
+    "Stats": {
+        "type": "object",
+        "required": ["ingest", "ingestPerMinute", "subscriptions"],
+        "properties": {
+            "ingest": {
+                "type": "object",
+                "required": ["received", "accepted", "duplicates", "rejected"],
+                "properties": {
+                    "received": {"type": "integer"},
+                    "accepted": {"type": "integer"},
+                    "duplicates": {"type": "integer"},
+                    "rejected": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                        "description": "by reason: invalid, unauthorized, too_large, ...",
+                    },
+                },
+            },
+            "ingestPerMinute": {
+                "type": "array",
+                "items": {
+                    "type": "array",
+                    "prefixItems": [{"type": "integer"}, {"type": "integer"}],
+                    "description": "[Unix minute, events accepted]",
+                },
+            },
+            "subscriptions": {
+                "type": "array",
+                "items": {"allOf": [ref("SubscriptionState"), {"type": "object"}]},
+            },
+        },
+    },
+    "FeedItem": {
+        "description": "a VTEX Feed v3 item, plus the CloudEvent a push would have carried",
+        "type": "object",
+        "required": ["eventId", "handle", "orderId", "event"],
+        "properties": {
+            "eventId": {"type": "string"},
+            "handle": {"type": "string", "description": "give it back to commit the item"},
+            "domain": NULLABLE_TEXT,
+            "state": NULLABLE_TEXT,
+            "lastState": NULLABLE_TEXT,
+            "orderId": {"type": "string"},
+            "lastChange": NULLABLE_TEXT,
+            "currentChange": NULLABLE_TEXT,
+            "event": {"type": "object", "required": ["specversion", "id", "source", "type"]},
+        },
+    },
+}
+
+
+def operation(
+    summary: str,
+    responses: dict[str, Schema],
+    *,
+    security: str | None = None,
+    parameters: list[Schema] | None = None,
+    body: Schema | None = None,
+) -> Schema:
+    op: Schema = {"summary": summary, "responses": responses}
+    if security is not None:
+        op["security"] = [{security: []}]
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = body
+    return op
+
+
+def param(name: str, where: str, schema: Schema, required: bool = False) -> Schema:
+    return {"name": name, "in": where, "required": required or where == "path", "schema": schema}
+
+
+def form(properties: dict[str, Schema]) -> Schema:
+    schema = {"type": "object", "properties": properties}
+    return {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": schema}}}
+
+
+HTML = {"content": {"text/html": {"schema": {"type": "string"}}}}
+SEE_OTHER = {"description": "back to the dashboard", "headers": {"Location": {"schema": {}}}}
+
+
+def paths() -> dict[str, Schema]:
+    admin, ops, feed = "adminToken", "adminToken", "feedToken"
+    del ops  # the ops token is accepted where the admin token is; one scheme describes both
+    dlq_id = param("id", "path", {"type": "string"})
+    return {
+        "/hooks/vtex": {
+            "post": operation(
+                "Receive a VTEX order hook notification (or VTEX's ping)",
+                {
+                    "200": json_body(
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {
+                                "status": {"enum": ["accepted", "duplicate", "pong"]},
+                                "id": {"type": "string", "format": "uuid"},
+                            },
+                        },
+                        "durable in Redis (or a duplicate of an event that is)",
+                    ),
+                    "400": error("not JSON, not an object, or a missing or mistyped field"),
+                    "401": error("no source's auth header matches, or the account is not allowed"),
+                    "408": error("the body did not arrive in time"),
+                    "413": error("the body is over the limit"),
+                    "415": error("the content type is not JSON"),
+                    "503": UNAVAILABLE,
+                },
+                security="hookAuth",
+                body={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"oneOf": [ref("Notification"), ref("Ping")]}
+                        }
+                    },
+                },
+            )
+        },
+        "/healthz": {
+            "get": operation(
+                "The process is up",
+                {"200": json_body({"type": "object", "required": ["status"]}, "up")},
+            )
+        },
+        "/readyz": {
+            "get": operation(
+                "Redis answers: the gateway can accept events",
+                {
+                    "200": json_body({"type": "object", "required": ["status"]}, "ready"),
+                    "503": error("Redis does not answer"),
+                },
+            )
+        },
+        "/openapi.json": {
+            "get": operation(
+                "This description",
+                {"200": json_body({"type": "object", "required": ["openapi"]}, "OpenAPI 3.1")},
+            )
+        },
+        "/admin/subscriptions": {
+            "get": operation(
+                "Every subscription's state: enabled, breaker, queue and dead-letter counts",
+                {
+                    "200": json_body(
+                        {
+                            "type": "object",
+                            "required": ["subscriptions"],
+                            "properties": {
+                                "subscriptions": {
+                                    "type": "array",
+                                    "items": ref("SubscriptionState"),
+                                }
+                            },
+                        },
+                        "one row per configured subscription",
+                    ),
+                    **BEARER_ERRORS,
+                },
+                security=admin,
+            )
+        },
+        "/admin/dlq": {
+            "get": operation(
+                "Dead-lettered deliveries, newest first",
+                {
+                    "200": json_body(
+                        {
+                            "type": "object",
+                            "required": ["items", "total", "next"],
+                            "properties": {
+                                "items": {"type": "array", "items": ref("DeadLetter")},
+                                "total": {"type": "integer", "minimum": 0},
+                                "next": {"type": ["integer", "null"]},
+                            },
+                        },
+                        "a page; `next` is the offset of the next page",
+                    ),
+                    "400": error("offset or limit out of range"),
+                    "404": error("no such subscription"),
+                    **BEARER_ERRORS,
+                },
+                security=admin,
+                parameters=[
+                    param("subscription", "query", {"type": "string"}),
+                    param("offset", "query", {"type": "integer", "minimum": 0}),
+                    param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 500}),
+                ],
+            )
+        },
+        "/admin/dlq/replay": {
+            "post": operation(
+                "Queue dead-lettered deliveries again, by subscription or by entry ids",
+                {
+                    "200": json_body(
+                        {
+                            "type": "object",
+                            "required": ["replayed"],
+                            "properties": {"replayed": {"type": "integer", "minimum": 0}},
+                        },
+                        "how many were queued again",
+                    ),
+                    "400": error("neither or both of `subscription` and `ids`"),
+                    "404": error("no such subscription"),
+                    **BEARER_ERRORS,
+                },
+                security=admin,
+                body=json_body(
+                    {
+                        "oneOf": [
+                            {
+                                "type": "object",
+                                "required": ["subscription"],
+                                "properties": {"subscription": {"type": "string"}},
+                                "additionalProperties": False,
+                            },
+                            {
+                                "type": "object",
+                                "required": ["ids"],
+                                "properties": {
+                                    "ids": {"type": "array", "items": {"type": "string"}}
+                                },
+                                "additionalProperties": False,
+                            },
+                        ]
+                    },
+                    "what to replay",
+                )
+                | {"required": True},
+            )
+        },
+        "/admin/dlq/{id}": {
+            "delete": operation(
+                "Drop a dead-letter entry",
+                {
+                    "200": json_body(
+                        {"type": "object", "required": ["deleted"]}, "the entry is gone"
+                    ),
+                    "404": error("no such entry"),
+                    **BEARER_ERRORS,
+                },
+                security=admin,
+                parameters=[dlq_id],
+            )
+        },
+        "/admin/events": {
+            "get": operation(
+                "An order's events still in the delivery log, oldest first",
+                {
+                    "200": json_body(
+                        {
+                            "type": "object",
+                            "required": ["orderId", "events"],
+                            "properties": {
+                                "orderId": {"type": "string"},
+                                "events": {"type": "array", "items": ref("Event")},
+                            },
+                        },
+                        "the order's history",
+                    ),
+                    "400": error("orderId is missing"),
+                    **BEARER_ERRORS,
+                },
+                security=admin,
+                parameters=[param("orderId", "query", {"type": "string"}, required=True)],
+            )
+        },
+        "/admin/events/{id}": {
+            "get": operation(
+                "One event and its attempts, by subscription",
+                {
+                    "200": json_body(
+                        {
+                            "type": "object",
+                            "required": ["event", "attempts"],
+                            "properties": {
+                                "event": ref("Event"),
+                                "attempts": {
+                                    "type": "object",
+                                    "additionalProperties": {
+                                        "type": "array",
+                                        "items": ref("Attempt"),
+                                    },
+                                },
+                            },
+                        },
+                        "the event as routed",
+                    ),
+                    "404": error("not in the delivery log"),
+                    **BEARER_ERRORS,
+                },
+                security=admin,
+                parameters=[param("id", "path", {"type": "string"})],
+            )
+        },
+        "/ops": {
+            "get": operation(
+                "The ops dashboard (HTML); a login form without a token",
+                {
+                    "200": {"description": "the dashboard", **HTML},
+                    "401": {"description": "the login form", **HTML},
+                    "403": error("no admin or ops token is configured"),
+                    "503": UNAVAILABLE,
+                },
+                parameters=[param("orderId", "query", {"type": "string"})],
+            )
+        },
+        "/ops/login": {
+            "post": operation(
+                "Sign in to the dashboard with a token (sets a session cookie)",
+                {
+                    "303": SEE_OTHER,
+                    "400": error("the form has too many fields"),
+                    "401": {"description": "the login form, with an error", **HTML},
+                    "413": error("the form is too large"),
+                },
+                body=form({"token": {"type": "string"}}),
+            )
+        },
+        "/ops/logout": {
+            "post": operation("Sign out of the dashboard", {"303": SEE_OTHER}),
+        },
+        "/ops/replay": {
+            "post": operation(
+                "Replay a subscription's dead letters from the dashboard",
+                {
+                    "303": SEE_OTHER,
+                    "400": error("the form has too many fields"),
+                    "413": error("the form is too large"),
+                    **BEARER_ERRORS,
+                },
+                security=admin,
+                body=form({"subscription": {"type": "string"}}),
+            )
+        },
+        "/ops/stats": {
+            "get": operation(
+                "Ingest and delivery figures (JSON)",
+                {"200": json_body(ref("Stats"), "the figures"), **BEARER_ERRORS},
+                security=admin,
+            )
+        },
+        "/metrics": {
+            "get": operation(
+                "Prometheus metrics",
+                {
+                    "200": {
+                        "description": "text exposition format 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **BEARER_ERRORS,
+                },
+                security=admin,
+            )
+        },
+        "/feed/{subscription}": {
+            "get": operation(
+                "Take up to `maxlot` items of a pull subscription (VTEX Feed v3 style)",
+                {
+                    "200": json_body({"type": "array", "items": ref("FeedItem")}, "the items"),
+                    "400": error("maxlot out of range"),
+                    "401": error("missing or invalid bearer token for this subscription"),
+                    "404": error("no such pull subscription"),
+                    "503": UNAVAILABLE,
+                },
+                security=feed,
+                parameters=[
+                    param("subscription", "path", {"type": "string"}),
+                    param("maxlot", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LOT}),
+                ],
+            )
+        },
+        "/feed/{subscription}/commit": {
+            "post": operation(
+                "Commit taken items by their handles",
+                {
+                    "200": json_body(
+                        {
+                            "type": "object",
+                            "required": ["committed"],
+                            "properties": {"committed": {"type": "integer", "minimum": 0}},
+                        },
+                        "how many were still held and are now removed",
+                    ),
+                    "400": error("not {handles: [...]}, or too many handles"),
+                    "401": error("missing or invalid bearer token for this subscription"),
+                    "404": error("no such pull subscription"),
+                    "503": UNAVAILABLE,
+                },
+                security=feed,
+                parameters=[param("subscription", "path", {"type": "string"})],
+                body=json_body(
+                    {
+                        "type": "object",
+                        "required": ["handles"],
+                        "properties": {
+                            "handles": {
+                                "type": "array",
+                                "items": {"type": "string"},
+                                "maxItems": MAX_HANDLES,
+                            }
+                        },
+                    },
+                    "the handles to commit",
+                )
+                | {"required": True},
+            )
+        },
+        "/api/orders/expressions/jsonata": {
+            "post": operation(
+                "Test a JSONata expression on an order, as VTEX's endpoint of the same path",
+                {
+                    "200": json_body({"type": "boolean"}, "true when the expression yields true"),
+                    "400": json_body(
+                        {
+                            "allOf": [ref("Error")],
+                            "properties": {
+                                "message": {"type": "string"},
+                                "position": {"type": ["integer", "null"]},
+                            },
+                        },
+                        "bad body, or the expression does not compile or fails",
+                    ),
+                    **BEARER_ERRORS,
+                },
+                security=admin,
+                body=json_body(
+                    {
+                        "type": "object",
+                        "required": ["Expression", "Document"],
+                        "properties": {
+                            "Expression": {"type": "string"},
+                            "Document": {"type": "string", "description": "the order, as JSON"},
+                        },
+                    },
+                    "the expression and the order",
+                )
+                | {"required": True},
+            )
+        },
+    }
+
+
+def document(settings: Settings) -> Schema:
+    hook_header = settings.sources[0].auth_header if settings.sources else "X-Orderhook-Token"
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "orderhook",
+            "version": __version__,
+            "description": "A webhook receiver and relay gateway for VTEX order hooks.",
+        },
+        "paths": paths(),
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "hookAuth": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": hook_header,
+                    "description": "the static header configured in the VTEX hook",
+                },
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "ORDERHOOK_ADMIN_TOKEN; the read-only ORDERHOOK_OPS_TOKEN "
+                    "is accepted on /ops, /ops/stats, /metrics and the JSONata endpoint",
+                },
+                "feedToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the pull subscription's own token",
+                },
+            },
+        },
+    }
+
+
+class OpenApiEndpoint:
+    def __init__(self, settings: Settings) -> None:
+        self.body = document(settings)
+
+    async def handle(self, request: Request) -> Response:
+        return json_response(self.body)
