@@ -39,7 +39,7 @@ class Admin:
         rows = []
         for sub in self.settings.subscriptions:
             counts = await deliveries.subscription_counts(sub.id)
-            rows.append({"id": sub.id, "url": sub.url, **counts})
+            rows.append({"id": sub.id, "url": sub.shown_url, **counts})
         return json_response({"subscriptions": rows})
 
     async def dlq(self, request: Request) -> Response:

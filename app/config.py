@@ -197,8 +197,27 @@ class Subscription:
     def wants_account(self, account: str) -> bool:
         return self.accounts is None or account in self.accounts
 
+    @property
+    def shown_url(self) -> str | None:
+        """The URL as the admin API and the dashboard show it: credentials in it hidden."""
+        return redact_url(self.url) if self.url is not None else None
+
     def signing_keys(self) -> list[bytes]:
         return [secret_key(str(secret)) for secret in self.secrets]
+
+
+def redact_url(url: str) -> str:
+    """`url` with its user info and query values replaced by `***`: a subscriber's URL may
+    carry a credential (`https://user:pass@host/` or `?token=...`), never to be shown."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{pair.partition('=')[0]}=***" if "=" in pair else pair
+        for pair in parts.query.split("&")
+    )
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 @dataclass(frozen=True)

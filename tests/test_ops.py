@@ -134,3 +134,23 @@ async def test_script_in_an_order_id_is_shown_as_text(gateway: Gateway, sink: Si
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert evil not in page and evil not in search
     assert "&lt;script&gt;" in search
+
+
+async def test_credentials_in_a_subscriber_url_are_never_shown(
+    gateway: Gateway, sink: Sink
+) -> None:
+    toml = subscription(sink, "up").replace(
+        "http://127.0.0.1:", "http://erp-user:pw-s3cret@127.0.0.1:"
+    )
+    toml = toml.replace('/up"', '/up?token=tok-s3cret&v=2"')
+    async with gateway(toml) as client:
+        await hook(client)
+        received = await sink.wait_for("/up", 1)
+        pages = [
+            (await client.get(path, headers=ADMIN)).text
+            for path in ("/admin/subscriptions", "/ops/stats", "/metrics", "/ops")
+        ]
+    assert received[0].headers["Authorization"].startswith("Basic ")  # the URL still works
+    assert "http://***@127.0.0.1:" in pages[0] and "/up?token=***&v=***" in pages[0]
+    for page in pages:
+        assert "s3cret" not in page and "erp-user" not in page

@@ -54,7 +54,7 @@ async def collect(settings: Settings, deliveries: DeliveryStore) -> dict[str, An
         subscriptions.append(
             {
                 "id": sub.id,
-                "url": sub.url,
+                "url": sub.shown_url,
                 **counts,
                 "delivered": counters.get(f"{sub.id}:delivered", 0),
                 "retried": counters.get(f"{sub.id}:retried", 0),
