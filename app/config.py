@@ -35,6 +35,7 @@ from app.signing import secret_key
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 DEFAULT_DEDUPE_WINDOW_S = 7 * 24 * 3600
+MAX_REORDER_WINDOW_S = 3600.0
 DEFAULT_BODY_TIMEOUT_S = 10.0  # a hook body is a few hundred bytes; a trickle is an attack
 DEFAULT_KEY_PREFIX = "orderhook"
 DEFAULT_DATA_DIR = "./data"
@@ -118,6 +119,9 @@ class _SubscriptionFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     timeout: float = DEFAULT_DELIVERY_TIMEOUT_S
     accounts: list[str] | None = None
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    ordering: Literal["none", "per-order"] = "none"
+    reorder_window: float = 0.0  # per-order: hold each event this long, to sort late arrivals
+    drop_stale: bool = False  # per-order: skip an event older than the last one delivered
 
 
 class _DeliveryFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -184,6 +188,13 @@ class Subscription:
     breaker_cooldown_s: float = 30.0
     breaker_cooldown_max_s: float = 3600.0
     disable_after_s: float = 5 * 24 * 3600.0
+    ordering: Literal["none", "per-order"] = "none"
+    reorder_window_s: float = 0.0
+    drop_stale: bool = False
+
+    @property
+    def ordered(self) -> bool:
+        return self.ordering == "per-order"
 
     def breaker(self) -> list[int]:
         """For the settle script: threshold, cooldown ms, max cooldown ms, disable after ms."""
@@ -214,8 +225,7 @@ def redact_url(url: str) -> str:
     if "@" in netloc:
         netloc = "***@" + netloc.rpartition("@")[2]
     query = "&".join(
-        f"{pair.partition('=')[0]}=***" if "=" in pair else pair
-        for pair in parts.query.split("&")
+        f"{pair.partition('=')[0]}=***" if "=" in pair else pair for pair in parts.query.split("&")
     )
     return parts._replace(netloc=netloc, query=query).geturl()
 
@@ -408,7 +418,21 @@ def _resolve_subscription(
         accounts=frozenset(sub.accounts) if sub.accounts is not None else None,
         max_in_flight=sub.max_in_flight,
         **_breaker(sub, fail),
+        **_ordering(sub, fail),
     )
+
+
+def _ordering(sub: _SubscriptionFile, fail: Callable[[str, str], ConfigError]) -> dict[str, Any]:
+    if sub.ordering != "per-order" and (sub.reorder_window or sub.drop_stale):
+        name = "reorder_window" if sub.reorder_window else "drop_stale"
+        raise fail(name, 'needs ordering = "per-order"')
+    if not 0 <= sub.reorder_window <= MAX_REORDER_WINDOW_S:
+        raise fail("reorder_window", f"must be from 0 to {MAX_REORDER_WINDOW_S:g} seconds")
+    return {
+        "ordering": sub.ordering,
+        "reorder_window_s": sub.reorder_window,
+        "drop_stale": sub.drop_stale,
+    }
 
 
 def _breaker(sub: _SubscriptionFile, fail: Callable[[str, str], ConfigError]) -> dict[str, Any]:
@@ -435,6 +459,8 @@ def _resolve_pull(
     """A Feed v3-style subscription: consumers take its events with GET /feed/{id}."""
     if sub.url is not None:
         raise fail("url", 'is not used by a pull subscription (mode = "pull")')
+    if sub.ordering != "none" or sub.reorder_window or sub.drop_stale:
+        raise fail("ordering", "is for push subscriptions; a feed consumer orders what it takes")
     if (sub.token is None) == (sub.token_env is None):
         raise fail("token", "is required for a pull subscription: give `token` or `token_env`")
     token = sub.token if sub.token is not None else env.get(sub.token_env or "")

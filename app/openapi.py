@@ -103,8 +103,8 @@ SCHEMAS: dict[str, Schema] = {
             "deliveryId": {"type": "string"},
             "eventId": {"type": "string"},
             "orderId": {"type": "string"},
-            "attempt": {"type": "integer", "minimum": 1},
-            "outcome": {"enum": ["delivered", "retry", "dead", "gone"]},
+            "attempt": {"type": "integer", "minimum": 0, "description": "0: not attempted"},
+            "outcome": {"enum": ["delivered", "retry", "dead", "gone", "stale"]},
             "status": {"type": ["integer", "null"]},
             "error": NULLABLE_TEXT,
             "durationMs": {"type": "number"},
@@ -123,6 +123,12 @@ SCHEMAS: dict[str, Schema] = {
             "lastStatus": {"type": ["integer", "null"]},
             "lastError": NULLABLE_TEXT,
             "deadAt": {"type": ["number", "null"], "description": "Unix time, seconds"},
+            "overtakenBy": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": 'ordering = "per-order": the event ids of this order delivered '
+                "after this one was dead-lettered (at most 100)",
+            },
         },
     },
     "SubscriptionState": {
@@ -139,6 +145,11 @@ SCHEMAS: dict[str, Schema] = {
             "queued": {"type": "integer", "minimum": 0},
             "inFlight": {"type": "integer", "minimum": 0},
             "deadLetters": {"type": "integer", "minimum": 0},
+            "held": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "per-order: waiting for their order's turn or reorder window",
+            },
         },
     },
     "Stats": {

@@ -21,6 +21,7 @@ import orjson
 
 from app.config import Settings, Subscription
 from app.errors import StoreUnavailable
+from app.events import order_position
 from app.filters import EvaluationError, order_document
 from app.lifecycle import sleep_unless
 from app.store.deliveries import Claimed, DeliveryStore, Planned, Routed
@@ -138,8 +139,20 @@ class Router:
     def plan(self, entry_id: str, raw: bytes) -> Routed:
         event = orjson.loads(raw)
         subs = matching(self.subscriptions, event, self._filter_failed)
-        planned = [Planned(delivery_id(event["id"], sub.id), sub.id) for sub in subs]
+        planned = [self._planned(event, sub) for sub in subs]
         return Routed(entry_id, event, raw, planned)
+
+    @staticmethod
+    def _planned(event: dict[str, Any], sub: Subscription) -> Planned:
+        planned = Planned(delivery_id(event["id"], sub.id), sub.id)
+        if sub.ordered:
+            planned.ordered = [
+                f"{event['account']}:{event['orderId']}",
+                order_position(event, planned.delivery_id),
+                int(sub.reorder_window_s * 1000),
+                int(sub.drop_stale),
+            ]
+        return planned
 
     def _claim_locally(self, routed: Sequence[Routed]) -> dict[str, int]:
         """Lease deliveries to this process's own workers while they have free slots: they
@@ -165,7 +178,7 @@ class Router:
             for d in r.deliveries:
                 if d.delivery_id in claimed:
                     items[d.sub].append(Claimed(d.delivery_id, r.event_json, 0))
-                elif not d.lease_until_ms:
+                else:  # in the ready set (or its order's line: it may have let another go)
                     queued.add(d.sub)
         for sub, count in reserved.items():
             self.dispatch.hand_over(sub, items[sub], count)

@@ -42,6 +42,7 @@ class Sink:
         self.received: list[Received] = []
         self._replies: dict[str, list[Reply]] = {}
         self._flaky: dict[str, tuple[float, random.Random]] = {}
+        self._rules: dict[str, tuple[Callable[[bytes], bool], float]] = {}
         self.body_bytes_sent: list[int] = []  # per slow-body reply: bytes written before the end
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -60,6 +61,14 @@ class Sink:
         """Beyond any scripted replies, answer 500 to this share of requests, at random."""
         with self._lock:
             self._flaky[path] = (ratio, random.Random(seed))
+
+    def rule(
+        self, path: str, fail: Callable[[bytes], bool] = lambda body: False, delay_s: float = 0
+    ) -> None:
+        """Beyond any scripted replies: answer 500 to the bodies `fail` picks; answer each
+        request only after `delay_s`."""
+        with self._lock:
+            self._rules[path] = (fail, delay_s)
 
     def at(self, path: str) -> list[Received]:
         with self._lock:
@@ -90,9 +99,14 @@ class Sink:
             if not scripted and request.path in self._flaky:
                 ratio, rng = self._flaky[request.path]
                 reply = Reply(status=500) if rng.random() < ratio else reply
+            fail, delay_s = self._rules.get(request.path, (None, 0.0))
+            if not scripted and fail is not None and fail(body):
+                reply = Reply(status=500)
             self.received.append(
                 Received(request.path, dict(request.headers), body, time.monotonic(), reply.status)
             )
+        if delay_s:
+            await asyncio.sleep(delay_s)
         if reply.hang:
             assert self._stop is not None
             await self._stop.wait()

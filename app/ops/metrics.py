@@ -66,6 +66,7 @@ class _Snapshot:
                 ("delivered", "delivered"),
                 ("retried", "retried"),
                 ("dead_lettered", "deadLettered"),
+                ("stale", "stale"),
             ):
                 outcomes.add_metric([sid, outcome], sub[key])
             for key, family in gauges.items():

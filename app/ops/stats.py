@@ -59,6 +59,7 @@ async def collect(settings: Settings, deliveries: DeliveryStore) -> dict[str, An
                 "delivered": counters.get(f"{sub.id}:delivered", 0),
                 "retried": counters.get(f"{sub.id}:retried", 0),
                 "deadLettered": counters.get(f"{sub.id}:dead", 0),
+                "stale": counters.get(f"{sub.id}:stale", 0),
                 "filterErrors": counters.get(f"{sub.id}:filter_errors", 0),
                 "oldestUndeliveredAgeS": None if oldest is None else max(0, now_ms - oldest) / 1000,
                 "latency": latency_summary(health["latencies"], now_ms),

@@ -7,6 +7,8 @@
 -- ARGV[1]  now, ms;  ARGV[2] lease expiry, ms;  ARGV[3] at most this many;  ARGV[4] the key tag
 -- ARGV[5]  the subscription's max_per_second, 0 for none: a token bucket in the state hash
 --          (`tokens`, `tokensAtMs`; capacity one second's worth), shared by every process
+-- ARGV[6]  the subscription id: orders whose reorder window is over (base:hold) release their
+--          next delivery to the ready set first (order.lua)
 --
 -- An open breaker claims nothing until `openUntil`; then it turns half-open and lets exactly
 -- one delivery through as a probe (another one only if that probe's lease ran out).
@@ -18,6 +20,11 @@ if state[1] == 'disabled' then
     return {{}, -1}
 end
 local limit = tonumber(ARGV[3])
+local hold = ARGV[4] .. ':s:' .. ARGV[6] .. ':hold'
+for _, ord in ipairs(redis.call('ZRANGEBYSCORE', hold, '-inf', now, 'LIMIT', 0, 1000)) do
+    order_release(ARGV[4], ARGV[6], ord, now, '', 0)
+end
+local held = redis.call('ZRANGE', hold, 0, 0, 'WITHSCORES')[2]
 if state[2] == 'open' or state[2] == 'half-open' then
     if state[2] == 'open' and now < tonumber(state[3]) then
         return {{}, tonumber(state[3])}
@@ -55,5 +62,8 @@ end
 if rate > 0 then
     redis.call('HSET', KEYS[3], 'tokens', tostring(tokens - #items), 'tokensAtMs', now)
 end
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {items, first[2] or -1}
+local first = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or -1)
+if held and (first < 0 or tonumber(held) < first) then
+    first = tonumber(held)
+end
+return {items, first}

@@ -56,6 +56,8 @@ class Planned:
     delivery_id: str
     sub: str
     lease_until_ms: int = 0
+    # per-order subscriptions: [order key, position, reorder window ms, drop stale 0|1]
+    ordered: list[Any] | int = 0
 
 
 @dataclass(frozen=True)
@@ -85,11 +87,12 @@ class DeliveryStore:
         self.client = store.client
         self.keys: Keys = store.keys
         register = self.client.register_script
-        self._route = register(load_script("route.lua"))
-        self._claim = register(load_script("claim.lua"))
-        self._settle = register(load_script("settle.lua"))
+        ordered = load_script("order.lua")  # the per-order rules these scripts share
+        self._route = register(ordered + load_script("route.lua"))
+        self._claim = register(ordered + load_script("claim.lua"))
+        self._settle = register(ordered + load_script("settle.lua"))
         self._reclaim = register(load_script("reclaim.lua"))
-        self._replay = register(load_script("replay.lua"))
+        self._replay = register(ordered + load_script("replay.lua"))
         self._dlq_delete = register(load_script("dlq_delete.lua"))
         self._feed_take = register(load_script("feed_take.lua"))
         self._feed_commit = register(load_script("feed_commit.lua"))
@@ -134,7 +137,7 @@ class DeliveryStore:
             event_id, order_id = r.event["id"], r.event["orderId"]
             event_json = r.event_json.decode()
             deliveries = [
-                [d.delivery_id, d.sub, event_id, order_id, event_json, d.lease_until_ms]
+                [d.delivery_id, d.sub, event_id, order_id, event_json, d.lease_until_ms, d.ordered]
                 for d in r.deliveries
             ]
             payload.append([r.entry_id, deliveries, event_id, order_id, event_json])
@@ -165,7 +168,7 @@ class DeliveryStore:
         """Up to `limit` due deliveries, and the next due time (ms, -1 for none)."""
         now = now_ms()
         keys = [self.keys.ready(sub), self.keys.inflight(sub), self.keys.state(sub)]
-        args = [now, now + int(lease_s * 1000), limit, self.keys.tag, max_per_second]
+        args = [now, now + int(lease_s * 1000), limit, self.keys.tag, max_per_second, sub]
         items, next_due = await self.store.script(self._claim, keys, args)
         claimed = [Claimed(_text(i), e, int(a)) for i, e, a in items]
         return claimed, int(float(next_due))
@@ -264,9 +267,10 @@ class DeliveryStore:
                 pipe.zcard(self.keys.inflight(sub))
                 pipe.zcard(self.keys.dlq(sub))
                 pipe.hgetall(self.keys.state(sub))
+                pipe.zcard(self.keys.pending_age(sub))
                 return list(await pipe.execute())
 
-        queued, in_flight, dead, state = await self.store.guard(read)
+        queued, in_flight, dead, state, undelivered = await self.store.guard(read)
         state = {_text(k): _text(v) for k, v in state.items()}
         return {
             "state": state.get("state", "enabled"),
@@ -277,6 +281,8 @@ class DeliveryStore:
             "queued": int(queued),
             "inFlight": int(in_flight),
             "deadLetters": int(dead),
+            # per-order: waiting their order's turn (or its reorder window)
+            "held": max(0, int(undelivered) - int(queued) - int(in_flight)),
         }
 
 
@@ -292,6 +298,7 @@ def _delivery_view(row: dict[bytes, bytes]) -> dict[str, Any]:
         "lastStatus": int(status) if status else None,
         "lastError": fields.get("lastError") or None,
         "deadAt": int(fields["deadMs"]) / 1000 if fields.get("deadMs") else None,
+        "overtakenBy": fields["overtakenBy"].split(",") if fields.get("overtakenBy") else [],
     }
 
 

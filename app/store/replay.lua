@@ -1,4 +1,5 @@
--- Requeue dead-lettered deliveries with a fresh schedule, and enable their subscriptions.
+-- Requeue dead-lettered deliveries with a fresh schedule, and enable their subscriptions. A
+-- per-order delivery goes back in its order's line (order.lua).
 --
 -- ARGV[1] the key tag;  ARGV[2] now, ms;  ARGV[3..] delivery ids
 -- Keys are built from the tag (one hash slot). Ids not in their dead-letter queue are skipped.
@@ -11,7 +12,16 @@ for i = 3, #ARGV do
     if sub and redis.call('ZREM', tag .. ':s:' .. sub .. ':dlq', ARGV[i]) == 1 then
         redis.call('HSET', key, 'attempts', 0)
         redis.call('HDEL', key, 'deadMs')
-        redis.call('ZADD', tag .. ':s:' .. sub .. ':ready', now, ARGV[i])
+        local ordered = redis.call('HMGET', key, 'ord', 'pos')
+        if ordered[1] then -- back in its order's line, sent whatever drop_stale says
+            local base = tag .. ':s:' .. sub
+            redis.call('SREM', base .. ':od:' .. ordered[1], ARGV[i])
+            redis.call('HSET', key, 'replayed', '1')
+            redis.call('ZADD', base .. ':o:' .. ordered[1], 0, ordered[2])
+            order_release(tag, sub, ordered[1], tonumber(now), '', 0)
+        else
+            redis.call('ZADD', tag .. ':s:' .. sub .. ':ready', now, ARGV[i])
+        end
         redis.call('ZADD', tag .. ':s:' .. sub .. ':age', now, ARGV[i])
         redis.call('HSET', tag .. ':s:' .. sub .. ':state', 'state', 'enabled', 'changedMs', now,
             'breaker', 'closed', 'failures', 0, 'opens', 0)

@@ -6,10 +6,13 @@
 -- ARGV[3]  the key tag, e.g. "{orderhook}": every key of this prefix starts with it
 -- ARGV[5]  the delivery log's retention, in seconds
 -- ARGV[4]  JSON: [[entry id, [[delivery id, subscription, event id, order id, event JSON,
---          lease expiry ms], ...], event id, order id, event JSON], ...]; a lease expiry of 0 queues the delivery as ready,
---          any other puts it straight in flight, claimed by this process's own worker
---          (unless the subscription is disabled or its breaker is not closed: then it waits in
---          the ready set)
+--          lease expiry ms, ordered], ...], event id, order id, event JSON], ...]; a lease
+--          expiry of 0 queues the delivery as ready, any other puts it straight in flight,
+--          claimed by this process's own worker (unless the subscription is disabled or its
+--          breaker is not closed: then it waits in the ready set). `ordered` is 0, or for a
+--          per-order subscription [order key, position, reorder window ms, drop stale 0|1]:
+--          the delivery waits its turn in its order (order.lua), in flight only if released
+--          at once
 --
 -- Each routed event is kept (ev:<id>) and indexed by order id for the retention, for the
 -- delivery log; each new delivery joins its subscription's age set (oldest undelivered).
@@ -30,8 +33,19 @@ for _, entry in ipairs(cjson.decode(ARGV[4])) do
                     'event', d[5], 'attempts', 0, 'createdMs', now)
                 redis.call('ZADD', tag .. ':s:' .. d[2] .. ':age', now, d[1])
                 local state = redis.call('HMGET', tag .. ':s:' .. d[2] .. ':state', 'state', 'breaker')
+                local lease = 0
                 if d[6] > 0 and state[1] ~= 'disabled' and (not state[2] or state[2] == 'closed') then
-                    redis.call('ZADD', tag .. ':s:' .. d[2] .. ':inflight', d[6], d[1])
+                    lease = d[6]
+                end
+                if d[7] ~= 0 then
+                    local ord, pos = d[7][1], d[7][2]
+                    redis.call('HSET', key, 'ord', ord, 'pos', pos, 'win', d[7][3], 'stale', d[7][4])
+                    redis.call('ZADD', tag .. ':s:' .. d[2] .. ':o:' .. ord, 0, pos)
+                    if order_release(tag, d[2], ord, tonumber(now), d[1], lease) then
+                        claimed[#claimed + 1] = d[1]
+                    end
+                elseif lease > 0 then
+                    redis.call('ZADD', tag .. ':s:' .. d[2] .. ':inflight', lease, d[1])
                     claimed[#claimed + 1] = d[1]
                 else
                     redis.call('ZADD', tag .. ':s:' .. d[2] .. ':ready', now, d[1])

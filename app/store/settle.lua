@@ -16,7 +16,8 @@
 -- A delivery no longer in flight nor ready was taken over by another process (its lease had
 -- expired): that process settles it, this one changes nothing. Returns 1 per outcome recorded,
 -- 0 per outcome skipped. Logs are capped lists: 100 attempts an event, 200 in the recent list,
--- 1000 latencies a subscription.
+-- 1000 latencies a subscription. A per-order delivery delivered or dead lets its order's next
+-- one go (order.lua); a retried one holds its order back.
 local tag, now, retention = ARGV[1], tonumber(ARGV[2]), ARGV[4]
 local breakers = cjson.decode(ARGV[5])
 local results = {}
@@ -57,6 +58,7 @@ for i, o in ipairs(cjson.decode(ARGV[3])) do
         redis.call('EXPIRE', log, retention)
         redis.call('LPUSH', tag .. ':attempts', o[8])
         redis.call('LTRIM', tag .. ':attempts', 0, 199)
+        local ordered = redis.call('HMGET', key, 'ord', 'pos')
         if outcome == 'delivered' then
             succeeded(base .. ':state')
             redis.call('DEL', key)
@@ -64,6 +66,9 @@ for i, o in ipairs(cjson.decode(ARGV[3])) do
             redis.call('LPUSH', base .. ':lat', now .. ':' .. o[9])
             redis.call('LTRIM', base .. ':lat', 0, 999)
             redis.call('HINCRBY', KEYS[1], sub .. ':delivered', 1)
+            if ordered[1] then
+                order_settled(tag, sub, id, o[7], ordered[1], ordered[2], true, now, retention)
+            end
         else
             redis.call('HINCRBY', key, 'attempts', 1)
             redis.call('HSET', key, 'lastStatus', status, 'lastError', err, 'lastAttemptMs', now)
@@ -79,6 +84,9 @@ for i, o in ipairs(cjson.decode(ARGV[3])) do
                 redis.call('ZADD', base .. ':dlq', now, id)
                 redis.call('ZREM', base .. ':age', id)
                 redis.call('HINCRBY', KEYS[1], sub .. ':dead', 1)
+                if ordered[1] then -- the order's later events go on; the entry notes them
+                    order_settled(tag, sub, id, o[7], ordered[1], ordered[2], false, now, retention)
+                end
             else -- gone: keep it queued, disable the subscription
                 redis.call('ZADD', base .. ':ready', now, id)
                 redis.call('HSET', base .. ':state', 'state', 'disabled', 'reason', err, 'changedMs', now)

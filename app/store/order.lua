@@ -1,0 +1,132 @@
+-- Per-order delivery, for subscriptions with ordering = "per-order". This file is prepended to
+-- the scripts that create, claim, settle and replay deliveries (one copy of the rules).
+--
+-- For one subscription, base = tag .. ':s:' .. sub, and one order, ord = "<account>:<order id>":
+--   base:o:<ord>   sorted set (every score 0, sorted as text) of the order's deliveries waiting
+--                  their turn; members are positions "<17-digit ticks>|<13-digit receipt ms>|<id>"
+--                  (app/events.py order_position): currentChange order, then receipt order
+--   base:oh:<ord>  the one delivery of the order released (ready, in flight or waiting for a
+--                  retry); no other delivery of the order goes until it is delivered or dead
+--   base:ol:<ord>  the ticks of the order's last delivered position (drop_stale compares them)
+--   base:od:<ord>  set of the order's dead-lettered deliveries, to note which events overtook them
+--   base:hold      sorted set: order → when its first waiting delivery's reorder window ends
+-- An ordered delivery's hash also holds `ord`, `pos`, `win` (reorder window, ms) and `stale`
+-- ("1": drop it when older than the last delivered), and `replayed` once replayed by hand.
+
+local function iso_from_ms(ms)
+    local s = math.floor(ms / 1000)
+    local days = math.floor(s / 86400)
+    local rem = s - days * 86400
+    local z = days + 719468 -- civil_from_days (H. Hinnant)
+    local era = math.floor(z / 146097)
+    local doe = z - era * 146097
+    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+        - math.floor(doe / 146096)) / 365)
+    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+    local mp = math.floor((5 * doy + 2) / 153)
+    local day = doy - math.floor((153 * mp + 2) / 5) + 1
+    local month = mp < 10 and mp + 3 or mp - 9
+    local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+    return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03d000Z', year, month, day,
+        math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60, ms % 1000)
+end
+
+-- A stale delivery is not attempted: it is logged and counted as stale, then dropped.
+local function order_drop_stale(tag, sub, id, key, now)
+    local d = redis.call('HMGET', key, 'eventId', 'orderId')
+    local record = cjson.encode({
+        at = iso_from_ms(now), subscription = sub, deliveryId = id, eventId = d[1],
+        orderId = d[2], attempt = 0, outcome = 'stale', status = cjson.null,
+        error = 'older than the last event delivered for this order; not sent (drop_stale)',
+        durationMs = 0, response = ''
+    })
+    local log = tag .. ':log:' .. d[1]
+    redis.call('LPUSH', log, record)
+    redis.call('LTRIM', log, 0, 99)
+    local ttl = redis.call('TTL', tag .. ':ev:' .. d[1])
+    if ttl > 0 then
+        redis.call('EXPIRE', log, ttl)
+    end
+    redis.call('LPUSH', tag .. ':attempts', record)
+    redis.call('LTRIM', tag .. ':attempts', 0, 199)
+    redis.call('HINCRBY', tag .. ':stats', sub .. ':stale', 1)
+    redis.call('ZREM', tag .. ':s:' .. sub .. ':age', id)
+    redis.call('DEL', key)
+end
+
+-- Release the order's next delivery, unless one is out or the next one's window is not over.
+-- `lease` > 0 and the released delivery is `claimable`: it goes straight in flight under that
+-- lease (the caller starts it); otherwise to the ready set, due at its receipt. Returns the id put in
+-- flight, or nil.
+local function order_release(tag, sub, ord, now, claimable, lease)
+    local base = tag .. ':s:' .. sub
+    local head = base .. ':oh:' .. ord
+    if redis.call('EXISTS', head) == 1 then
+        return nil
+    end
+    local waiting = base .. ':o:' .. ord
+    while true do
+        local pos = redis.call('ZRANGE', waiting, 0, 0)[1]
+        if not pos then
+            redis.call('ZREM', base .. ':hold', ord)
+            return nil
+        end
+        local id = string.sub(pos, 33)
+        local key = tag .. ':d:' .. id
+        local d = redis.call('HMGET', key, 'win', 'stale', 'replayed')
+        local due = tonumber(string.sub(pos, 19, 31)) + tonumber(d[1] or 0)
+        if due > now and d[3] ~= '1' then
+            redis.call('ZADD', base .. ':hold', due, ord)
+            return nil
+        end
+        redis.call('ZREM', waiting, pos)
+        local last = redis.call('GET', base .. ':ol:' .. ord)
+        if d[2] == '1' and d[3] ~= '1' and last and string.sub(pos, 1, 17) < last then
+            order_drop_stale(tag, sub, id, key, now)
+        elseif redis.call('EXISTS', key) == 1 then
+            redis.call('ZREM', base .. ':hold', ord)
+            redis.call('SET', head, id)
+            if lease > 0 and id == claimable then
+                redis.call('ZADD', base .. ':inflight', lease, id)
+                return id
+            end
+            -- due at its receipt: it keeps its place among the deliveries received after it
+            redis.call('ZADD', base .. ':ready', math.min(now, tonumber(string.sub(pos, 19, 31))), id)
+            return nil
+        end
+    end
+end
+
+-- An ordered delivery was delivered or dead-lettered: the order's next one may go.
+local function order_settled(tag, sub, id, event, ord, pos, delivered, now, retention)
+    local base = tag .. ':s:' .. sub
+    if delivered then
+        local ticks = string.sub(pos, 1, 17)
+        local last = redis.call('GET', base .. ':ol:' .. ord)
+        if not last or last < ticks then
+            last = ticks
+        end
+        redis.call('SET', base .. ':ol:' .. ord, last, 'EX', retention)
+        local deadset = base .. ':od:' .. ord
+        for _, dead in ipairs(redis.call('SMEMBERS', deadset)) do
+            local dkey = tag .. ':d:' .. dead
+            if redis.call('ZSCORE', base .. ':dlq', dead) then
+                local over = redis.call('HGET', dkey, 'overtakenBy')
+                local count = over and select(2, string.gsub(over, ',', ',')) + 1 or 0
+                if count < 100 then
+                    redis.call('HSET', dkey, 'overtakenBy', over and (over .. ',' .. event) or event)
+                end
+            else
+                redis.call('SREM', deadset, dead)
+            end
+        end
+    else
+        redis.call('SADD', base .. ':od:' .. ord, id)
+        redis.call('EXPIRE', base .. ':od:' .. ord, retention)
+    end
+    if redis.call('GET', base .. ':oh:' .. ord) == id then
+        redis.call('DEL', base .. ':oh:' .. ord)
+    end
+    order_release(tag, sub, ord, now, '', 0)
+end
+
