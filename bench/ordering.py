@@ -7,7 +7,9 @@ for each round runs both modes, alternating (none, per-order, none, per-order, .
 machine's noise falls on both: a fresh `orderhook serve` (plus `--workers` `orderhook worker`
 processes) with 3 subscriptions in that mode, a burst of orders × states notifications sent by
 64 concurrent senders, each order's states sent in their order but orders interleaved at random
-(the same sequence in every run), and waits until the sink has every delivery. Throughput is
+(the same sequence in every run; an order's next state is sent once its previous one was
+answered, since without a reorder window arrival order decides), and waits until the sink has
+every delivery. Throughput is
 deliveries/s at the sink between its first and last receipt. For per-order runs it also checks
 that each subscription received each order's states in order. Redis is flushed between runs.
 
@@ -103,17 +105,21 @@ async def burst(url: str, tag: str, pairs: list[tuple[int, int]]) -> dict[str, t
     """Send every notification (64 in flight); event id → (order, state)."""
     ids: dict[str, tuple[int, int]] = {}
     queue = iter(pairs)
+    answered = {pair: asyncio.Event() for pair in pairs}
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def sender() -> None:
             for order, state in queue:
+                if state > 0:  # as VTEX: an order's next state only once the last was taken
+                    await answered[(order, state - 1)].wait()
                 body = hook_body(tag, order, state)
                 async with session.post(url, data=body, headers=HOOK_HEADERS) as r:
                     answer = await r.json()
                     if r.status != 200 or answer.get("status") != "accepted":
                         raise BenchError(f"hook answered {r.status} {answer}")
                     ids[answer["id"]] = (order, state)
+                answered[(order, state)].set()
 
         await asyncio.gather(*(sender() for _ in range(CONCURRENCY)))
     return ids
