@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
+import contextlib
+import os
 import signal
 import sys
+from pathlib import Path
 
 import uvicorn
 
 from app import cli_ops, logs
 from app.config import Settings, load_settings
-from app.errors import ConfigError
+from app.errors import ConfigError, StoreUnavailable
+from app.lifecycle import tune_gc
 from app.relay import run_worker
 from app.server import create_app
+from app.store.client import open_store
+from app.store.embedded import EmbeddedRedis
+from app.store.keys import Keys
 from app.vtex import hooks
 from app.vtex.jsonata import cli_test
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 GRACEFUL_SHUTDOWN_S = 20
-GC_GEN0_THRESHOLD = 50_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (default: $ORDERHOOK_CONFIG)")
     serve.add_argument("--host", default=DEFAULT_HOST)
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port and one Redis (default 1)",
+    )
+    check = commands.add_parser(
+        "check", help="check the config and that Redis answers (a deploy's release step)"
+    )
+    check.add_argument("--config", help="TOML config file (default: $ORDERHOOK_CONFIG)")
     cli_ops.add_commands(commands)
     hooks.add_commands(commands)
     jsonata = commands.add_parser("jsonata", help="JSONata filters, as VTEX evaluates them")
@@ -65,7 +80,7 @@ def worker(args: argparse.Namespace) -> int:
             "orderhook: worker has nothing to do: no [[subscriptions]] configured", file=sys.stderr
         )
         return 2
-    _tune_gc()
+    tune_gc()
     asyncio.run(run_worker(settings))
     return 0
 
@@ -74,6 +89,11 @@ def serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings is None:
         return 2
+    if args.workers < 1:
+        print("orderhook: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return _serve_many(args, settings)
     config = uvicorn.Config(
         create_app(settings),
         host=args.host,
@@ -83,19 +103,61 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     server = uvicorn.Server(config)
-    _tune_gc()
+    tune_gc()
     _exit_cleanly_on_stop_signals()
     server.run()
     return 0 if server.started else 1
 
 
-def _tune_gc() -> None:
-    """Fewer, cheaper collections: request objects die by reference counting, and the
-    cyclic collector's full passes over the framework's long-lived objects were the p99 of
-    ingest (bench/ingest.py: 29 ms with the defaults, 13-18 ms with these settings).
-    """
-    gc.freeze()  # what exists at start-up is permanent: never scan it again
-    gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+def _serve_many(args: argparse.Namespace, settings: Settings) -> int:
+    """`--workers N`: uvicorn's supervisor runs N gateway processes on one listening socket,
+    each with its own router and deliverer, all on one Redis: REDIS_URL's, or the embedded one
+    this process starts for them (and stops after them)."""
+    with contextlib.ExitStack() as stack:
+        if settings.redis_url is None:
+            embedded = EmbeddedRedis(settings.data_dir, settings.embedded_appendfsync)
+            asyncio.run(embedded.start())
+            stack.callback(lambda: asyncio.run(embedded.stop()))
+            os.environ["REDIS_URL"] = embedded.url
+        if args.config:
+            os.environ["ORDERHOOK_CONFIG"] = str(Path(args.config).resolve())
+        _exit_cleanly_on_stop_signals()
+        uvicorn.run(
+            "app.server:app_from_environment",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            lifespan="on",
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    """Exit 0 when the config loads and the configured Redis answers; 2 otherwise."""
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    if settings.redis_url is None:
+        print("orderhook: config ok; REDIS_URL is unset: the embedded store will be used")
+        return 0
+
+    async def ping() -> None:
+        keys = Keys(settings.key_prefix)
+        async with open_store(
+            settings.redis_url or "", keys, settings.redis_timeout_s, settings.dedupe_window_s
+        ) as store:
+            await store.ping()
+
+    try:
+        asyncio.run(ping())
+    except StoreUnavailable as exc:
+        print(f"orderhook: config ok, but Redis does not answer: {exc}", file=sys.stderr)
+        return 2
+    print(f"orderhook: config ok, {len(settings.subscriptions)} subscription(s), Redis answers")
+    return 0
 
 
 def _exit_cleanly_on_stop_signals() -> None:
@@ -120,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return hooks.run(args)
     if args.command == "jsonata":
         return cli_test(args.expression, args.document)
-    commands = {"serve": serve, "worker": worker}
+    commands = {"serve": serve, "worker": worker, "check": check}
     if args.command in commands:
         return commands[args.command](args)
     return cli_ops.run(args)

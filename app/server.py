@@ -14,10 +14,11 @@ from starlette.routing import Route
 
 from app import logs
 from app.admin import Admin
-from app.config import Settings
+from app.config import Settings, load_settings
 from app.errors import StoreUnavailable
 from app.http import EXCEPTION_HANDLERS, json_response
 from app.ingest import HookEndpoint
+from app.lifecycle import tune_gc
 from app.openapi import OpenApiEndpoint
 from app.ops.routes import Ops
 from app.relay import Relay
@@ -95,3 +96,11 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.settings = settings
     return app
+
+
+def app_from_environment() -> Starlette:
+    """The app of one `serve --workers N` process: its config from ORDERHOOK_CONFIG and the
+    environment, as its parent checked them."""
+    logs.configure()
+    tune_gc()
+    return create_app(load_settings(None))

@@ -141,8 +141,8 @@ max_body_bytes = 4096
 class Gateway:
     """`orderhook serve` in a real subprocess on a free loopback port."""
 
-    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
-        self.config, self.env, self.log = config, env, log
+    def __init__(self, config: Path, env: dict[str, str], log: Path, *args: str) -> None:
+        self.config, self.env, self.log, self.args = config, env, log, list(args)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -160,6 +160,7 @@ class Gateway:
             str(self.config),
             "--port",
             str(self.port),
+            *self.args,
         ]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(command, env=self.env, stdout=out, stderr=out)

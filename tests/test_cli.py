@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
+import psutil
 import pytest
 
 from app.store.keys import Keys
@@ -95,3 +97,61 @@ def test_errors_are_one_line_and_exit_1(running: tuple[Gateway, Sink, str]) -> N
         assert result.returncode == 1, result
         assert result.stderr.startswith("orderhook: ") and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _python_children(gateway: Gateway) -> list[psutil.Process]:
+    assert gateway.proc is not None
+    children = psutil.Process(gateway.proc.pid).children()
+    return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+
+
+@pytest.mark.parametrize("store", ["redis-url", "embedded"])
+def test_serve_workers_runs_n_processes_on_one_redis(
+    redis_url: str, keys: Keys, tmp_path: Path, store: str
+) -> None:
+    with Sink() as sink:
+        env = {**os.environ, "ORDERHOOK_DATA_DIR": str(tmp_path / "data")}
+        env.pop("REDIS_URL", None)
+        if store == "redis-url":
+            env["REDIS_URL"] = redis_url
+        gateway = Gateway(config(tmp_path, keys.prefix, sink), env, tmp_path / "gw.log")
+        gateway.args = ["--workers", "2"]
+        gateway.start()
+        try:
+            workers = _python_children(gateway)
+            with httpx.Client(base_url=gateway.url) as http:
+                ids = {
+                    http.post(
+                        "/hooks/vtex", json=notification(OrderId=f"w-{i}"), headers=AUTH
+                    ).json()["id"]
+                    for i in range(40)
+                }
+            sink.wait_for_sync(lambda: len(sink.at("/erp")) >= 40, 20, "40 deliveries")
+        finally:
+            status = gateway.stop()
+    assert len(workers) == 2
+    assert status == 0
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    delivered = [orjson.loads(r.body)["id"] for r in sink.at("/erp")]
+    assert sorted(delivered) == sorted(ids)  # each once, whichever process took it
+
+
+def test_check_loads_the_config_and_pings_redis(redis_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[[sources]]\naccount = "*"\nauth_header = "X-T"\nauth_token = "t"\n')
+
+    def check(url: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", "check", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "REDIS_URL": url},
+            timeout=30,
+        )
+
+    ok = check(redis_url)
+    assert ok.returncode == 0 and "Redis answers" in ok.stdout
+    down = check(f"redis://127.0.0.1:{free_port()}/0")
+    assert down.returncode == 2 and "Redis does not answer" in down.stderr
+    path.write_text("[[sources]]\naccount = 1\n")
+    assert check(redis_url).returncode == 2
