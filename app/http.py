@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import orjson
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,7 +27,6 @@ def json_response(
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
-HOOK_PATH = "/hooks/vtex"
 REJECTION_REASONS = {
     400: "invalid",
     401: "unauthorized",
@@ -39,28 +39,30 @@ REJECTION_REASONS = {
 async def on_request_error(request: Request, exc: Exception) -> Response:
     message = exc.message if isinstance(exc, RequestError) else str(exc)
     status = exc.status if isinstance(exc, RequestError) else 400
-    if request.url.path == HOOK_PATH:
-        await _count_rejection(request, REJECTION_REASONS.get(status, str(status)), status)
     return json_response({"error": message}, status)
 
 
-async def _count_rejection(request: Request, reason: str, status: int) -> None:
+async def count_rejection(state: State, status: int) -> None:
+    """A refused hook request: an outcome line, and a count in Redis (if it answers)."""
+    reason = REJECTION_REASONS.get(status, str(status))
     log_event("ingest", outcome="rejected", reason=reason, status=status)
-    relay = getattr(request.app.state, "relay", None)
+    relay = getattr(state, "relay", None)
     if relay is not None:
         with contextlib.suppress(StoreUnavailable):
             await relay.deliveries.count({f"rejected:{reason}": 1})
 
 
-async def on_store_unavailable(request: Request, exc: Exception) -> Response:
+def unavailable(exc: Exception, hook: bool = True) -> dict[str, str]:
+    """The answer while Redis is down; a refused hook request is logged (not counted in Redis:
+    it is the one thing down)."""
     log.warning("store unavailable: %s", exc)
-    if request.url.path == HOOK_PATH:  # not counted in Redis: it is the one thing down
+    if hook:
         log_event("ingest", outcome="rejected", reason="unavailable", status=503)
-    return json_response(
-        {"error": "storage is unavailable, try again later"},
-        503,
-        {"Retry-After": str(RETRY_AFTER_S)},
-    )
+    return {"error": "storage is unavailable, try again later"}
+
+
+async def on_store_unavailable(request: Request, exc: Exception) -> Response:
+    return json_response(unavailable(exc, hook=False), 503, {"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def on_http_exception(request: Request, exc: Exception) -> Response:

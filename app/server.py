@@ -82,7 +82,7 @@ def create_app(settings: Settings) -> Starlette:
                 await commit.close()
 
     routes = [
-        Route("/hooks/vtex", HookEndpoint(settings).handle, methods=["POST"]),
+        Route("/hooks/vtex", HookEndpoint(settings), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", OpenApiEndpoint(settings).handle, methods=["GET"]),

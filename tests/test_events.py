@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.errors import BadRequest
-from app.events import Notification, Ping, change_time, event_id, normalize, parse_body
+from app.events import (
+    EVENT_ID_NAMESPACE,
+    Notification,
+    Ping,
+    change_time,
+    dedupe_key,
+    event_id,
+    normalize,
+    parse_body,
+    utc_now_iso,
+)
 from tests.conftest import notification
 
 
@@ -68,3 +82,37 @@ def test_normalized_event_shape() -> None:
 def test_hostile_bodies_are_bad_requests(body: bytes) -> None:
     with pytest.raises(BadRequest):
         parse_body(body)
+
+
+@given(
+    account=st.text(max_size=20),
+    order=st.text(min_size=1, max_size=30),
+    state=st.none() | st.text(max_size=20),
+    change=st.none() | st.text(max_size=30),
+)
+def test_event_id_is_exactly_uuid5_of_the_dedupe_key(
+    account: str, order: str, state: str | None, change: str | None
+) -> None:
+    n = parse(
+        notification(OrderId=order, State=state, CurrentChange=change, Origin={"Account": account})
+    )
+    assert event_id(n) == str(uuid.uuid5(EVENT_ID_NAMESPACE, dedupe_key(n).decode()))
+
+
+def test_received_time_is_rfc3339_utc_with_microseconds() -> None:
+    before = datetime.now(UTC)
+    stamp = utc_now_iso()
+    after = datetime.now(UTC)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+    assert before - timedelta(microseconds=1) <= datetime.fromisoformat(stamp) <= after
+
+
+@pytest.mark.parametrize(
+    ("literal", "path"),
+    [(b"9007199254740992", "Extra"), (b'[1, {"n": -1e300}]', "Extra[1].n")],
+)
+def test_an_unsafe_number_is_refused_naming_where_it_is(literal: bytes, path: str) -> None:
+    body = orjson.dumps(notification())[:-1] + b', "Extra": ' + literal + b"}"
+    with pytest.raises(BadRequest, match=re.escape(f"number at `{path}` is out of range")):
+        parse_body(body)
+    assert isinstance(parse_body(body.replace(literal, b"9007199254740991")), Notification)
