@@ -148,7 +148,9 @@ async def test_one_failing_order_does_not_delay_the_others(gateway: InProcess, s
         f"lag median {statistics.median(lags) * 1000:.1f} ms, "
         f"p95 {lags[int(len(lags) * 0.95)] * 1000:.1f} ms"
     )
-    assert lags[int(len(lags) * 0.95)] < 0.25
+    # Blocked behind the failing order, they would wait for its 200 retries (40 s): a lag of
+    # seconds. What is left is noise and the second subscription's place in the config.
+    assert statistics.median(lags) < 0.25 and lags[int(len(lags) * 0.95)] < 1.0
     assert bad not in received_per_order(sink, "/ord")
     failing = [r for r in sink.at("/ord") if orjson.loads(r.body)["subject"] == bad]
     assert {orjson.loads(r.body)["data"]["state"] for r in failing} == {STATES[0]}  # only it
