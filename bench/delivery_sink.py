@@ -1,6 +1,7 @@
 """The subscriber for `bench/delivery.py`: answers every POST 200 at once and records its arrival.
 
     .venv/bin/python bench/delivery_sink.py --host 127.0.0.1 --port 8002
+    .venv/bin/python bench/delivery_sink.py --port 8002 --fail /s5=0.1 --seed 1  # bench/soak.py
 
 Every POST, on any path, is answered 200 with an empty body as soon as its body has been read,
 and recorded as (receipt time, path, `webhook-id` header). The receipt time is
@@ -12,6 +13,11 @@ benchmark subtracts its own send times from it directly. For the benchmark:
 - `GET /receipts?since=N`: the receipts from the N-th on (0-based), one per line,
   `<time> <path> <webhook-id>` (`-` when the POST had no `webhook-id`).
 
+With `--fail PATH=SHARE` (repeatable; `bench/soak.py` uses it), that share of the POSTs on PATH
+is answered `500` instead, drawn from a `random.Random(--seed)` so that runs are reproducible,
+and recorded under the path `PATH!500` (e.g. `/s5!500`): the line format stays the same, and a
+reader that knows nothing of `--fail` never sees such a path.
+
 It is a raw asyncio protocol around httptools' parser, on uvloop: the lightest HTTP server at
 hand, so that its ceiling stays far above the gateway's delivery rate on a 2-core machine. It
 runs until SIGTERM or SIGINT.
@@ -22,11 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import random
 import signal
 import sys
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import cast
 from urllib.parse import parse_qs
 
@@ -34,6 +41,7 @@ import httptools
 import uvloop
 
 EMPTY_ID = b"-"
+FAILED_SUFFIX = b"!500"  # a POST answered 500 (--fail) is recorded under PATH!500
 
 
 class Receipts:
@@ -43,10 +51,11 @@ class Receipts:
         self.times = array("d")
         self.paths: list[bytes] = []
         self.ids: list[bytes] = []
+        self._interned: dict[bytes, bytes] = {}  # one bytes object per distinct path
 
     def add(self, when: float, path: bytes, webhook_id: bytes) -> None:
         self.times.append(when)
-        self.paths.append(path)
+        self.paths.append(self._interned.setdefault(path, path))
         self.ids.append(webhook_id or EMPTY_ID)
 
     def __len__(self) -> int:
@@ -72,14 +81,28 @@ def response(status: bytes, body: bytes, keep_alive: bool) -> bytes:
 
 
 OK_EMPTY = response(b"200 OK", b"", True)
+FAILED_EMPTY = response(b"500 Internal Server Error", b"", True)
 BAD_REQUEST = response(b"400 Bad Request", b"bad request\n", False)
+
+
+class Failures:
+    """Which POSTs to answer 500: a share per path, drawn from one seeded generator."""
+
+    def __init__(self, shares: Mapping[bytes, float], seed: int) -> None:
+        self.shares = dict(shares)
+        self.rng = random.Random(seed)
+
+    def fails(self, path: bytes) -> bool:
+        share = self.shares.get(path)
+        return share is not None and self.rng.random() < share
 
 
 class SinkProtocol(asyncio.Protocol):
     """One connection: HTTP/1.1 with keep-alive (and pipelining), answered in order."""
 
-    def __init__(self, receipts: Receipts) -> None:
+    def __init__(self, receipts: Receipts, failures: Failures | None = None) -> None:
         self.receipts = receipts
+        self.failures = failures
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -114,8 +137,13 @@ class SinkProtocol(asyncio.Protocol):
         keep_alive = bool(self.parser.should_keep_alive())
         path, _, query = self.url.partition(b"?")
         if self.parser.get_method() == b"POST":
-            self.receipts.add(received, path, self.webhook_id)
-            answer = OK_EMPTY if keep_alive else response(b"200 OK", b"", False)
+            if self.failures is not None and self.failures.fails(path):
+                self.receipts.add(received, path + FAILED_SUFFIX, self.webhook_id)
+                failed = b"500 Internal Server Error"
+                answer = FAILED_EMPTY if keep_alive else response(failed, b"", False)
+            else:
+                self.receipts.add(received, path, self.webhook_id)
+                answer = OK_EMPTY if keep_alive else response(b"200 OK", b"", False)
         else:
             answer = self.answer_get(path, query, keep_alive)
         if self.transport is not None:
@@ -135,27 +163,54 @@ class SinkProtocol(asyncio.Protocol):
         return response(b"404 Not Found", b"not found\n", keep_alive)
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, failures: Failures | None = None) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     receipts = Receipts()
-    server = await loop.create_server(lambda: SinkProtocol(receipts), host, port, backlog=2048)
+    server = await loop.create_server(
+        lambda: SinkProtocol(receipts, failures), host, port, backlog=2048
+    )
     gc.freeze()  # nothing made so far needs scanning again
     print(f"delivery sink listening on http://{host}:{port}", flush=True)
+    if failures is not None:
+        shares = ", ".join(f"{p.decode()} {s:.1%}" for p, s in failures.shares.items())
+        print(f"delivery sink answers 500 to a share of the POSTs: {shares}", flush=True)
     async with server:
         await stopping.wait()
     print(f"delivery sink stopping: {len(receipts)} POSTs received", flush=True)
+
+
+def parse_failure(text: str) -> tuple[bytes, float]:
+    """`/s5=0.1`: answer 500 to 10% of the POSTs on /s5."""
+    path, sep, share = text.partition("=")
+    try:
+        value = float(share)
+    except ValueError:
+        value = -1.0
+    if not sep or not path.startswith("/") or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected PATH=SHARE, e.g. /s5=0.1, got {text!r}")
+    return path.encode(), value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--fail",
+        type=parse_failure,
+        action="append",
+        default=[],
+        metavar="PATH=SHARE",
+        help="answer 500 to this share of the POSTs on PATH, recorded as PATH!500 (repeatable)",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="for --fail's draws (1)")
     args = parser.parse_args(argv)
+    failures = Failures(dict(args.fail), args.seed) if args.fail else None
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(args.host, args.port))
+        runner.run(serve(args.host, args.port, failures))
     return 0
 
 
