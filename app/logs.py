@@ -13,7 +13,7 @@ import asyncio
 import atexit
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import orjson
 
@@ -25,11 +25,17 @@ FLUSH_EVERY_S = 0.5
 class _Outcomes:
     def __init__(self) -> None:
         self.stream: TextIO | None = None
+        self.binary: BinaryIO | None = None  # the stream's buffer: lines go there as bytes
 
     def write(self, kind: str, fields: dict[str, Any]) -> None:
         if self.stream is not None:
-            line = orjson.dumps({"time": utc_now_iso(), "kind": kind, **fields})
-            self.stream.write(line.decode() + "\n")
+            line = orjson.dumps(
+                {"time": utc_now_iso(), "kind": kind, **fields}, option=orjson.OPT_APPEND_NEWLINE
+            )
+            if self.binary is not None:  # as bytes: no decoding to encode them again
+                self.binary.write(line)
+            else:
+                self.stream.write(line.decode())
 
     def flush(self) -> None:
         if self.stream is not None:
@@ -59,4 +65,5 @@ def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
     root.setLevel(level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the CLI's requests are not news
     outcomes.stream = stream or sys.stdout
+    outcomes.binary = getattr(outcomes.stream, "buffer", None)
     atexit.register(outcomes.flush)

@@ -6,18 +6,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from app import logs
 from app.admin import Admin
 from app.config import Settings, load_settings
 from app.errors import StoreUnavailable
 from app.http import EXCEPTION_HANDLERS, json_response
-from app.ingest import HookEndpoint
+from app.ingest import HOOK_PATH, HookEndpoint
 from app.lifecycle import tune_gc
 from app.openapi import OpenApiEndpoint
 from app.ops.routes import Ops
@@ -60,6 +62,23 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready"})
 
 
+class Gateway(Starlette):
+    """The Starlette app, with one shortcut: `POST /hooks/vtex`, the one path VTEX loads,
+    goes straight to its handler, which answers every error itself; the middleware and the
+    router (which still list it, for 405s and /openapi.json) are for the other endpoints."""
+
+    def __init__(self, hook: HookEndpoint, **options: Any) -> None:
+        super().__init__(**options)
+        self.hook = hook
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == HOOK_PATH and scope["method"] == "POST":
+            scope["app"] = self
+            await self.hook(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -81,8 +100,9 @@ def create_app(settings: Settings) -> Starlette:
                 await relay.stop()
                 await commit.close()
 
+    hook = HookEndpoint(settings)
     routes = [
-        Route("/hooks/vtex", HookEndpoint(settings), methods=["POST"]),
+        Route(HOOK_PATH, hook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", OpenApiEndpoint(settings).handle, methods=["GET"]),
@@ -93,7 +113,7 @@ def create_app(settings: Settings) -> Starlette:
             "/api/orders/expressions/jsonata", JsonataEndpoint(settings).handle, methods=["POST"]
         ),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app = Gateway(hook, routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.settings = settings
     return app
 
