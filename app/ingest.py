@@ -178,6 +178,7 @@ class HookEndpoint:
         status = "accepted" if result.created else "duplicate"
         log_event(
             "ingest",
+            at=event["receivedAt"],
             outcome=status,
             eventId=event["id"],
             orderId=message.order_id,

@@ -27,10 +27,11 @@ class _Outcomes:
         self.stream: TextIO | None = None
         self.binary: BinaryIO | None = None  # the stream's buffer: lines go there as bytes
 
-    def write(self, kind: str, fields: dict[str, Any]) -> None:
+    def write(self, kind: str, fields: dict[str, Any], at: str | None = None) -> None:
         if self.stream is not None:
             line = orjson.dumps(
-                {"time": utc_now_iso(), "kind": kind, **fields}, option=orjson.OPT_APPEND_NEWLINE
+                {"time": at or utc_now_iso(), "kind": kind, **fields},
+                option=orjson.OPT_APPEND_NEWLINE,
             )
             if self.binary is not None:  # as bytes: no decoding to encode them again
                 self.binary.write(line)
@@ -45,8 +46,9 @@ class _Outcomes:
 outcomes = _Outcomes()
 
 
-def log_event(kind: str, **fields: Any) -> None:
-    outcomes.write(kind, fields)
+def log_event(kind: str, at: str | None = None, **fields: Any) -> None:
+    """One outcome line; `at` is its time (RFC 3339), now unless the caller has it already."""
+    outcomes.write(kind, fields, at)
 
 
 async def flush_periodically() -> None:
