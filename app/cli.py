@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import uvicorn
+import uvloop
 
 from app import cli_ops, logs
 from app.config import Settings, load_settings
@@ -81,7 +82,10 @@ def worker(args: argparse.Namespace) -> int:
         )
         return 2
     tune_gc()
-    asyncio.run(run_worker(settings))
+    # uvloop, as uvicorn gives `serve`: on the default loop the loop itself was the worker's
+    # largest cost (bench/profile.py delivery; BENCHMARKS.md)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run_worker(settings))
     return 0
 
 

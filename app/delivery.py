@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -84,7 +84,8 @@ class SubscriptionWorker:
         self.keys = sub.signing_keys()
         self.lease_s = sub.timeout_s + LEASE_MARGIN_S
         self.timeout = aiohttp.ClientTimeout(total=sub.timeout_s)
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # attempts: at most max_in_flight
+        self.settling: set[asyncio.Task[None]] = set()  # outcomes on their way to Redis
         self._refill_at = max(1, sub.max_in_flight // 4)  # claim in chunks when busy
         self._reserved = 0  # slots promised to deliveries the router is claiming for us
         self._wake = asyncio.Event()
@@ -165,7 +166,17 @@ class SubscriptionWorker:
         outcome = decide(result.status, attempts, self.sub.retry_schedule_s, result.retry_after_s)
         if result.refused:  # retrying cannot help: a clear error in the log, not a storm
             outcome = Dead()
-        await self._settle(item, event, outcome, result)
+        if isinstance(outcome, Delivered):
+            self._record(self._settle(item, event, outcome, result))
+        else:  # the slot is held until the failure is counted: the breaker sees it first
+            await self._settle(item, event, outcome, result)
+
+    def _record(self, settle: Coroutine[Any, Any, None]) -> None:
+        """Record a success without holding the attempt's slot: the next attempt starts while
+        the outcome waits for its batch (its delivery stays leased until it is recorded)."""
+        task = asyncio.create_task(settle)
+        self.settling.add(task)
+        task.add_done_callback(self.settling.discard)
 
     async def _post(self, msg_id: str, body: bytes) -> PostResult:
         """One POST, and what came of it."""
@@ -255,6 +266,8 @@ class SubscriptionWorker:
             await asyncio.wait(self.tasks, timeout=grace_s)
         for task in self.tasks:
             task.cancel()  # their leases expire and they are tried again
+        if self.settling:  # the settler is still running: their batch goes out
+            await asyncio.wait(self.settling, timeout=grace_s)
 
 
 async def _read_head(stream: aiohttp.StreamReader, limit: int) -> bytes:
