@@ -136,6 +136,7 @@ async def test_one_failing_order_does_not_delay_the_others(gateway: InProcess, s
         while sum(map(len, received_per_order(sink, "/ord").values())) < 2000:
             await asyncio.sleep(0.05)
         counts = (await client.get("/admin/subscriptions", headers=ADMIN)).json()
+        page = (await client.get("/ops", headers=ADMIN)).text
     arrivals: dict[str, dict[str, float]] = defaultdict(dict)
     for path in ("/ord", "/control"):
         for r in sink.at(path):
@@ -157,6 +158,7 @@ async def test_one_failing_order_does_not_delay_the_others(gateway: InProcess, s
     assert len(failing) >= 2  # retried
     row = next(s for s in counts["subscriptions"] if s["id"] == "ord")
     assert row["held"] == 2  # its later two wait
+    assert "<small>2 held for their order</small>" in page
 
 
 @pytest.mark.anyio
@@ -221,9 +223,11 @@ async def test_drop_stale_skips_an_older_state_and_logs_it(gateway: InProcess, s
         newer = await hook(client, **state_notification("o-1", 5))
         stats = await settled(2, 1)
         log = (await client.get(f"/admin/events/{stale}", headers=ADMIN)).json()
+        page = (await client.get("/ops", headers=ADMIN)).text
     assert received_per_order(sink, "/ord")["o-1"] == [STATES[4], STATES[5]]
     assert [a["outcome"] for a in log["attempts"]["ord"]] == ["stale"]
     assert "drop_stale" in log["attempts"]["ord"][0]["error"]
+    assert "<small>1 stale</small>" in page
     assert stats.json()["subscriptions"][0]["delivered"] == 2
     assert newer != stale
 

@@ -91,8 +91,10 @@ def subscriptions_table(subs: list[dict[str, Any]], can_replay: bool) -> str:
             f'<tr class="{health_class(sub)}" id="sub-{_e(sub["id"])}">'
             f"<td><b>{_e(sub['id'])}</b><br><code>{_e(sub['url'])}</code></td>"
             f"<td>{_e(sub['state'])}{'<br>' + _e(sub['reason']) if sub['reason'] else ''}</td>"
-            f'<td class="num">{sub["delivered"]}</td><td class="num">{sub["retried"]}</td>'
-            f'<td class="num">{sub["queued"]}</td><td class="num">{sub["inFlight"]}</td>'
+            f'<td class="num">{sub["delivered"]}{_aside(sub["stale"], "stale")}</td>'
+            f'<td class="num">{sub["retried"]}</td>'
+            f'<td class="num">{sub["queued"]}{_aside(sub["held"], "held for their order")}</td>'
+            f'<td class="num">{sub["inFlight"]}</td>'
             f'<td class="num">{sub["deadLetters"]}</td>'
             f"<td>{_age(sub['oldestUndeliveredAgeS'])}</td>"
             f"<td>{_e(latency['p50Ms'])} / {_e(latency['p95Ms'])} / {_e(latency['p99Ms'])}</td>"
@@ -120,6 +122,11 @@ def dead_letters_table(items: list[dict[str, Any]]) -> str:
         "<th>last status</th><th>last error</th></tr>"
     )
     return f'<table id="dlq">{head}{rows}</table>'
+
+
+def _aside(count: int, what: str) -> str:
+    """A second line under a figure, shown only when there is something to say."""
+    return f"<br><small>{count} {what}</small>" if count else ""
 
 
 def attempts_table(attempts: list[dict[str, Any]], table_id: str = "attempts") -> str:
