@@ -244,6 +244,8 @@ class SubscriptionWorker:
         except StoreUnavailable as exc:  # the lease expires and the delivery is tried again
             log.warning("subscription %s: cannot record an outcome: %s", self.sub.id, exc)
             return
+        if self.sub.ordered and name in ("delivered", "dead"):
+            self._wake.set()  # recording it released the order's next event: claim it now
         log_event(
             "delivery",
             outcome=name,

@@ -183,11 +183,18 @@ def one_run(
     times = sorted(at for at, _, _ in rows)
     out_of_order = 0
     last: dict[tuple[str, int], int] = {}
-    for _, path, webhook_id in sorted(rows):
+    seen: dict[tuple[str, int], list[tuple[float, int]]] = defaultdict(list)
+    for at, path, webhook_id in sorted(rows):
         order, state = ids.get(webhook_id, (-1, -1))
+        seen[(path, order)].append((at, state))
         if last.get((path, order), -1) > state:
             out_of_order += 1
+            if out_of_order <= 3:
+                print(f"  out of order: {path} order {order}: {seen[(path, order)]}")
         last[(path, order)] = max(state, last.get((path, order), -1))
+    duplicates = len(rows) - len({(path, webhook_id) for _, path, webhook_id in rows})
+    if duplicates:
+        print(f"  duplicates: {duplicates}")
     seconds = times[-1] - times[0] if len(times) > 1 else 0.0
     return Run(mode, rnd, len(rows), expected, seconds, out_of_order)
 
