@@ -200,6 +200,11 @@ def iso_ticks(value: object) -> int | None:
     return max(0, int(moment.timestamp()) * TICKS_PER_S + fraction_ticks)
 
 
+def order_key(event: dict[str, Any]) -> str:
+    """The order an event belongs to, for per-order delivery: account and order id."""
+    return f"{event['account']}:{event['orderId']}"
+
+
 def order_position(event: dict[str, Any], delivery_id: str) -> str:
     """Where a delivery sorts among its order's: by `currentChange` (its receipt time where it
     is absent or not a time), then by receipt. Fixed-width, so it sorts as text, in Lua too:

@@ -21,7 +21,7 @@ import orjson
 
 from app.config import Settings, Subscription
 from app.errors import StoreUnavailable
-from app.events import order_position
+from app.events import order_key, order_position
 from app.filters import EvaluationError, order_document
 from app.lifecycle import sleep_unless
 from app.store.deliveries import Claimed, DeliveryStore, Planned, Routed
@@ -31,6 +31,7 @@ log = logging.getLogger("orderhook.router")
 
 READ_COUNT = 200
 READ_BLOCK_MS = 1000
+DEFERRED_RETRY_MS = 10
 RETRY_AFTER_STORE_ERROR_S = 1.0
 
 
@@ -86,6 +87,8 @@ class Router:
         self.dispatch = dispatch
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._filter_errors: Counter[str] = Counter()
+        # Entries routed after their order's earlier ones, which another process still holds.
+        self._deferred: list[tuple[str, bytes]] = []
 
     async def run(self, stopping: asyncio.Event) -> None:
         next_reclaim = 0.0
@@ -100,8 +103,12 @@ class Router:
                                 self.consumer, self.claim_idle_ms, READ_COUNT
                             )
                         )
+                    if self._deferred:  # their order's earlier entries may be routed by now
+                        deferred, self._deferred = self._deferred, []
+                        await self._route_ready(deferred)
+                    block_ms = DEFERRED_RETRY_MS if self._deferred else READ_BLOCK_MS
                     await self.route(
-                        await self.deliveries.read_new(self.consumer, READ_COUNT, READ_BLOCK_MS)
+                        await self.deliveries.read_new(self.consumer, READ_COUNT, block_ms)
                     )
             except StoreUnavailable as exc:
                 log.warning("router: %s", exc)
@@ -121,16 +128,22 @@ class Router:
     async def route(self, entries: Sequence[tuple[str, bytes]]) -> None:
         if entries and self.enricher is not None:
             entries = await self.enricher.ready(entries)  # the rest wait, pending, for later
+        await self._route_ready(entries)
+
+    async def _route_ready(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        """Route entries as they are (already enriched, if an enricher is set)."""
         if not entries:
             return
         routed = [self.plan(entry_id, raw) for entry_id, raw in entries]
         reserved = self._claim_locally(routed)
         try:
-            claimed = await self.deliveries.route(routed)
+            claimed, deferred = await self.deliveries.route(routed)
         except BaseException:
             for sub, count in reserved.items():
                 self.dispatch.hand_over(sub, [], count)
             raise
+        if deferred:
+            self._deferred += [(r.entry_id, r.event_json) for r in routed if r.entry_id in deferred]
         self._hand_over(routed, claimed, reserved)
         if self._filter_errors:
             errors, self._filter_errors = self._filter_errors, Counter()
@@ -147,7 +160,7 @@ class Router:
         planned = Planned(delivery_id(event["id"], sub.id), sub.id)
         if sub.ordered:
             planned.ordered = [
-                f"{event['account']}:{event['orderId']}",
+                order_key(event),
                 order_position(event, planned.delivery_id),
                 int(sub.reorder_window_s * 1000),
                 int(sub.drop_stale),

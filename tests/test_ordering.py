@@ -20,6 +20,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.events import normalize, parse_body, utc_now_iso
+from app.store.client import open_store
+from app.store.deliveries import DeliveryStore, Routed
 from app.store.keys import Keys
 from tests.conftest import AUTH, CONFIG_TOML, Gateway, notification
 from tests.relaying import ADMIN, SECRET, hook, subscription, until
@@ -300,4 +303,34 @@ async def test_two_gateway_processes_keep_each_order_one_at_a_time_in_order(
     assert min(gaps) >= delay * 0.9  # the next one started only after the previous answer
     client = redis.Redis.from_url(redis_url)
     assert client.zcard(keys.pending_age("ord")) == 0
+    client.close()
+
+
+@pytest.mark.anyio
+async def test_an_entry_routed_before_its_orders_earlier_one_waits_for_it(
+    redis_url: str, keys: Keys
+) -> None:
+    """Two routers (two processes) hold an order's two entries; the later one's router gets to
+    route first: it is deferred until the earlier one is routed, whoever routes it."""
+    async with open_store(redis_url, keys, 2.0, 3600, sequence_orders=True) as store:
+        deliveries = DeliveryStore(store)
+        await deliveries.ensure_group()
+        events = [
+            normalize(parse_body(orjson.dumps(state_notification("o-1", s))), utc_now_iso())
+            for s in (0, 1)
+        ]
+        events.append(
+            normalize(parse_body(orjson.dumps(state_notification("o-2", 0))), utc_now_iso())
+        )
+        await store.append(events)
+        entries = await deliveries.read_new("router-1", 10, 100)
+        first, second, other = (
+            Routed(entry_id, orjson.loads(raw), raw, []) for entry_id, raw in entries
+        )
+        assert await deliveries.route([second, other]) == (set(), {second.entry_id})
+        assert await deliveries.route([second]) == (set(), {second.entry_id})
+        assert await deliveries.route([first]) == (set(), set())
+        assert await deliveries.route([second]) == (set(), set())
+    client = redis.Redis.from_url(redis_url)
+    assert client.xlen(keys.ingest_stream) == 0  # all three routed and removed
     client.close()

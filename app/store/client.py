@@ -19,6 +19,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from app.errors import StoreUnavailable
+from app.events import order_key
 from app.store.keys import Keys
 
 DEFAULT_MAX_CONNECTIONS = 64
@@ -41,12 +42,19 @@ class Appended:
 
 class Store:
     def __init__(
-        self, client: aioredis.Redis, keys: Keys, dedupe_window_s: int, deadline_s: float
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        dedupe_window_s: int,
+        deadline_s: float,
+        sequence_orders: bool = False,
     ) -> None:
         self.client = client
         self.keys = keys
         self.dedupe_window_s = dedupe_window_s
         self.deadline_s = deadline_s
+        # A subscription orders per order: number each order's events as they are appended.
+        self.sequence_orders = sequence_orders
         self._ingest = client.register_script(load_script("ingest.lua"))
 
     async def append(self, events: Sequence[dict[str, Any]]) -> list[Appended]:
@@ -54,9 +62,10 @@ class Store:
         minute = int(time.time() // 60)
         keys = [self.keys.ingest_stream, self.keys.stats, self.keys.ingest_minute(minute)]
         keys += [self.keys.seen(e["id"]) for e in events]
-        args: list[Any] = [self.dedupe_window_s]
+        args: list[Any] = [self.dedupe_window_s, self.keys.tag]
         for event in events:
-            args += [event["id"], orjson.dumps(event)]
+            order = order_key(event) if self.sequence_orders else ""
+            args += [event["id"], orjson.dumps(event), order]
         rows = await self.script(self._ingest, keys, args)
         return [Appended(created=bool(flag), entry_id=_text(entry)) for flag, entry in rows]
 
@@ -104,8 +113,10 @@ def make_client(url: str, timeout_s: float) -> aioredis.Redis:
 
 
 @asynccontextmanager
-async def open_store(url: str, keys: Keys, timeout_s: float, window_s: int) -> AsyncIterator[Store]:
-    store = Store(make_client(url, timeout_s), keys, window_s, deadline_s=timeout_s)
+async def open_store(
+    url: str, keys: Keys, timeout_s: float, window_s: int, sequence_orders: bool = False
+) -> AsyncIterator[Store]:
+    store = Store(make_client(url, timeout_s), keys, window_s, timeout_s, sequence_orders)
     try:
         yield store
     finally:

@@ -130,8 +130,9 @@ class DeliveryStore:
         )
         return [(_text(i), f[b"event"]) for i, f in reply[1] if f]
 
-    async def route(self, routed: Sequence[Routed]) -> set[str]:
-        """Create the deliveries and acknowledge the entries; returns the ids claimed."""
+    async def route(self, routed: Sequence[Routed]) -> tuple[set[str], set[str]]:
+        """Create the deliveries and acknowledge the entries; returns the delivery ids claimed
+        and the entry ids deferred (an earlier entry of their order is not routed yet)."""
         payload = []
         for r in routed:
             event_id, order_id = r.event["id"], r.event["orderId"]
@@ -141,9 +142,17 @@ class DeliveryStore:
                 for d in r.deliveries
             ]
             payload.append([r.entry_id, deliveries, event_id, order_id, event_json])
-        args = [Keys.ROUTER_GROUP, now_ms(), self.keys.tag, orjson.dumps(payload), self.retention_s]
+        args = [
+            Keys.ROUTER_GROUP,
+            now_ms(),
+            self.keys.tag,
+            orjson.dumps(payload),
+            self.retention_s,
+            self.store.dedupe_window_s,
+        ]
         keys = [self.keys.ingest_stream]
-        return {_text(i) for i in await self.store.script(self._route, keys, args)}
+        claimed, deferred = await self.store.script(self._route, keys, args)
+        return {_text(i) for i in claimed}, {_text(i) for i in deferred}
 
     async def count(self, increments: dict[str, int]) -> None:
         """Add to the counters in the stats hash."""

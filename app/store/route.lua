@@ -18,11 +18,49 @@
 -- delivery log; each new delivery joins its subscription's age set (oldest undelivered).
 -- An entry already acknowledged (by another router that reclaimed it) creates nothing.
 -- Delivery keys are built from the tag: they share its hash slot with KEYS[1].
--- Returns the ids of the deliveries created in flight (claimed).
-local group, now, tag, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
-local claimed = {}
+-- ARGV[6]  the dedupe window, in seconds: how long an order's routed count is kept
+-- Returns {the ids of the deliveries created in flight (claimed), the entry ids deferred}.
+local group, now, tag, retention, window = ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6]
+local claimed, deferred = {}, {}
+
+-- An entry numbered by ingest (`seq`, `ord`: some subscription orders per order) is routed only
+-- after its order's earlier entries, whichever router took them: else it is deferred (left
+-- pending, for this router to try again), so the order's line gets its events in the order
+-- they were appended even when two processes route at once.
+-- Returns whether the entry may be routed now, and the order's routed count to set once it is.
+local function turn(entry_id)
+    local found = redis.call('XRANGE', KEYS[1], entry_id, entry_id)[1]
+    if not found then
+        return true
+    end
+    local seq, ord
+    local fields = found[2]
+    for j = 1, #fields, 2 do
+        if fields[j] == 'seq' then
+            seq = tonumber(fields[j + 1])
+        elseif fields[j] == 'ord' then
+            ord = fields[j + 1]
+        end
+    end
+    if not seq then
+        return true
+    end
+    local key = tag .. ':orouted:' .. ord
+    local routed = tonumber(redis.call('GET', key) or '0')
+    if routed < seq - 1 then
+        return false
+    end
+    return true, key, math.max(routed, seq)
+end
+
 for _, entry in ipairs(cjson.decode(ARGV[4])) do
-    if redis.call('XACK', KEYS[1], group, entry[1]) == 1 then
+    local may, counter, count = turn(entry[1])
+    if not may then
+        deferred[#deferred + 1] = entry[1]
+    elseif redis.call('XACK', KEYS[1], group, entry[1]) == 1 then
+        if counter then
+            redis.call('SET', counter, count, 'EX', window)
+        end
         redis.call('SET', tag .. ':ev:' .. entry[3], entry[5], 'EX', retention)
         redis.call('SADD', tag .. ':order:' .. entry[4], entry[3])
         redis.call('EXPIRE', tag .. ':order:' .. entry[4], retention)
@@ -55,4 +93,4 @@ for _, entry in ipairs(cjson.decode(ARGV[4])) do
         redis.call('XDEL', KEYS[1], entry[1])
     end
 end
-return claimed
+return {claimed, deferred}
