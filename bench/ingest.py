@@ -453,6 +453,13 @@ def embedded_redis_executable() -> str:
     return command_output([sys.executable, "-c", code])
 
 
+def print_machine(redis_server: str, workdir: Path) -> None:
+    """The machine, as every benchmark's report starts."""
+    print("\nmachine:")
+    for name, value in machine_info(redis_server, workdir).items():
+        print(f"  {name:<18} {value}")
+
+
 def machine_info(redis_server: str, workdir: Path) -> dict[str, str]:
     embedded = embedded_redis_executable()
     return {

@@ -44,8 +44,8 @@ from bench.ingest import (
     Server,
     child_env,
     log_excerpt,
-    machine_info,
     orderhook_executable,
+    print_machine,
     run_in_workdir,
     spawn,
     start_gateway,
@@ -225,9 +225,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def report(args: argparse.Namespace, workdir: Path, runs: list[Run]) -> int:
-    print("\nmachine:")
-    for name, value in machine_info(args.redis_server, workdir).items():
-        print(f"  {name:<14} {value}")
+    print_machine(args.redis_server, workdir)
     print(
         f"setup: {args.orders} orders x {args.states} states = {args.orders * args.states} "
         f"notifications, 3 subscriptions (max_in_flight 32), serve + {args.workers} worker(s), "

@@ -44,9 +44,9 @@ from bench.ingest import (
     child_env,
     free_port,
     log_excerpt,
-    machine_info,
     orderhook_executable,
     parse_wrk,
+    print_machine,
     run_in_workdir,
     spawn,
     start_redis,
@@ -166,9 +166,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def report(args: argparse.Namespace, workdir: Path, points: list[Point]) -> int:
-    print("\nmachine:")
-    for name, value in machine_info(args.redis_server, workdir).items():
-        print(f"  {name:<18} {value}")
+    print_machine(args.redis_server, workdir)
     base = points[0]
     head = ["processes", "ingest req/s", "x", "p99 ms", "deliveries/s", "x"]
     print("\n" + " ".join(f"{h:>{w}}" for h, w in zip(head, (9, 13, 5, 7, 13, 5), strict=True)))
