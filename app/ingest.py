@@ -11,11 +11,10 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
@@ -37,13 +36,17 @@ from app.store.client import Appended
 log = logging.getLogger("orderhook.ingest")
 
 
-def authenticate(headers: Headers, sources: Sequence[Source]) -> list[Source]:
+# A request's headers as the server gives them (ASGI: names in lower case), read once.
+RawHeaders = Mapping[bytes, bytes]
+
+
+def authenticate(headers: RawHeaders, sources: Sequence[Source]) -> list[Source]:
     """The sources whose auth header matches; every token is compared in constant time."""
     matched = []
     for source in sources:
-        given = headers.get(source.auth_header)
+        given = headers.get(source.auth_header.encode("latin-1"))
         expected = str(source.auth_token).encode()
-        if given is not None and hmac.compare_digest(given.encode(), expected):
+        if given is not None and hmac.compare_digest(given, expected):
             matched.append(source)
     if not matched:
         raise Unauthorized("missing or invalid auth header")
@@ -55,18 +58,18 @@ def authorize(notification: Notification, sources: Sequence[Source]) -> None:
         raise Unauthorized(f"account {notification.account!r} is not allowed for this auth header")
 
 
-def check_content_type(headers: Headers) -> None:
-    value = headers.get("content-type")
+def check_content_type(headers: RawHeaders) -> None:
+    value = headers.get(b"content-type")
     if value is None:
         return
-    media = value.split(";", 1)[0].strip().lower()
+    media = value.decode("latin-1").split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMedia(f"content type must be application/json, got {media!r}")
 
 
-async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
+async def read_body(receive: Receive, headers: RawHeaders, limit: int) -> bytes:
     """The body; PayloadTooLarge as soon as it is known to be over `limit` bytes."""
-    declared = headers.get("content-length", "")
+    declared = headers.get(b"content-length", b"")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
     chunks: list[bytes] = []
@@ -96,7 +99,7 @@ class BodyDeadlines:
         self._expired: set[asyncio.Task[Any]] = set()
         self._sweep: asyncio.TimerHandle | None = None
 
-    async def read(self, receive: Receive, headers: Headers, limit: int) -> bytes:
+    async def read(self, receive: Receive, headers: RawHeaders, limit: int) -> bytes:
         task = asyncio.current_task()
         assert task is not None
         self._reading[task] = time.monotonic() + self.timeout_s
@@ -136,7 +139,7 @@ class HookEndpoint:
         self.bodies = BodyDeadlines(settings.body_timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = Headers(scope=scope)
+        headers = dict(scope["headers"])
         extra: list[tuple[bytes, bytes]] = []
         try:
             status, answer = 200, await self.accept(scope, headers, receive)
@@ -162,7 +165,7 @@ class HookEndpoint:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def accept(self, scope: Scope, headers: Headers, receive: Receive) -> dict[str, Any]:
+    async def accept(self, scope: Scope, headers: RawHeaders, receive: Receive) -> dict[str, Any]:
         """Check, parse and store one hook request; the answer's JSON, or an error raised."""
         settings = self.settings
         sources = authenticate(headers, settings.sources)
