@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -57,6 +58,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_here() -> Iterator[None]:
+    """Collect each test's garbage on the main thread. A compiled JSONata expression (jsonatapy,
+    PyO3 "unsendable") must be freed on the thread that made it; a test's dropped apps sit in
+    reference cycles, which the cyclic collector would otherwise free on whichever thread
+    allocates next — a test subscriber's — and PyO3 reports that as an unraisable error."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture

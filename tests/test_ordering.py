@@ -4,6 +4,7 @@ holding back other orders; reorder_window sorts late arrivals; drop_stale skips 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import statistics
@@ -109,6 +110,7 @@ def test_any_interleaving_with_duplicates_and_failures_arrives_in_order(
                 await asyncio.sleep(0.05)
 
     asyncio.run(scenario())
+    gc.collect()  # this example's app, here on the main thread (see conftest)
     got = received_per_order(sink, path)
     assert len(got) == ORDERS
     for order, states in got.items():
