@@ -29,7 +29,7 @@ import redis
 from app.store.embedded import redis_executable
 from app.store.keys import Keys
 from tests.conftest import AUTH, CONFIG_TOML, Gateway, free_port, notification
-from tests.relaying import ADMIN, SECRET
+from tests.relaying import ADMIN, subscription
 from tests.subscribers import Reply, Sink
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
@@ -72,17 +72,6 @@ def start_gateway(
         "PYTHONUNBUFFERED": "1",
     }
     return Gateway(config, env, tmp / "gateway.log").start()
-
-
-def push(sub_id: str, sink: Sink, **options: Any) -> str:
-    lines = [
-        "[[subscriptions]]",
-        f'id = "{sub_id}"',
-        f'url = "{sink.url("/" + sub_id)}"',
-        f'secret = "{SECRET}"',
-    ]
-    lines += [f"{key} = {value}" for key, value in options.items()]
-    return "\n" + "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -172,11 +161,11 @@ async def test_sigkill_five_times_during_a_burst_loses_nothing(
     with Sink() as sink:
         sink.flaky("/flaky", 0.3, seed=7)
         toml = (
-            push("all", sink, timeout=2, retry_schedule=RETRIES)
-            + push("flaky", sink, timeout=2, retry_schedule=RETRIES, breaker_threshold=1000)
-            + push(
-                "invoiced",
+            subscription(sink, "all", timeout=2, retry_schedule=RETRIES)
+            + subscription(sink, "flaky", timeout=2, retry_schedule=RETRIES, breaker_threshold=1000)
+            + subscription(
                 sink,
+                "invoiced",
                 timeout=2,
                 retry_schedule=RETRIES,
                 filter='{ type = "FromWorkflow", status = ["invoiced"] }',
@@ -307,7 +296,7 @@ async def test_redis_killed_and_restarted_during_a_burst(
     own_redis: OwnRedis, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with Sink() as sink:
-        toml = push("all", sink, timeout=2, retry_schedule=RETRIES)
+        toml = subscription(sink, "all", timeout=2, retry_schedule=RETRIES)
         toml += "\n[delivery]\nrouter_claim_idle_s = 1\n"
         gateway = start_gateway(tmp_path, keys.prefix, own_redis.url, toml)
         sender = Sender(gateway.url + "/hooks/vtex")
@@ -369,7 +358,9 @@ async def test_misbehaving_subscribers_cost_bounded_time_and_memory(
         elsewhere = sink.url("/elsewhere")
         sink.script("/redirect", *[Reply(status=302, headers={"Location": elsewhere})] * 2)
         options = {"timeout": 1, "retry_schedule": "[0.2]"}
-        toml = "".join(push(name, sink, **options) for name in ("hang", "slow", "cut", "redirect"))
+        toml = "".join(
+            subscription(sink, name, **options) for name in ("hang", "slow", "cut", "redirect")
+        )
         gateway = start_gateway(tmp_path, keys.prefix, redis_url, toml)
         assert gateway.proc is not None
         process = psutil.Process(gateway.proc.pid)
