@@ -52,17 +52,14 @@ async def count_rejection(state: State, status: int) -> None:
             await relay.deliveries.count({f"rejected:{reason}": 1})
 
 
-def unavailable(exc: Exception, hook: bool = True) -> dict[str, str]:
-    """The answer while Redis is down; a refused hook request is logged (not counted in Redis:
-    it is the one thing down)."""
+def unavailable(exc: Exception) -> dict[str, str]:
+    """The answer (503, with Retry-After) while Redis is down."""
     log.warning("store unavailable: %s", exc)
-    if hook:
-        log_event("ingest", outcome="rejected", reason="unavailable", status=503)
     return {"error": "storage is unavailable, try again later"}
 
 
 async def on_store_unavailable(request: Request, exc: Exception) -> Response:
-    return json_response(unavailable(exc, hook=False), 503, {"Retry-After": str(RETRY_AFTER_S)})
+    return json_response(unavailable(exc), 503, {"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def on_http_exception(request: Request, exc: Exception) -> Response:

@@ -148,6 +148,8 @@ class HookEndpoint:
             await count_rejection(scope["app"].state, status)
         except StoreUnavailable as exc:
             status, answer = 503, unavailable(exc)
+            # logged, not counted in Redis: it is the one thing down
+            log_event("ingest", outcome="rejected", reason="unavailable", status=503)
             extra = [(b"retry-after", str(RETRY_AFTER_S).encode())]
         except ClientDisconnect:
             return  # nobody to answer; nothing was stored
