@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -652,7 +653,7 @@ def redis_ceiling(gateway: Server) -> float:
     from app.store.client import Store
     from app.store.keys import Keys
 
-    url = gateway_redis_url(gateway)
+    url = REDIS_URLS[gateway.key]
     body = (
         b'{"Domain":"Fulfillment","OrderId":"ceiling-%d","State":"invoiced",'
         b'"Origin":{"Account":"mystore","Key":"k"}}'
@@ -673,10 +674,6 @@ def redis_ceiling(gateway: Server) -> float:
         return rate
 
     return asyncio.run(measure())
-
-
-def gateway_redis_url(gateway: Server) -> str:
-    return REDIS_URLS[gateway.key]
 
 
 REDIS_URLS: dict[str, str] = {}  # the redis-server started for a gateway, by its key
@@ -708,20 +705,22 @@ def draw_charts(runs: Sequence[WrkRun], args: argparse.Namespace) -> list[Path]:
     for run in runs:
         series.setdefault(run.config.split("@")[0], []).append(run)
     connections = args.sweep
-    paths = []
+
+    def save(fig: Any, ax: Any, what: str, ylabel: str, name: str) -> Path:
+        ax.set(xlabel="concurrent connections (wrk -t1)", ylabel=ylabel, xscale="log")
+        ax.set_ylim(0, None)
+        ax.set_xticks(connections, [str(c) for c in connections])
+        ax.set_title(f"POST /hooks/vtex: {what} against load")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(CHARTS_DIR / name, dpi=110)
+        return CHARTS_DIR / name
+
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, rows in series.items():
         ax.plot(connections, [r.rps for r in rows], marker="o", label=labels.get(key, key))
-    ax.set(
-        xlabel="concurrent connections (wrk -t1)", ylabel="requests/s", xscale="log", ylim=(0, None)
-    )
-    ax.set_xticks(connections, [str(c) for c in connections])
-    ax.set_title("POST /hooks/vtex: throughput against load")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    paths.append(CHARTS_DIR / "ingest-throughput.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=110)
+    throughput = save(fig, ax, "throughput", "requests/s", "ingest-throughput.png")
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, rows in series.items():
         label = labels.get(key, key)
@@ -730,20 +729,8 @@ def draw_charts(runs: Sequence[WrkRun], args: argparse.Namespace) -> list[Path]:
             connections, [r.p50_ms for r in rows], marker=".", linestyle="--", label=f"{label} p50"
         )
     ax.axhline(TARGET_P99_MS, color="grey", linewidth=0.8, linestyle=":", label="p99 target")
-    ax.set(
-        xlabel="concurrent connections (wrk -t1)",
-        ylabel="latency (ms)",
-        xscale="log",
-        ylim=(0, None),
-    )
-    ax.set_xticks(connections, [str(c) for c in connections])
-    ax.set_title("POST /hooks/vtex: latency against load")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    paths.append(CHARTS_DIR / "ingest-latency.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=110)
-    return paths
+    latency = save(fig, ax, "latency", "latency (ms)", "ingest-latency.png")
+    return [throughput, latency]
 
 
 def run(args: argparse.Namespace, workdir: Path) -> int:
