@@ -23,6 +23,19 @@ EVENT_ID_NAMESPACE = uuid.UUID("6f1c3a0e-3d52-5b8e-9a57-0c2f5d7e4b11")
 _NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
 
 _OPTIONAL_TEXT = ("Domain", "State", "LastState", "LastChange", "CurrentChange")
+_CHANGE_TIMES = ("CurrentChange", "LastChange")
+
+# VTEX account names are host name labels (the account's API host is built from one).
+_ACCOUNT = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+MAX_ORDER_ID_CHARS = 128
+# An order id is one path segment of VTEX's API and a part of log lines and Redis keys: no
+# separators, no percent escapes, no whitespace, no control or format characters.
+_ORDER_ID_REFUSED = re.compile(
+    r"[/\\?#%\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\ufeff]"
+)
+# A change time may run ahead of the gateway's clock by this much (VTEX's clock, or ours, off):
+# a time further ahead would make every later state of its order look stale.
+MAX_CLOCK_AHEAD_S = 24 * 3600
 
 # I-JSON (RFC 7493): numbers beyond 2^53 are not exact in every consumer (JavaScript, JSONata),
 # so a notification carrying one would reach subscribers changed. It is refused instead.
@@ -77,16 +90,19 @@ def _check_numbers(doc: dict[str, Any]) -> None:
                 )
 
 
-def _path_to(container: Any, target: Any, path: str = "") -> str:
-    items = container.items() if isinstance(container, dict) else enumerate(container)
-    for key, item in items:
-        where = f"{path}.{key}" if isinstance(container, dict) else f"{path}[{key}]"
-        if item is target:
-            return where.lstrip(".")
-        if isinstance(item, dict | list):
-            found = _path_to(item, target, where)
-            if found:
-                return found
+def _path_to(doc: Any, target: Any) -> str:
+    """The path of `target` (found by identity) in `doc`, depth first without recursion: the
+    body may nest as deep as orjson allows, deeper than Python's recursion limit."""
+    pending: list[tuple[Any, str]] = [(doc, "")]
+    while pending:
+        container, path = pending.pop()
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, item in items:
+            where = f"{path}.{key}" if isinstance(container, dict) else f"{path}[{key}]"
+            if item is target:
+                return where.lstrip(".")
+            if isinstance(item, dict | list):
+                pending.append((item, where))
     return ""
 
 
@@ -102,6 +118,11 @@ def _notification(doc: dict[str, Any]) -> Notification:
     for name in _OPTIONAL_TEXT:
         if not isinstance(doc.get(name), str | None):
             raise BadRequest(f"`{name}` must be a string or null, got {_json_type(doc[name])}")
+    check_account(origin["Account"])
+    check_order_id(order_id)
+    for name in _CHANGE_TIMES:
+        if doc.get(name) is not None and iso_ticks(doc[name]) is None:
+            raise BadRequest(f"`{name}` must be an RFC 3339 date-time, got {_shown(doc[name])}")
     return Notification(
         account=origin["Account"],
         domain=doc.get("Domain"),
@@ -114,6 +135,30 @@ def _notification(doc: dict[str, Any]) -> Notification:
     )
 
 
+def check_account(account: str) -> None:
+    """BadRequest unless `account` is a VTEX account name (a host name label)."""
+    if not _ACCOUNT.match(account):
+        raise BadRequest(
+            f"`Origin.Account` must be a VTEX account name (letters, digits and inner hyphens, "
+            f"at most 63), got {_shown(account)}"
+        )
+
+
+def check_order_id(order_id: str) -> None:
+    """BadRequest unless `order_id` is safe as one path segment, a log field and a key part."""
+    if len(order_id) > MAX_ORDER_ID_CHARS:
+        raise BadRequest(f"`OrderId` is longer than {MAX_ORDER_ID_CHARS} characters")
+    found = _ORDER_ID_REFUSED.search(order_id)
+    if found or order_id in (".", ".."):
+        what = f"the character {found.group()!a}" if found else "a relative path"
+        raise BadRequest(f"`OrderId` must not contain {what}, got {_shown(order_id)}")
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A value quoted for an error message: ASCII only (no control character reaches a log)."""
+    return ascii(value[:limit]) + ("..." if len(value) > limit else "")
+
+
 def _json_type(value: object) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
     if value is None:
@@ -122,8 +167,15 @@ def _json_type(value: object) -> str:
 
 
 def change_time(n: Notification) -> str | None:
-    """The time of the change: CurrentChange, or LastChange where CurrentChange is absent."""
+    """The time of the change: CurrentChange, or LastChange where CurrentChange is absent. The
+    one rule for the dedupe key, the CloudEvent's `time` and an event's place in its order."""
     return n.current_change if n.current_change is not None else n.last_change
+
+
+def event_change_time(event: dict[str, Any]) -> str | None:
+    """change_time of a normalized event."""
+    current = event.get("currentChange")
+    return current if current is not None else event.get("lastChange")
 
 
 def dedupe_key(n: Notification) -> bytes:
@@ -149,7 +201,15 @@ def utc_now_iso() -> str:
 
 
 def normalize(n: Notification, received_at: str) -> dict[str, Any]:
-    """The event kept for an accepted notification, with the raw notification beside it."""
+    """The event kept for an accepted notification, with the raw notification beside it.
+    BadRequest when its change time is further ahead of `received_at` than the clocks' margin."""
+    changed, received = iso_ticks(change_time(n)), iso_ticks(received_at)
+    if changed is not None and received is not None:
+        if changed > received + MAX_CLOCK_AHEAD_S * TICKS_PER_S:
+            raise BadRequest(
+                f"the change time {change_time(n)!a} is more than {MAX_CLOCK_AHEAD_S // 3600} h "
+                "ahead of the gateway's clock"
+            )
     return {
         "id": event_id(n),
         "account": n.account,
@@ -177,11 +237,6 @@ def default_data(event: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in event.items() if key != "id"}
 
 
-_RFC3339 = re.compile(
-    r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})\Z", re.IGNORECASE
-)
-
-
 _ISO = re.compile(r"\A(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})\Z", re.I)
 TICKS_PER_S = 10_000_000  # VTEX times carry 7 decimals: 100 ns ticks
 
@@ -205,21 +260,34 @@ def order_key(event: dict[str, Any]) -> str:
     return f"{event['account']}:{event['orderId']}"
 
 
+POSITION_TICKS_DIGITS = 17  # 100 ns ticks up to 2286-11-20: ingest refuses later times
+POSITION_MS_DIGITS = 13
+
+
 def order_position(event: dict[str, Any], delivery_id: str) -> str:
-    """Where a delivery sorts among its order's: by `currentChange` (its receipt time where it
-    is absent or not a time), then by receipt. Fixed-width, so it sorts as text, in Lua too:
-    `<17-digit ticks>|<13-digit receipt ms>|<delivery id>`."""
-    received = iso_ticks(event["receivedAt"]) or 0
-    changed = iso_ticks(event.get("currentChange"))
-    sort_ticks = changed if changed is not None else received
-    return f"{sort_ticks:017d}|{received // 10_000:013d}|{delivery_id}"
+    """Where a delivery sorts among its order's: by its change time (change_time's rule; its
+    receipt time where it has none), then by receipt. Each number is zero-padded to a fixed
+    width (and kept within it), so positions sort as text, in Lua too:
+    `<17-digit ticks>|<13-digit receipt ms>|<delivery id>`; order.lua's order_pos reads one."""
+    received = _fit(iso_ticks(event["receivedAt"]) or 0, POSITION_TICKS_DIGITS)
+    changed = iso_ticks(event_change_time(event))
+    sort_ticks = _fit(changed if changed is not None else received, POSITION_TICKS_DIGITS)
+    receipt_ms = _fit(received // 10_000, POSITION_MS_DIGITS)
+    return (
+        f"{sort_ticks:0{POSITION_TICKS_DIGITS}d}|{receipt_ms:0{POSITION_MS_DIGITS}d}|{delivery_id}"
+    )
+
+
+def _fit(number: int, digits: int) -> int:
+    largest = int("9" * digits)
+    return min(max(number, 0), largest)
 
 
 def occurrence_time(event: dict[str, Any]) -> str:
-    """When the change happened (VTEX's RFC 3339 time), or when it was received."""
-    for candidate in (event["currentChange"], event["lastChange"]):
-        if isinstance(candidate, str) and _RFC3339.match(candidate):
-            return candidate
+    """When the change happened (change_time's rule), or when it was received."""
+    changed = event_change_time(event)
+    if iso_ticks(changed) is not None:
+        return str(changed)
     return str(event["receivedAt"])
 
 

@@ -157,14 +157,20 @@ class Router:
 
     @staticmethod
     def _planned(event: dict[str, Any], sub: Subscription) -> Planned:
+        """The delivery to create; one that cannot be planned carries its error, and route.lua
+        dead-letters it with that reason (the event's other deliveries go on)."""
         planned = Planned(delivery_id(event["id"], sub.id), sub.id)
         if sub.ordered:
-            planned.ordered = [
-                order_key(event),
-                order_position(event, planned.delivery_id),
-                int(sub.reorder_window_s * 1000),
-                int(sub.drop_stale),
-            ]
+            try:
+                planned.ordered = [
+                    order_key(event),
+                    order_position(event, planned.delivery_id),
+                    int(sub.reorder_window_s * 1000),
+                    int(sub.drop_stale),
+                ]
+            except Exception as exc:  # a value no rule foresaw: dead-lettered, not lost
+                log.exception("delivery %s could not be planned", planned.delivery_id)
+                planned.error = f"{type(exc).__name__}: {exc}"[:500]
         return planned
 
     def _claim_locally(self, routed: Sequence[Routed]) -> dict[str, int]:

@@ -46,13 +46,7 @@ async def store_for(settings: Settings) -> AsyncIterator[Store]:
             stack.push_async_callback(embedded.stop)
             url = embedded.url
         yield await stack.enter_async_context(
-            open_store(
-                url,
-                keys,
-                settings.redis_timeout_s,
-                settings.dedupe_window_s,
-                sequence_orders=any(sub.ordered for sub in settings.subscriptions),
-            )
+            open_store(url, keys, settings.redis_timeout_s, settings.dedupe_window_s)
         )
 
 

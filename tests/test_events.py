@@ -24,6 +24,7 @@ from app.events import (
     parse_body,
     utc_now_iso,
 )
+from tests import strategies
 from tests.conftest import notification
 
 
@@ -85,10 +86,10 @@ def test_hostile_bodies_are_bad_requests(body: bytes) -> None:
 
 
 @given(
-    account=st.text(max_size=20),
-    order=st.text(min_size=1, max_size=30),
+    account=strategies.accounts,
+    order=strategies.order_ids,
     state=st.none() | st.text(max_size=20),
-    change=st.none() | st.text(max_size=30),
+    change=st.none() | strategies.change_times,
 )
 def test_event_id_is_exactly_uuid5_of_the_dedupe_key(
     account: str, order: str, state: str | None, change: str | None

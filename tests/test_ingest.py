@@ -170,6 +170,25 @@ async def test_state_may_be_null_and_optional_fields_absent(
         (orjson.dumps(notification(State=7)), "`State` must be a string or null"),
         (orjson.dumps(notification(CurrentChange=[])), "`CurrentChange` must be a string"),
         (orjson.dumps({"hookConfig": "pong"}), "`OrderId` is required"),
+        # 12.1: a change time routing could not order is refused, not accepted and lost later
+        (orjson.dumps(notification(CurrentChange="2300-01-01T00:00:00Z")), "ahead of the gateway"),
+        (orjson.dumps(notification(CurrentChange="9999-12-31T23:59:59.9999999Z")), "ahead of"),
+        (orjson.dumps(notification(LastChange="yesterday")), "`LastChange` must be an RFC 3339"),
+        (orjson.dumps(notification(CurrentChange="2019-02-30T00:00:00Z")), "must be an RFC 3339"),
+        (orjson.dumps(notification(CurrentChange="2019-08-14 17:12:48")), "must be an RFC 3339"),
+        # 12.7: the account names a VTEX host; anything else could point the gateway elsewhere
+        (orjson.dumps(notification(Origin={"Account": "evil.example/x#"})), "VTEX account name"),
+        (orjson.dumps(notification(Origin={"Account": "a b"})), "VTEX account name"),
+        (orjson.dumps(notification(Origin={"Account": ""})), "VTEX account name"),
+        (orjson.dumps(notification(Origin={"Account": "x" * 64})), "VTEX account name"),
+        # 12.8: the order id is one path segment
+        (orjson.dumps(notification(OrderId="../../api/dataentities/CL/search")), "character '/'"),
+        (orjson.dumps(notification(OrderId="..")), "a relative path"),
+        (orjson.dumps(notification(OrderId="v1?x=1")), "character '?'"),
+        (orjson.dumps(notification(OrderId="v1%2F..")), "character '%'"),
+        (orjson.dumps(notification(OrderId="v1\nforged log line")), "character '\\n'"),
+        (orjson.dumps(notification(OrderId="v1\u2028x")), "character '\\u2028'"),
+        (orjson.dumps(notification(OrderId="v" * 129)), "longer than 128"),
     ],
 )
 async def test_bad_bodies_get_400_saying_what_is_wrong(
@@ -179,6 +198,25 @@ async def test_bad_bodies_get_400_saying_what_is_wrong(
     assert r.status_code == 400
     assert expected in r.json()["error"]
     assert rdb.xlen(keys.ingest_stream) == 0
+
+
+async def test_a_deep_body_with_an_unsafe_number_at_the_bottom_is_400_not_500(
+    client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys
+) -> None:
+    """12.17: the path of the bad number was found by recursion: RecursionError, a 500."""
+    deep = b"[" * 1000 + b"9007199254740993" + b"]" * 1000
+    r = await post(client, orjson.dumps(notification())[:-1] + b', "Extra": ' + deep + b"}")
+    assert r.status_code == 400
+    assert "is out of range" in r.json()["error"]
+    assert rdb.xlen(keys.ingest_stream) == 0
+
+
+async def test_unicode_order_ids_and_hyphenated_accounts_are_accepted(
+    client: httpx.AsyncClient,
+) -> None:
+    for order in ("v52277740atmc-01", "SLR-1234567-01", "pedido-ção-01", "注文-1"):
+        r = await post(client, orjson.dumps(notification(OrderId=order)))
+        assert (r.status_code, r.json()["status"]) == (200, "accepted"), order
 
 
 async def test_body_over_the_limit_is_413_declared_or_streamed(

@@ -21,9 +21,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.events import normalize, parse_body, utc_now_iso
+from app.events import normalize, order_position, parse_body, utc_now_iso
 from app.store.client import open_store
-from app.store.deliveries import DeliveryStore, Routed
+from app.store.deliveries import DeliveryStore, Planned, Routed
 from app.store.keys import Keys
 from tests.conftest import AUTH, CONFIG_TOML, Gateway, notification
 from tests.relaying import ADMIN, SECRET, hook, subscription, until
@@ -314,7 +314,7 @@ async def test_an_entry_routed_before_its_orders_earlier_one_waits_for_it(
 ) -> None:
     """Two routers (two processes) hold an order's two entries; the later one's router gets to
     route first: it is deferred until the earlier one is routed, whoever routes it."""
-    async with open_store(redis_url, keys, 2.0, 3600, sequence_orders=True) as store:
+    async with open_store(redis_url, keys, 2.0, 3600) as store:
         deliveries = DeliveryStore(store)
         await deliveries.ensure_group()
         events = [
@@ -336,3 +336,110 @@ async def test_an_entry_routed_before_its_orders_earlier_one_waits_for_it(
     client = redis.Redis.from_url(redis_url)
     assert client.xlen(keys.ingest_stream) == 0  # all three routed and removed
     client.close()
+
+
+# ── issue 12: no value ingest accepts can stop an order, a batch or another subscription ──────
+
+
+@pytest.mark.anyio
+async def test_far_future_change_time_is_refused_and_the_order_goes_on_for_every_subscription(
+    gateway: InProcess, sink: Sink
+) -> None:
+    """12.1: a CurrentChange of 2286-11-20 or later made an 18-digit position; order.lua failed
+    on it after the entry was acknowledged, and the order's later events were lost for every
+    subscription. Now ingest refuses it (400), and the order's events go on."""
+    toml = ordered(sink, "ord", drop_stale="true") + subscription(sink, "all")
+    async with gateway(toml) as client:
+        r = await client.post(
+            "/hooks/vtex",
+            json=notification(OrderId="o-1", CurrentChange="2286-11-21T00:00:00.0000000Z"),
+            headers=AUTH,
+        )
+        assert r.status_code == 400 and "ahead of the gateway's clock" in r.json()["error"]
+        for step in range(3):
+            await hook(client, **state_notification("o-1", step))
+        await sink.wait_for("/ord", 3)
+        await sink.wait_for("/all", 3)
+        stats = (await client.get("/ops/stats", headers=ADMIN)).json()
+    assert received_per_order(sink, "/ord")["o-1"] == STATES[:3]
+    assert {s["id"]: s["held"] for s in stats["subscriptions"]} == {"ord": 0, "all": 0}
+
+
+@pytest.mark.anyio
+async def test_a_delivery_route_lua_cannot_handle_is_dead_lettered_and_the_rest_go_on(
+    redis_url: str, keys: Keys
+) -> None:
+    """12.1, the class: whatever a planned delivery carries, route.lua dead-letters the one it
+    cannot handle, with the reason, and routes the entry's other deliveries, the batch's other
+    entries and the order's next event."""
+    async with open_store(redis_url, keys, 2.0, 3600) as store:
+        deliveries = DeliveryStore(store)
+        await deliveries.ensure_group()
+        events = [
+            normalize(parse_body(orjson.dumps(state_notification(o, s))), utc_now_iso())
+            for o, s in (("o-1", 0), ("o-2", 0), ("o-1", 1))
+        ]
+        await store.append(events)
+        entries = await deliveries.read_new("router-1", 10, 100)
+        routed = []
+        for entry_id, raw in entries:
+            event = orjson.loads(raw)
+            plans = []
+            for sub in ("a", "b"):
+                plan = Planned(f"{event['id']}.{sub}", sub)
+                plan.ordered = [
+                    "mystore:" + event["orderId"],
+                    order_position(event, plan.delivery_id),
+                    0,
+                    0,
+                ]
+                plans.append(plan)
+            routed.append(Routed(entry_id, event, raw, plans))
+        first = routed[0].deliveries[0]
+        first.ordered = ["mystore:o-1", "1" * 18 + "|0000000000000|" + first.delivery_id, 0, 0]
+        routed[1].deliveries[1].error = "KeyError: 'receivedAt'"
+        assert await deliveries.route(routed) == (set(), set())
+    client = redis.Redis.from_url(redis_url)
+    try:
+        dead = {m.decode() for m in client.zrange(keys.dlq("a"), 0, -1)}
+        dead |= {m.decode() for m in client.zrange(keys.dlq("b"), 0, -1)}
+        assert dead == {first.delivery_id, routed[1].deliveries[1].delivery_id}
+        reason = client.hget(keys.delivery(first.delivery_id), "lastError").decode()
+        assert reason.startswith("not routed: ") and "order position" in reason
+        assert client.hget(keys.delivery(routed[1].deliveries[1].delivery_id), "lastError") == (
+            b"not routed: KeyError: 'receivedAt'"
+        )
+        ready = {m.decode() for s in ("a", "b") for m in client.zrange(keys.ready(s), 0, -1)}
+        # o-1's next event went on for "a" (its first is dead); o-2 and o-1 went on for "b"
+        assert ready == {
+            routed[2].deliveries[0].delivery_id,
+            routed[0].deliveries[1].delivery_id,
+            routed[1].deliveries[0].delivery_id,
+        }
+        assert client.xlen(keys.ingest_stream) == 0
+    finally:
+        client.close()
+
+
+@pytest.mark.anyio
+async def test_drop_stale_orders_an_event_without_current_change_by_its_last_change(
+    gateway: InProcess, sink: Sink
+) -> None:
+    """12.2: VTEX's Marketplace example has no CurrentChange. Ordering fell back to the receipt
+    time (now), so after such an event the order's later states counted as stale and were
+    skipped. One rule now: CurrentChange, else LastChange — as the dedupe key and the
+    CloudEvent's time."""
+    async with gateway(ordered(sink, "ord", drop_stale="true")) as client:
+        # VTEX's Marketplace example: no CurrentChange (None removes it)
+        await hook(
+            client, OrderId="o-1", State=STATES[1], LastChange=change(0, 1), CurrentChange=None
+        )
+        await sink.wait_for("/ord", 1)
+        for step in (2, 3, 4):
+            await hook(client, **state_notification("o-1", step))
+        await sink.wait_for("/ord", 4)
+        stats = (await client.get("/ops/stats", headers=ADMIN)).json()["subscriptions"][0]
+    assert received_per_order(sink, "/ord")["o-1"] == STATES[1:5]
+    assert stats["stale"] == 0
+    times = [orjson.loads(r.body)["time"] for r in sink.at("/ord")]
+    assert times == [change(0, step) for step in (1, 2, 3, 4)]

@@ -47,25 +47,23 @@ class Store:
         keys: Keys,
         dedupe_window_s: int,
         deadline_s: float,
-        sequence_orders: bool = False,
     ) -> None:
         self.client = client
         self.keys = keys
         self.dedupe_window_s = dedupe_window_s
         self.deadline_s = deadline_s
-        # A subscription orders per order: number each order's events as they are appended.
-        self.sequence_orders = sequence_orders
         self._ingest = client.register_script(load_script("ingest.lua"))
 
     async def append(self, events: Sequence[dict[str, Any]]) -> list[Appended]:
-        """Dedupe and append events atomically; one round trip for the whole batch."""
+        """Dedupe and append events atomically; one round trip for the whole batch. Every
+        appended event gets its order's next sequence number, whoever appends it (the hook,
+        feed backup), so routers in any process hand an order's events on in append order."""
         minute = int(time.time() // 60)
         keys = [self.keys.ingest_stream, self.keys.stats, self.keys.ingest_minute(minute)]
         keys += [self.keys.seen(e["id"]) for e in events]
         args: list[Any] = [self.dedupe_window_s, self.keys.tag]
         for event in events:
-            order = order_key(event) if self.sequence_orders else ""
-            args += [event["id"], orjson.dumps(event), order]
+            args += [event["id"], orjson.dumps(event), order_key(event)]
         rows = await self.script(self._ingest, keys, args)
         return [Appended(created=bool(flag), entry_id=_text(entry)) for flag, entry in rows]
 
@@ -113,10 +111,8 @@ def make_client(url: str, timeout_s: float) -> aioredis.Redis:
 
 
 @asynccontextmanager
-async def open_store(
-    url: str, keys: Keys, timeout_s: float, window_s: int, sequence_orders: bool = False
-) -> AsyncIterator[Store]:
-    store = Store(make_client(url, timeout_s), keys, window_s, timeout_s, sequence_orders)
+async def open_store(url: str, keys: Keys, timeout_s: float, window_s: int) -> AsyncIterator[Store]:
+    store = Store(make_client(url, timeout_s), keys, window_s, timeout_s)
     try:
         yield store
     finally:

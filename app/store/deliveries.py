@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
+from app.events import POSITION_TICKS_DIGITS
 from app.store.client import Store, load_script
 from app.store.keys import Keys
 
@@ -58,6 +59,8 @@ class Planned:
     lease_until_ms: int = 0
     # per-order subscriptions: [order key, position, reorder window ms, drop stale 0|1]
     ordered: list[Any] | int = 0
+    # why the router could not plan it: route.lua dead-letters it at once with this reason
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,11 @@ class Routed:
     event: dict[str, Any]
     event_json: bytes
     deliveries: Sequence[Planned]
+
+
+def order_rules() -> str:
+    """order.lua, after the constants it shares with app/events.py."""
+    return f"local POSITION_TICKS_DIGITS = {POSITION_TICKS_DIGITS}\n" + load_script("order.lua")
 
 
 def _text(value: bytes | str) -> str:
@@ -87,7 +95,7 @@ class DeliveryStore:
         self.client = store.client
         self.keys: Keys = store.keys
         register = self.client.register_script
-        ordered = load_script("order.lua")  # the per-order rules these scripts share
+        ordered = order_rules()  # the per-order rules these scripts share
         self._route = register(ordered + load_script("route.lua"))
         self._claim = register(ordered + load_script("claim.lua"))
         self._settle = register(ordered + load_script("settle.lua"))
@@ -138,7 +146,16 @@ class DeliveryStore:
             event_id, order_id = r.event["id"], r.event["orderId"]
             event_json = r.event_json.decode()
             deliveries = [
-                [d.delivery_id, d.sub, event_id, order_id, event_json, d.lease_until_ms, d.ordered]
+                [
+                    d.delivery_id,
+                    d.sub,
+                    event_id,
+                    order_id,
+                    event_json,
+                    d.lease_until_ms,
+                    d.ordered,
+                    d.error,
+                ]
                 for d in r.deliveries
             ]
             payload.append([r.entry_id, deliveries, event_id, order_id, event_json])

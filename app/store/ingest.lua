@@ -8,10 +8,10 @@
 -- ARGV[2]      the key tag
 -- ARGV[3i]     the i-th event id
 -- ARGV[3i + 1] the i-th event as JSON
--- ARGV[3i + 2] the i-th event's order key ("<account>:<order id>"), or "" when no subscription
---              orders per order: each appended event of an order then gets the order's next
---              sequence number (`seq`, kept as long as the dedupe window), so that routers in
---              several processes can hand its events on in the order they were appended
+-- ARGV[3i + 2] the i-th event's order key ("<account>:<order id>"): each appended event of an
+--              order gets the order's next sequence number (`seq`, kept as long as the dedupe
+--              window), so that routers in several processes can hand its events on in the
+--              order they were appended
 --
 -- Returns, per event, {1, stream entry id} when appended, or {0, stream entry id of the first
 -- one} when the event was already seen within the window (also within this batch).
@@ -26,15 +26,10 @@ for i = 4, #KEYS do
     else
         local n = i - 3
         local id, event, ord = ARGV[3 * n], ARGV[3 * n + 1], ARGV[3 * n + 2]
-        local entry
-        if ord ~= '' then
-            local sequence = tag .. ':oseq:' .. ord
-            local seq = redis.call('INCR', sequence)
-            redis.call('EXPIRE', sequence, window)
-            entry = redis.call('XADD', KEYS[1], '*', 'id', id, 'event', event, 'seq', seq, 'ord', ord)
-        else
-            entry = redis.call('XADD', KEYS[1], '*', 'id', id, 'event', event)
-        end
+        local sequence = tag .. ':oseq:' .. ord
+        local seq = redis.call('INCR', sequence)
+        redis.call('EXPIRE', sequence, window)
+        local entry = redis.call('XADD', KEYS[1], '*', 'id', id, 'event', event, 'seq', seq, 'ord', ord)
         redis.call('SET', seen, entry, 'EX', window)
         results[#results + 1] = {1, entry}
         accepted = accepted + 1

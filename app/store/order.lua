@@ -3,8 +3,9 @@
 --
 -- For one subscription, base = tag .. ':s:' .. sub, and one order, ord = "<account>:<order id>":
 --   base:o:<ord>   sorted set (every score 0, sorted as text) of the order's deliveries waiting
---                  their turn; members are positions "<17-digit ticks>|<13-digit receipt ms>|<id>"
---                  (app/events.py order_position): currentChange order, then receipt order
+--                  their turn; members are positions "<ticks>|<receipt ms>|<id>", each number
+--                  zero-padded to its fixed width (app/events.py order_position, read by
+--                  order_pos below): change-time order, then receipt order
 --   base:oh:<ord>  the one delivery of the order released (ready, in flight or waiting for a
 --                  retry); no other delivery of the order goes until it is delivered or dead
 --   base:ol:<ord>  the ticks of the order's last delivered position (drop_stale compares them)
@@ -12,6 +13,21 @@
 --   base:hold      sorted set: order → when its first waiting delivery's reorder window ends
 -- An ordered delivery's hash also holds `ord`, `pos`, `win` (reorder window, ms) and `stale`
 -- ("1": drop it when older than the last delivered), and `replayed` once replayed by hand.
+
+-- A position's parts: its change ticks (text: fixed width, compared as text, as 17 digits are
+-- beyond a Lua number's exact range), its receipt in ms and its delivery id; nil when it is not
+-- a position (POSITION_TICKS_DIGITS comes from the prelude made of app/events.py).
+local POSITION = '^(' .. string.rep('%d', POSITION_TICKS_DIGITS) .. ')|(%d+)|(.+)$'
+local function order_pos(pos)
+    if type(pos) ~= 'string' then
+        return nil
+    end
+    local ticks, ms, id = string.match(pos, POSITION)
+    if not id then
+        return nil
+    end
+    return ticks, tonumber(ms), id
+end
 
 local function iso_from_ms(ms)
     local s = math.floor(ms / 1000)
@@ -71,17 +87,19 @@ local function order_release(tag, sub, ord, now, claimable, lease)
             redis.call('ZREM', base .. ':hold', ord)
             return nil
         end
-        local id = string.sub(pos, 33)
-        local key = tag .. ':d:' .. id
-        local d = redis.call('HMGET', key, 'win', 'stale', 'replayed')
-        local due = tonumber(string.sub(pos, 19, 31)) + tonumber(d[1] or 0)
+        local ticks, received, id = order_pos(pos)
+        local key = tag .. ':d:' .. (id or '')
+        local d = id and redis.call('HMGET', key, 'win', 'stale', 'replayed') or {}
+        local due = id and received + (tonumber(d[1]) or 0) or 0
         if due > now and d[3] ~= '1' then
             redis.call('ZADD', base .. ':hold', due, ord)
             return nil
         end
         redis.call('ZREM', waiting, pos)
         local last = redis.call('GET', base .. ':ol:' .. ord)
-        if d[2] == '1' and d[3] ~= '1' and last and string.sub(pos, 1, 17) < last then
+        if not id then -- route.lua lets no malformed position in; one found anyway is dropped
+            redis.log(redis.LOG_WARNING, 'orderhook: dropped a malformed order position')
+        elseif d[2] == '1' and d[3] ~= '1' and last and ticks < last then
             order_drop_stale(tag, sub, id, key, now)
         elseif redis.call('EXISTS', key) == 1 then
             redis.call('ZREM', base .. ':hold', ord)
@@ -91,7 +109,7 @@ local function order_release(tag, sub, ord, now, claimable, lease)
                 return id
             end
             -- due at its receipt: it keeps its place among the deliveries received after it
-            redis.call('ZADD', base .. ':ready', math.min(now, tonumber(string.sub(pos, 19, 31))), id)
+            redis.call('ZADD', base .. ':ready', math.min(now, received), id)
             return nil
         end
     end
@@ -101,12 +119,14 @@ end
 local function order_settled(tag, sub, id, event, ord, pos, delivered, now, retention)
     local base = tag .. ':s:' .. sub
     if delivered then
-        local ticks = string.sub(pos, 1, 17)
+        local ticks = order_pos(pos)
         local last = redis.call('GET', base .. ':ol:' .. ord)
-        if not last or last < ticks then
+        if ticks and (not last or last < ticks) then
             last = ticks
         end
-        redis.call('SET', base .. ':ol:' .. ord, last, 'EX', retention)
+        if last then
+            redis.call('SET', base .. ':ol:' .. ord, last, 'EX', retention)
+        end
         local deadset = base .. ':od:' .. ord
         for _, dead in ipairs(redis.call('SMEMBERS', deadset)) do
             local dkey = tag .. ':d:' .. dead

@@ -6,14 +6,18 @@
 -- ARGV[3]  the key tag, e.g. "{orderhook}": every key of this prefix starts with it
 -- ARGV[5]  the delivery log's retention, in seconds
 -- ARGV[4]  JSON: [[entry id, [[delivery id, subscription, event id, order id, event JSON,
---          lease expiry ms, ordered], ...], event id, order id, event JSON], ...]; a lease
+--          lease expiry ms, ordered, error], ...], event id, order id, event JSON], ...]; a lease
 --          expiry of 0 queues the delivery as ready, any other puts it straight in flight,
 --          claimed by this process's own worker (unless the subscription is disabled or its
 --          breaker is not closed: then it waits in the ready set). `ordered` is 0, or for a
 --          per-order subscription [order key, position, reorder window ms, drop stale 0|1]:
 --          the delivery waits its turn in its order (order.lua), in flight only if released
---          at once
+--          at once. `error` is "" or why the router could not plan the delivery: it is
+--          dead-lettered at once with that reason.
 --
+-- Total: a delivery that fails here (a malformed position, a bad value) is dead-lettered with
+-- the error as its reason, out of its order's line; the entry's other deliveries, the batch's
+-- other entries and the order's later events go on.
 -- Each routed event is kept (ev:<id>) and indexed by order id for the retention, for the
 -- delivery log; each new delivery joins its subscription's age set (oldest undelivered).
 -- An entry already acknowledged (by another router that reclaimed it) creates nothing.
@@ -53,6 +57,65 @@ local function turn(entry_id)
     return true, key, math.max(routed, seq)
 end
 
+-- Create one delivery: queued, in flight (returns true: claimed by this process) or in its
+-- order's line. Raises on a value it cannot handle; route_failed then dead-letters it.
+local function create(d, key)
+    if d[8] ~= '' then
+        error(d[8], 0)
+    end
+    local base = tag .. ':s:' .. d[2]
+    redis.call('HSET', key, 'id', d[1], 'sub', d[2], 'eventId', d[3], 'orderId', d[4],
+        'event', d[5], 'attempts', 0, 'createdMs', now)
+    redis.call('ZADD', base .. ':age', now, d[1])
+    local state = redis.call('HMGET', base .. ':state', 'state', 'breaker')
+    local lease = 0
+    if d[6] > 0 and state[1] ~= 'disabled' and (not state[2] or state[2] == 'closed') then
+        lease = d[6]
+    end
+    if d[7] ~= 0 then
+        local ord, pos = d[7][1], d[7][2]
+        if type(ord) ~= 'string' or order_pos(pos) == nil then
+            error('not a valid order position: ' .. cjson.encode(d[7]), 0)
+        end
+        redis.call('HSET', key, 'ord', ord, 'pos', pos, 'win', d[7][3], 'stale', d[7][4])
+        redis.call('ZADD', base .. ':o:' .. ord, 0, pos)
+        return order_release(tag, d[2], ord, tonumber(now), d[1], lease) ~= nil
+    elseif lease > 0 then
+        redis.call('ZADD', base .. ':inflight', lease, d[1])
+        return true
+    end
+    redis.call('ZADD', base .. ':ready', now, d[1])
+    return false
+end
+
+-- A delivery `create` failed on: dead-lettered at once with the error as its reason (visible in
+-- /admin/dlq), unordered (a replay sends it without waiting for its order), and out of its
+-- order's line, so that the order's other events go on.
+local function route_failed(d, key, err)
+    local reason = 'not routed: ' .. (type(err) == 'table' and tostring(err.err) or tostring(err))
+    local base = tag .. ':s:' .. d[2]
+    redis.call('HSET', key, 'id', d[1], 'sub', d[2], 'eventId', d[3], 'orderId', d[4],
+        'event', d[5], 'attempts', 0, 'createdMs', now, 'lastError', reason,
+        'lastAttemptMs', now, 'deadMs', now)
+    redis.call('HDEL', key, 'ord', 'pos', 'win', 'stale')
+    redis.call('ZREM', base .. ':ready', d[1])
+    redis.call('ZREM', base .. ':inflight', d[1])
+    redis.call('ZREM', base .. ':age', d[1])
+    redis.call('ZADD', base .. ':dlq', now, d[1])
+    redis.call('HINCRBY', tag .. ':stats', d[2] .. ':dead', 1)
+    local ord = type(d[7]) == 'table' and d[7][1]
+    if type(ord) == 'string' then
+        if type(d[7][2]) == 'string' then
+            redis.call('ZREM', base .. ':o:' .. ord, d[7][2])
+        end
+        if redis.call('GET', base .. ':oh:' .. ord) == d[1] then
+            redis.call('DEL', base .. ':oh:' .. ord)
+        end
+        pcall(order_release, tag, d[2], ord, tonumber(now), '', 0)
+    end
+    redis.log(redis.LOG_WARNING, 'orderhook: delivery ' .. d[1] .. ' dead-lettered: ' .. reason)
+end
+
 for _, entry in ipairs(cjson.decode(ARGV[4])) do
     local may, counter, count = turn(entry[1])
     if not may then
@@ -67,26 +130,11 @@ for _, entry in ipairs(cjson.decode(ARGV[4])) do
         for _, d in ipairs(entry[2]) do
             local key = tag .. ':d:' .. d[1]
             if redis.call('EXISTS', key) == 0 then
-                redis.call('HSET', key, 'id', d[1], 'sub', d[2], 'eventId', d[3], 'orderId', d[4],
-                    'event', d[5], 'attempts', 0, 'createdMs', now)
-                redis.call('ZADD', tag .. ':s:' .. d[2] .. ':age', now, d[1])
-                local state = redis.call('HMGET', tag .. ':s:' .. d[2] .. ':state', 'state', 'breaker')
-                local lease = 0
-                if d[6] > 0 and state[1] ~= 'disabled' and (not state[2] or state[2] == 'closed') then
-                    lease = d[6]
-                end
-                if d[7] ~= 0 then
-                    local ord, pos = d[7][1], d[7][2]
-                    redis.call('HSET', key, 'ord', ord, 'pos', pos, 'win', d[7][3], 'stale', d[7][4])
-                    redis.call('ZADD', tag .. ':s:' .. d[2] .. ':o:' .. ord, 0, pos)
-                    if order_release(tag, d[2], ord, tonumber(now), d[1], lease) then
-                        claimed[#claimed + 1] = d[1]
-                    end
-                elseif lease > 0 then
-                    redis.call('ZADD', tag .. ':s:' .. d[2] .. ':inflight', lease, d[1])
+                local ok, result = pcall(create, d, key)
+                if not ok then
+                    route_failed(d, key, result)
+                elseif result then
                     claimed[#claimed + 1] = d[1]
-                else
-                    redis.call('ZADD', tag .. ':s:' .. d[2] .. ':ready', now, d[1])
                 end
             end
         end
