@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 import redis
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
@@ -328,3 +329,61 @@ async def test_max_per_second_spreads_deliveries(gateway: Gateway, sink: Sink) -
     assert span >= 0.8  # a burst of 5, then 5 a second
     windows = [sum(1 for g in got if 0 <= g.at - start < 0.5) for start in (g.at for g in got)]
     assert max(windows) <= 5 + 3  # never much above the rate, burst included
+
+
+async def test_a_re_enabled_subscription_is_not_disabled_again_by_its_next_failure(
+    gateway: Gateway, sink: Sink
+) -> None:
+    """12.4: enabling kept the old failingSinceMs (only a replay with dead letters cleared it),
+    so the first failure after an operator's re-enable disabled the subscription again."""
+    sink.script("/erp", *[Reply(500)] * 1000)
+    options = {"retry_schedule": "[" + ", ".join(["0.1"] * 30) + "]", "disable_after": 0.5}
+    async with gateway(subscription(sink, "erp", **options)) as client:
+        event = await hook(client)
+        await until(
+            lambda: client.get("/admin/subscriptions", headers=ADMIN),
+            lambda r: r.json()["subscriptions"][0]["state"] == "disabled",
+        )
+        sink.script("/erp", Reply(500))  # one more failure, then 200s
+        r = await client.post("/admin/dlq/replay", json={"subscription": "erp"}, headers=ADMIN)
+        assert r.json() == {"replayed": 0}  # nothing dead: the re-enable alone
+        await until(
+            lambda: client.get("/ops/stats", headers=ADMIN),
+            lambda r: r.json()["subscriptions"][0]["delivered"] == 1,
+        )
+        state = (await client.get("/admin/subscriptions", headers=ADMIN)).json()
+    assert state["subscriptions"][0]["state"] == "enabled"
+    assert sink.at("/erp")[-1].headers["webhook-id"] == event
+
+
+async def test_the_breaker_probe_is_the_oldest_due_delivery_so_a_first_attempt_failer_drains(
+    gateway: Gateway, sink: Sink
+) -> None:
+    """12.5: a subscriber that answers 500 to each event's first attempt and 200 to its retry.
+    The probe was the lowest due time, always a new event's first attempt: every probe failed
+    and the cooldown doubled for ever. Now the probe is the due delivery created first."""
+    seen: set[str] = set()
+
+    def first_attempt(body: bytes) -> bool:
+        event_id = orjson.loads(body)["id"]
+        if event_id in seen:
+            return False
+        seen.add(event_id)
+        return True
+
+    sink.rule("/erp", fail=first_attempt)
+    options = {
+        "retry_schedule": "[2, 2, 2, 2, 2, 2, 2, 2, 2, 2]",  # retries due after new events
+        "breaker_threshold": 3,
+        "breaker_cooldown": 0.2,
+    }
+    async with gateway(subscription(sink, "erp", **options)) as client:
+        for i in range(30):
+            await hook(client, OrderId=f"f-{i}")
+            await asyncio.sleep(0.1)
+        drained = await until(
+            lambda: client.get("/ops/stats", headers=ADMIN),
+            lambda r: r.json()["subscriptions"][0]["delivered"] == 30,
+            timeout=20,
+        )
+    assert drained.json()["subscriptions"][0]["deadLettered"] == 0

@@ -443,3 +443,27 @@ async def test_drop_stale_orders_an_event_without_current_change_by_its_last_cha
     assert stats["stale"] == 0
     times = [orjson.loads(r.body)["time"] for r in sink.at("/ord")]
     assert times == [change(0, step) for step in (1, 2, 3, 4)]
+
+
+@pytest.mark.anyio
+async def test_every_appender_numbers_each_orders_events(redis_url: str, keys: Keys) -> None:
+    """12.6: only the hook's store was opened with the sequencing flag; events that feed backup
+    appended from `orderhook worker` had no per-order number, so two routers could hand them on
+    out of order. There is no flag now: the store that feed backup and the hook share numbers
+    every append."""
+    async with open_store(redis_url, keys, 2.0, 3600) as store:  # as app/relay.py opens it
+        events = [
+            normalize(parse_body(orjson.dumps(state_notification(o, s))), utc_now_iso())
+            for o, s in (("o-1", 0), ("o-2", 0), ("o-1", 1))
+        ]
+        await store.append(events)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        entries = [fields for _, fields in client.xrange(keys.ingest_stream)]
+    finally:
+        client.close()
+    assert [(f[b"ord"], f[b"seq"]) for f in entries] == [
+        (b"mystore:o-1", b"1"),
+        (b"mystore:o-2", b"1"),
+        (b"mystore:o-1", b"2"),
+    ]

@@ -11,7 +11,10 @@
 --          next delivery to the ready set first (order.lua)
 --
 -- An open breaker claims nothing until `openUntil`; then it turns half-open and lets exactly
--- one delivery through as a probe (another one only if that probe's lease ran out).
+-- one delivery through as a probe (another one only if that probe's lease ran out): the due
+-- delivery created first (the subscription's age set), so a retry of an early event rather
+-- than the latest event's first attempt — a subscriber that fails first attempts and takes
+-- retries is then found healthy, and drains.
 -- Returns {items, next due}: items are {delivery id, event JSON, attempts so far}; next due is
 -- the earliest due time still waiting (ms), or -1 when nothing waits (or disabled).
 local now = tonumber(ARGV[1])
@@ -25,6 +28,21 @@ for _, ord in ipairs(redis.call('ZRANGEBYSCORE', hold, '-inf', now, 'LIMIT', 0, 
     order_release(ARGV[4], ARGV[6], ord, now, '', 0)
 end
 local held = redis.call('ZRANGE', hold, 0, 0, 'WITHSCORES')[2]
+local probing = false
+
+-- The probe: the first-created due delivery among the oldest PROBE_SCAN undelivered ones, else
+-- the first due.
+local PROBE_SCAN = 100
+local function probe()
+    local age = ARGV[4] .. ':s:' .. ARGV[6] .. ':age'
+    for _, id in ipairs(redis.call('ZRANGE', age, 0, PROBE_SCAN - 1)) do
+        local due = redis.call('ZSCORE', KEYS[1], id)
+        if due and tonumber(due) <= now then
+            return {id}
+        end
+    end
+    return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
+end
 if state[2] == 'open' or state[2] == 'half-open' then
     if state[2] == 'open' and now < tonumber(state[3]) then
         return {{}, tonumber(state[3])}
@@ -33,6 +51,7 @@ if state[2] == 'open' or state[2] == 'half-open' then
         return {{}, tonumber(state[4])}
     end
     limit = 1
+    probing = true
     redis.call('HSET', KEYS[3], 'breaker', 'half-open', 'probeUntil', ARGV[2])
 end
 local rate = tonumber(ARGV[5] or 0)
@@ -50,7 +69,12 @@ if rate > 0 then
     end
 end
 local items = {}
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit)
+local ids
+if probing then
+    ids = probe()
+else
+    ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit)
+end
 for _, id in ipairs(ids) do
     redis.call('ZREM', KEYS[1], id)
     local d = redis.call('HMGET', ARGV[4] .. ':d:' .. id, 'event', 'attempts')

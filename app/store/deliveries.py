@@ -73,9 +73,11 @@ class Routed:
     deliveries: Sequence[Planned]
 
 
-def order_rules() -> str:
-    """order.lua, after the constants it shares with app/events.py."""
-    return f"local POSITION_TICKS_DIGITS = {POSITION_TICKS_DIGITS}\n" + load_script("order.lua")
+def shared_rules() -> str:
+    """The rules the delivery scripts share: the constants of app/events.py they need, the
+    subscription state's rules (state.lua) and the per-order ones (order.lua)."""
+    constants = f"local POSITION_TICKS_DIGITS = {POSITION_TICKS_DIGITS}\n"
+    return constants + load_script("state.lua") + load_script("order.lua")
 
 
 def _text(value: bytes | str) -> str:
@@ -95,12 +97,13 @@ class DeliveryStore:
         self.client = store.client
         self.keys: Keys = store.keys
         register = self.client.register_script
-        ordered = order_rules()  # the per-order rules these scripts share
-        self._route = register(ordered + load_script("route.lua"))
-        self._claim = register(ordered + load_script("claim.lua"))
-        self._settle = register(ordered + load_script("settle.lua"))
+        rules = shared_rules()
+        self._route = register(rules + load_script("route.lua"))
+        self._claim = register(rules + load_script("claim.lua"))
+        self._settle = register(rules + load_script("settle.lua"))
         self._reclaim = register(load_script("reclaim.lua"))
-        self._replay = register(ordered + load_script("replay.lua"))
+        self._replay = register(rules + load_script("replay.lua"))
+        self._set_state = register(rules + load_script("set_state.lua"))
         self._dlq_delete = register(load_script("dlq_delete.lua"))
         self._feed_take = register(load_script("feed_take.lua"))
         self._feed_commit = register(load_script("feed_commit.lua"))
@@ -258,10 +261,9 @@ class DeliveryStore:
         return await self.replay([_text(i) for i in ids])  # type: ignore[arg-type]
 
     async def set_state(self, sub: str, state: str, reason: str = "") -> None:
-        mapping: Any = {"state": state, "reason": reason, "changedMs": now_ms()}
-        if state == "enabled":  # an operator's "go": the breaker starts afresh too
-            mapping.update(breaker="closed", failures=0, opens=0)
-        await self.store.guard(partial(self.client.hset, self.keys.state(sub), mapping=mapping))
+        """Enable (its failures forgotten: state.lua) or disable a subscription."""
+        args = [state, reason, now_ms()]
+        await self.store.script(self._set_state, [self.keys.state(sub)], args)
 
     async def delete_dead(self, delivery_id: str) -> bool:
         args = [self.keys.tag, delivery_id]

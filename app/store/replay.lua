@@ -23,9 +23,7 @@ for i = 3, #ARGV do
             redis.call('ZADD', tag .. ':s:' .. sub .. ':ready', now, ARGV[i])
         end
         redis.call('ZADD', tag .. ':s:' .. sub .. ':age', now, ARGV[i])
-        redis.call('HSET', tag .. ':s:' .. sub .. ':state', 'state', 'enabled', 'changedMs', now,
-            'breaker', 'closed', 'failures', 0, 'opens', 0)
-        redis.call('HDEL', tag .. ':s:' .. sub .. ':state', 'failingSinceMs', 'openUntil')
+        state_enable(tag .. ':s:' .. sub .. ':state', now)
         count = count + 1
     end
 end

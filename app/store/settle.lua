@@ -22,11 +22,6 @@ local tag, now, retention = ARGV[1], tonumber(ARGV[2]), ARGV[4]
 local breakers = cjson.decode(ARGV[5])
 local results = {}
 
-local function succeeded(state)
-    redis.call('HSET', state, 'breaker', 'closed', 'failures', 0, 'opens', 0)
-    redis.call('HDEL', state, 'failingSinceMs', 'openUntil', 'probeUntil')
-end
-
 local function failed(state, sub, err)
     local b = breakers[sub] or {10, 30000, 3600000, 432000000}
     local failures = redis.call('HINCRBY', state, 'failures', 1)
@@ -60,7 +55,7 @@ for i, o in ipairs(cjson.decode(ARGV[3])) do
         redis.call('LTRIM', tag .. ':attempts', 0, 199)
         local ordered = redis.call('HMGET', key, 'ord', 'pos')
         if outcome == 'delivered' then
-            succeeded(base .. ':state')
+            state_reset_breaker(base .. ':state')
             redis.call('DEL', key)
             redis.call('ZREM', base .. ':age', id)
             redis.call('LPUSH', base .. ':lat', now .. ':' .. o[9])
