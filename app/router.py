@@ -134,7 +134,13 @@ class Router:
         """Route entries as they are (already enriched, if an enricher is set)."""
         if not entries:
             return
-        routed = [self.plan(entry_id, raw) for entry_id, raw in entries]
+        routed = []
+        for entry_id, raw in entries:
+            try:
+                routed.append(self.plan(entry_id, raw))
+            except Exception:  # not an event this gateway wrote: left pending, logged, and
+                # the batch's other entries go on (its deliveries are planned one by one)
+                log.exception("ingest entry %s could not be read; left pending", entry_id)
         reserved = self._claim_locally(routed)
         try:
             claimed, deferred = await self.deliveries.route(routed)

@@ -467,3 +467,17 @@ async def test_every_appender_numbers_each_orders_events(redis_url: str, keys: K
         (b"mystore:o-2", b"1"),
         (b"mystore:o-1", b"2"),
     ]
+
+
+@pytest.mark.anyio
+async def test_an_unreadable_ingest_entry_stops_none_of_its_batch(
+    gateway: InProcess, sink: Sink, rdb: redis.Redis, keys: Keys
+) -> None:
+    """12.1, the class: an entry the router cannot read (not an event this gateway wrote) is
+    left pending and logged; the entries read in the same batch are routed."""
+    rdb.xadd(keys.ingest_stream, {"id": "x", "event": b"\xff not json", "seq": 1, "ord": "m:x"})
+    async with gateway(ordered(sink, "ord") + subscription(sink, "all")) as client:
+        await hook(client, **state_notification("o-1", 0))
+        await sink.wait_for("/ord", 1)
+        await sink.wait_for("/all", 1)
+    assert rdb.xlen(keys.ingest_stream) == 1  # the unreadable one, still there to look at
