@@ -14,7 +14,6 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urljoin
 
 import aiohttp
 import orjson
@@ -25,7 +24,7 @@ from app.events import cloudevent, default_data, utc_now_iso
 from app.filters import EvaluationError, order_document
 from app.lifecycle import sleep_unless
 from app.logs import log_event
-from app.redaction import describe, origin, scrub
+from app.redaction import describe, redirect_origin, scrub
 from app.retry import Dead, Delivered, Gone, Outcome, Retry, decide, parse_retry_after
 from app.signing import signature_headers
 from app.ssrf import Refused
@@ -199,8 +198,8 @@ class SubscriptionWorker:
                 head = await _read_head(response.content, MAX_RESPONSE_READ)
                 error = "" if 200 <= response.status < 300 else f"HTTP {response.status}"
                 if 300 <= response.status < 400:
-                    location = urljoin(self.sub.url, response.headers.get("Location", ""))
-                    error += f" redirect to {origin(location)}, not followed"
+                    location = redirect_origin(self.sub.url, response.headers.get("Location", ""))
+                    error += f" redirect to {location}, not followed"
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 return PostResult(
                     response.status, error, retry_after, head[:LOGGED_BODY], _ms_since(started)

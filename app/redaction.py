@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from typing import Literal
-from urllib.parse import SplitResult, quote, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 Viewer = Literal["admin", "ops"]
 HIDDEN = "***"
@@ -45,6 +45,14 @@ def origin(url: str) -> str:
     host = f"[{host}]" if ":" in host else host
     port = _port(parts)
     return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port else "")
+
+
+def redirect_origin(url: str, location: str) -> str:
+    """The origin a redirect from `url` points at (`location` may be relative, or garbage)."""
+    try:
+        return origin(urljoin(url, location))
+    except ValueError:
+        return HIDDEN
 
 
 def _port(parts: SplitResult) -> str:

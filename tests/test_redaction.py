@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 import yarl
 
-from app.redaction import MAX_ERROR_CHARS, describe, origin, scrub, shown_url
+from app.redaction import MAX_ERROR_CHARS, describe, origin, redirect_origin, scrub, shown_url
 
 URL = "https://erp-user:pw-s3cret@hooks.example.com/hooks/T0/PATH-s3cret?token=q-s3cret&v=2#f"
 SECRETS = ("erp-user", "pw-s3cret", "PATH-s3cret", "q-s3cret")
@@ -71,3 +71,15 @@ def test_scrubbing_keeps_the_host_and_short_words() -> None:
 )
 def test_origin_of_any_url(location: str, shown: str) -> None:
     assert origin(location) == shown
+
+
+@pytest.mark.parametrize(
+    ("location", "shown"),
+    [
+        ("https://other.example/x?t=q-s3cret", "https://other.example:443"),
+        ("/elsewhere?t=q-s3cret", "https://hooks.example.com:443"),  # relative: same origin
+        ("http://[broken/x", "***"),
+    ],
+)
+def test_a_redirect_is_named_by_its_target_origin(location: str, shown: str) -> None:
+    assert redirect_origin(URL, location) == shown
