@@ -13,6 +13,7 @@ from app.config import Settings
 from app.errors import BadRequest, NotFound
 from app.http import json_response
 from app.ops.access import require
+from app.redaction import shown_url
 from app.store.deliveries import DeliveryStore, OpsQueries
 
 DEFAULT_PAGE = 50
@@ -39,7 +40,7 @@ class Admin:
         rows = []
         for sub in self.settings.subscriptions:
             counts = await deliveries.subscription_counts(sub.id)
-            rows.append({"id": sub.id, "url": sub.shown_url, **counts})
+            rows.append({"id": sub.id, "url": shown_url(sub.url, "admin"), **counts})
         return json_response({"subscriptions": rows})
 
     async def dlq(self, request: Request) -> Response:

@@ -208,26 +208,8 @@ class Subscription:
     def wants_account(self, account: str) -> bool:
         return self.accounts is None or account in self.accounts
 
-    @property
-    def shown_url(self) -> str | None:
-        """The URL as the admin API and the dashboard show it: credentials in it hidden."""
-        return redact_url(self.url) if self.url is not None else None
-
     def signing_keys(self) -> list[bytes]:
         return [secret_key(str(secret)) for secret in self.secrets]
-
-
-def redact_url(url: str) -> str:
-    """`url` with its user info and query values replaced by `***`: a subscriber's URL may
-    carry a credential (`https://user:pass@host/` or `?token=...`), never to be shown."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = "&".join(
-        f"{pair.partition('=')[0]}=***" if "=" in pair else pair for pair in parts.query.split("&")
-    )
-    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 @dataclass(frozen=True)
@@ -400,8 +382,8 @@ def _resolve_subscription(
     if sub.mode == "pull":
         return _resolve_pull(sub, fail, env)
     url = sub.url or ""
-    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
-        raise fail("url", "must be an http or https URL")
+    if (wrong := _url_problem(url)) is not None:
+        raise fail("url", wrong)  # never the URL itself: it may carry a credential
     if sub.timeout <= 0 or sub.max_in_flight < 1:
         raise fail("timeout" if sub.timeout <= 0 else "max_in_flight", "must be positive")
     schedule = DEFAULT_RETRY_SCHEDULE_S if sub.retry_schedule is None else sub.retry_schedule
@@ -420,6 +402,24 @@ def _resolve_subscription(
         **_breaker(sub, fail),
         **_ordering(sub, fail),
     )
+
+
+def _url_problem(url: str) -> str | None:
+    """What is wrong with a subscriber URL, in words that quote no part of it; None if fine."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is not a number from 0 to 65535, a broken IPv6 literal
+        return "must have a port from 1 to 65535 (and brackets around an IPv6 address)"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http or https URL"
+    if not parts.hostname:
+        return "must name a host"
+    if port == 0:
+        return "must have a port from 1 to 65535"
+    if any(char.isspace() or not char.isprintable() for char in url):
+        return "must not contain spaces or control characters (percent-encode them)"
+    return None
 
 
 def _ordering(sub: _SubscriptionFile, fail: Callable[[str, str], ConfigError]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from app.events import cloudevent, default_data, utc_now_iso
 from app.filters import EvaluationError, order_document
 from app.lifecycle import sleep_unless
 from app.logs import log_event
+from app.redaction import describe, redirect_origin, scrub
 from app.retry import Dead, Delivered, Gone, Outcome, Retry, decide, parse_retry_after
 from app.signing import signature_headers
 from app.ssrf import Refused
@@ -197,18 +198,19 @@ class SubscriptionWorker:
                 head = await _read_head(response.content, MAX_RESPONSE_READ)
                 error = "" if 200 <= response.status < 300 else f"HTTP {response.status}"
                 if 300 <= response.status < 400:
-                    location = response.headers.get("Location", "")[:200]
-                    error += f" redirect to {location!r}, not followed"
+                    location = redirect_origin(self.sub.url, response.headers.get("Location", ""))
+                    error += f" redirect to {location}, not followed"
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 return PostResult(
                     response.status, error, retry_after, head[:LOGGED_BODY], _ms_since(started)
                 )
         except Refused as exc:
-            return PostResult(None, str(exc), None, b"", _ms_since(started), refused=True)
+            error = scrub(str(exc), self.sub.url)
+            return PostResult(None, error, None, b"", _ms_since(started), refused=True)
         except TimeoutError:
             error = f"timeout after {self.sub.timeout_s:g} s"
-        except aiohttp.ClientError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
+        except (aiohttp.ClientError, ValueError, OSError) as exc:  # ValueError: a bad URL
+            error = describe(exc, self.sub.url)
         return PostResult(None, error, None, b"", _ms_since(started))
 
     async def _settle(
@@ -226,7 +228,7 @@ class SubscriptionWorker:
             "status": result.status,
             "error": result.error or None,
             "durationMs": result.duration_ms,
-            "response": result.head.decode("utf-8", "replace"),
+            "response": scrub(result.head.decode("utf-8", "replace"), self.sub.url),
         }
         settlement = Settlement(
             self.sub.id,

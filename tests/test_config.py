@@ -197,6 +197,31 @@ def test_invalid_subscriptions_are_refused(tmp_path: Path, change: str, expected
     assert expected in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://erp:pw-s3cret@127.0.0.1:70000/in/PATH-s3cret?token=q-s3cret", "port from 1 to"),
+        ("https://hooks.example.com:0/in/PATH-s3cret?token=q-s3cret", "port from 1 to 65535"),
+        ("https://hooks.example.com:x1/in/PATH-s3cret?token=q-s3cret", "port from 1 to 65535"),
+        ("https://[::1/in/PATH-s3cret?token=q-s3cret", "brackets around an IPv6"),
+        ("https:///in/PATH-s3cret?token=q-s3cret", "must name a host"),
+        ("gopher://hooks.example.com/in/PATH-s3cret", "must be an http or https URL"),
+        ("https://hooks example.com/in/PATH-s3cret?token=q-s3cret", "spaces or control"),
+    ],
+)
+def test_subscriber_url_secrets_bad_url_refused_without_its_secrets(
+    tmp_path: Path, url: str, expected: str
+) -> None:
+    """Item 10: a bad port was accepted, then its aiohttp error put the whole URL in lastError."""
+    lines = [line for line in SUB.splitlines() if not line.startswith("url ")]
+    path = write(tmp_path, "\n".join(lines) + f'\nurl = "{url}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    message = str(info.value)
+    assert "`subscriptions[0].url` must" in message and expected in message
+    assert "s3cret" not in message and "PATH" not in message and "erp" not in message
+
+
 def test_jsonata_error_names_the_position(tmp_path: Path) -> None:
     text = SUB + "filter = { type = \"FromOrders\", expression = 'value > 10000 andd status' }\n"
     with pytest.raises(ConfigError, match=r"at character 18"):

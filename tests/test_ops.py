@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import logging
+from collections.abc import Callable
+from typing import Any
+
 import httpx
+import orjson
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import notification
+from app import logs
+from app.redaction import origin
+from app.store.keys import Keys
+from tests.conftest import free_port, notification
 from tests.relaying import ADMIN, Gateway, hook, subscription, until
 from tests.subscribers import Reply, Sink
 
@@ -154,3 +164,73 @@ async def test_credentials_in_a_subscriber_url_are_never_shown(
     assert "http://***@127.0.0.1:" in pages[0] and "/up?token=***&v=***" in pages[0]
     for page in pages:
         assert "s3cret" not in page and "erp-user" not in page
+
+
+def secret_url(base: str, n: int) -> str:
+    """`base` (http://127.0.0.1:PORT/id) with a credential in each part: user info, path, query."""
+    scheme, rest = base.split("://")
+    return f"{scheme}://erp-user:pw-hush-{n}@{rest}/PATH-hush-{n}?token=q-hush-{n}&v=2"
+
+
+def redis_dump(rdb: redis.Redis, keys: Keys) -> str:
+    """Every key of this test's prefix and everything in it, as text to search."""
+    read: dict[bytes, Callable[[bytes], Any]] = {
+        b"string": rdb.get,
+        b"hash": rdb.hgetall,
+        b"list": lambda key: rdb.lrange(key, 0, -1),
+        b"set": rdb.smembers,
+        b"zset": lambda key: rdb.zrange(key, 0, -1, withscores=True),
+        b"stream": rdb.xrange,
+    }
+    dump = [repr((key, read[rdb.type(key)](key))) for key in rdb.scan_iter(match=keys.pattern)]
+    assert len(dump) > 10  # the events, deliveries, dead letters, the delivery log ...
+    return "\n".join(dump)
+
+
+async def test_subscriber_url_secrets_never_shown_to_ops_nor_in_errors(
+    gateway: Gateway,
+    sink: Sink,
+    rdb: redis.Redis,
+    keys: Keys,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Item 10: the ops role saw a token in a URL's path; errors (a redirect's Location, an
+    aiohttp error quoting the URL) put the URL whole in lastError, the logs and Redis."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(logs.outcomes, "stream", io.StringIO())  # the outcome lines
+    monkeypatch.setattr(logs.outcomes, "binary", None)
+    up, moved = secret_url(sink.url("/up"), 1), secret_url(sink.url("/moved"), 2)
+    down = secret_url(f"http://127.0.0.1:{free_port()}/down", 3)  # nobody listens: refused
+    sink.script("/moved/PATH-hush-2", *[Reply(302, headers={"Location": moved})] * 3)
+    toml = "".join(
+        subscription(sink, name).replace(f'url = "{sink.url("/" + name)}"', f'url = "{url}"')
+        for name, url in (("up", up), ("down", down), ("moved", moved))
+    )
+    async with gateway(toml) as client:
+        event_id = await hook(client)
+        await sink.wait_for("/up/PATH-hush-1", 1)
+        await until(
+            lambda: client.get("/admin/dlq", headers=ADMIN), lambda r: r.json()["total"] == 2
+        )
+        seen = {
+            path: (await client.get(path, headers=OPS)).text
+            for path in ("/ops/stats", "/metrics", "/ops")
+        }
+        seen |= {
+            f"admin {path}": (await client.get(path, headers=ADMIN)).text
+            for path in ("/admin/dlq", f"/admin/events/{event_id}", "/ops")
+        }
+        shown = (await client.get("/admin/subscriptions", headers=ADMIN)).json()["subscriptions"]
+    stats = orjson.loads(seen["/ops/stats"])["subscriptions"]
+    assert [s["url"] for s in stats] == [origin(up), origin(down), origin(moved)]
+    assert shown[0]["url"] == origin(up).replace("//", "//***@") + "/up/PATH-hush-1?token=***&v=***"
+    dead = {
+        i["subscription"]: i["lastError"] for i in orjson.loads(seen["admin /admin/dlq"])["items"]
+    }
+    assert dead["down"].startswith("ClientConnectorError: Cannot connect to host 127.0.0.1:")
+    assert dead["moved"] == f"HTTP 302 redirect to {origin(moved)}, not followed"
+    seen["logs"] = logs.outcomes.stream.getvalue() + caplog.text
+    seen["redis"] = redis_dump(rdb, keys)
+    for where, text in seen.items():
+        assert "hush" not in text and "erp-user" not in text, where

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.config import Settings
+from app.redaction import shown_url
 from app.store.deliveries import DeliveryStore, OpsQueries
 
 LATENCY_WINDOW_S = 300
@@ -54,7 +55,7 @@ async def collect(settings: Settings, deliveries: DeliveryStore) -> dict[str, An
         subscriptions.append(
             {
                 "id": sub.id,
-                "url": sub.shown_url,
+                "url": shown_url(sub.url, "ops"),
                 **counts,
                 "delivered": counters.get(f"{sub.id}:delivered", 0),
                 "retried": counters.get(f"{sub.id}:retried", 0),
