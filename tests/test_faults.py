@@ -559,13 +559,13 @@ def test_hostile_input_is_refused_and_nothing_stored(
         figures["events stored (only the one valid request)"] = rdb.xlen(keys.ingest_stream)
         assert rdb.xlen(keys.ingest_stream) == 1
 
-        evil = "<script>alert(1)</script>"
+        evil = "<script>alert(1)"  # no "/": ingest refuses it in an order id
         accepted = httpx.post(
             gateway.url + "/hooks/vtex", json=notification(OrderId=evil), headers=AUTH
         )
         assert accepted.status_code == 200
         page = httpx.get(gateway.url + "/ops", params={"orderId": evil}, headers=ADMIN)
-        assert evil not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+        assert evil not in page.text and "&lt;script&gt;alert(1)" in page.text
         history = httpx.get(gateway.url + "/admin/events", params={"orderId": evil}, headers=ADMIN)
         assert history.headers["content-type"] == "application/json"
         figures["<script> OrderId"] = (

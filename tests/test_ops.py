@@ -131,7 +131,7 @@ async def test_login_form_sets_a_session_cookie(gateway: Gateway, sink: Sink) ->
 
 
 async def test_script_in_an_order_id_is_shown_as_text(gateway: Gateway, sink: Sink) -> None:
-    evil = "<script>alert(1)</script>"
+    evil = "<script>alert(1)"  # no "/": ingest refuses it in an order id
     async with gateway(subscription(sink, "up")) as client:
         await hook(client, OrderId=evil)
         await sink.wait_for("/up", 1)
@@ -141,7 +141,7 @@ async def test_script_in_an_order_id_is_shown_as_text(gateway: Gateway, sink: Si
         )
         page = (await client.get("/ops", headers=ADMIN)).text
         search = (await client.get("/ops", params={"orderId": evil}, headers=ADMIN)).text
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(1)" in page
     assert evil not in page and evil not in search
     assert "&lt;script&gt;" in search
 
