@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import msgspec
 from starlette.datastructures import Secret
 
-from app.errors import ConfigError
+from app.errors import BadRequest, ConfigError
+from app.events import check_account
 from app.filters import (
     EveryEvent,
     Expression,
@@ -32,6 +33,7 @@ from app.filters import (
 )
 from app.retry import DEFAULT_RETRY_SCHEDULE_S
 from app.signing import secret_key
+from app.vtex.urls import base_url_problem
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 DEFAULT_DEDUPE_WINDOW_S = 7 * 24 * 3600
@@ -306,6 +308,8 @@ def _check_limits(parsed: _ConfigFile, where: str) -> None:
     for ok, key, expected in checks:
         if not ok:
             raise ConfigError(f"config {where}: `{key}` must be {expected}")
+    if (problem := base_url_problem(parsed.vtex.base_url)) is not None:
+        raise ConfigError(f"config {where}: `vtex.base_url` {problem}")
 
 
 def _valid_prefix(prefix: str) -> bool:
@@ -331,6 +335,11 @@ def _resolve_source(src: _SourceFile, index: int, where: str, env: Mapping[str, 
         raise ConfigError(
             f"config {where}: `{key}` needs a non-empty `account`, `auth_header` and token"
         )
+    if src.account != ANY_ACCOUNT and not _is_account_name(src.account):
+        raise ConfigError(
+            f'config {where}: `{key}.account` must be "*" or a VTEX account name (letters, '
+            f"digits and inner hyphens, at most 63), got {src.account!a}"
+        )
     return Source(
         account=src.account,
         auth_header=src.auth_header.strip().lower(),
@@ -342,11 +351,22 @@ def _resolve_source(src: _SourceFile, index: int, where: str, env: Mapping[str, 
     )
 
 
+def _is_account_name(account: str) -> bool:
+    try:
+        check_account(account)
+    except BadRequest:
+        return False
+    return True
+
+
 def _needs_credentials(src: _SourceFile, name: str, on: bool, key: str, where: str) -> bool:
+    """A setting that calls VTEX's API with the source's app key and token (`enrich`,
+    `feed_backup`): it needs them, and a named account, so that the hook sender never chooses
+    which account's host they go to."""
     if on and (src.app_key_env is None or src.app_token_env is None):
         raise ConfigError(f"config {where}: `{key}.{name}` needs app_key_env and app_token_env")
-    if on and name == "feed_backup" and src.account == ANY_ACCOUNT:
-        raise ConfigError(f"config {where}: `{key}.feed_backup` needs a named account, not *")
+    if on and src.account == ANY_ACCOUNT:
+        raise ConfigError(f"config {where}: `{key}.{name}` needs a named account, not *")
     return on
 
 

@@ -1,7 +1,13 @@
 """A fake VTEX for tests, following VTEX's documented contract for the endpoints the gateway
 uses: hook configuration (GET, POST, DELETE /api/orders/hook/config; POST pings the hook URL
-and saves only on 200), with `X-VTEX-API-AppKey` and `X-VTEX-API-AppToken` required. Each
-account lives under its own path prefix: base URL `http://127.0.0.1:PORT/{account}`."""
+and saves only on 200), Get Order and Feed v3, with `X-VTEX-API-AppKey` and
+`X-VTEX-API-AppToken` required. Each account lives under its own path prefix: base URL
+`http://127.0.0.1:PORT/{account}`.
+
+Every request is recorded as it arrived (`requests`: method, raw path, the credentials it
+carried), so a second FakeVtex on another port catches any credential sent where it should not
+go. Hostile answers on demand: `redirect_to` answers every request with a 302 there, and
+`order_bytes` streams a Get Order answer of that many bytes."""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +24,9 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.conftest import free_port
 
@@ -26,6 +35,39 @@ SAMPLE_ORDER = json.loads(
 )
 APP_KEY = "vtexappkey-mystore-TEST"
 APP_TOKEN = "app-token-TEST"
+CHUNK = b"x" * (1024 * 1024)
+
+
+@dataclass(frozen=True)
+class Seen:
+    method: str
+    raw_path: str  # as sent: percent escapes kept
+    query: str
+    credentials: tuple[str | None, str | None]  # the app key and token it carried
+
+
+class Recorder:
+    """ASGI middleware: every request recorded before routing; all redirected on demand."""
+
+    def __init__(self, app: ASGIApp, fake: FakeVtex) -> None:
+        self.app, self.fake = app, fake
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        self.fake.requests.append(
+            Seen(
+                scope["method"],
+                scope["raw_path"].decode("latin-1"),
+                scope["query_string"].decode("latin-1"),
+                (headers.get("x-vtex-api-appkey"), headers.get("x-vtex-api-apptoken")),
+            )
+        )
+        if self.fake.redirect_to is not None:
+            where = self.fake.redirect_to + scope["raw_path"].decode("latin-1")
+            return await RedirectResponse(where, 302)(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class FakeVtex:
@@ -49,13 +91,25 @@ class FakeVtex:
         self.order_values: dict[str, int] = {}  # `value` per order id (default: the sample's)
         self.feed_items: list[dict[str, Any]] = []  # Feed v3: items, handles, visibility
         self.feed_visibility_s = 240.0
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.requests: list[Seen] = []
+        self.redirect_to: str | None = None  # e.g. another FakeVtex's URL
+        self.order_bytes: dict[str, tuple[int, bool]] = {}  # order id: (size, Content-Length?)
+        config = uvicorn.Config(
+            Recorder(app, self), host="127.0.0.1", port=self.port, log_level="warning"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/{{account}}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def credentials_received(self) -> list[Seen]:
+        return [seen for seen in self.requests if any(seen.credentials)]
 
     @staticmethod
     def _unauthorized(request: Request) -> Response | None:
@@ -78,9 +132,28 @@ class FakeVtex:
             return JSONResponse({"error": {"message": "scripted"}}, status, headers)
         if order_id.startswith("gone"):
             return JSONResponse({"error": {"message": "Order not found"}}, 404)
+        if order_id in self.order_bytes:
+            return self._huge_order(order_id, *self.order_bytes[order_id])
         order = dict(SAMPLE_ORDER, orderId=order_id)
         order["value"] = self.order_values.get(order_id, order["value"])
         return JSONResponse(order)
+
+    def _huge_order(self, order_id: str, size: int, declared: bool) -> Response:
+        """A valid JSON order of `size` bytes (a padding field), streamed 1 MiB at a time."""
+        head = json.dumps({"orderId": order_id, "padding": ""})[:-2].encode()
+        tail = b'"}'
+
+        async def body() -> AsyncIterator[bytes]:
+            yield head
+            left = size - len(head) - len(tail)
+            while left > 0:
+                chunk = CHUNK[: min(left, len(CHUNK))]
+                left -= len(chunk)
+                yield chunk
+            yield tail
+
+        headers = {"Content-Length": str(size)} if declared else {}
+        return StreamingResponse(body(), headers=headers, media_type="application/json")
 
     def add_feed_item(self, **item: Any) -> None:
         self.feed_items.append({"item": item, "handle": None, "visible_at": 0.0})

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
+import orjson
+import psutil
 import pytest
+from starlette.datastructures import Secret
 
-from tests.conftest import notification
+from app.config import Settings, Source, load_settings
+from app.errors import ConfigError
+from app.events import utc_now_iso
+from app.store.client import open_store
+from app.store.keys import Keys
+from app.vtex.api import MAX_ORDER_BYTES
+from app.vtex.enrich import Enricher
+from tests.conftest import WILDCARD_HEADER, WILDCARD_TOKEN, notification
 from tests.fake_vtex import APP_KEY, APP_TOKEN, FakeVtex
 from tests.relaying import Gateway, body, subscription
 from tests.subscribers import Sink
@@ -26,6 +39,13 @@ ITEMS = """{ type = "FromOrders", expression = '$count(items[price >= 7000]) > 0
 
 @pytest.fixture
 def vtex() -> Iterator[FakeVtex]:
+    with FakeVtex() as fake:
+        yield fake
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[FakeVtex]:
+    """Another host, on another port: no VTEX credential may ever reach it."""
     with FakeVtex() as fake:
         yield fake
 
@@ -152,3 +172,144 @@ async def test_feed_backup_relays_what_the_hook_missed_once(
     assert orders == ["both-1", "feed-only-2"]
     assert hook_id in {g.headers["webhook-id"] for g in got}  # the same event, relayed once
     assert vtex.feed_items == []  # both committed, after they were appended
+
+
+# Issue 12, items 7 to 9: the app key and token go to the account's own VTEX host, for the
+# path asked, and nowhere else; no VTEX answer can take the gateway's memory.
+
+
+def test_enrich_with_any_account_is_refused(tmp_path: Path) -> None:
+    """With account "*" the hook sender would choose the account whose API gets the app key
+    and token: enrich, like feed_backup, needs a named account."""
+    path = tmp_path / "orderhook.toml"
+    path.write_text(
+        'account = "*"\n'.join(SOURCE.split('account = "mystore"\n')) + "enrich = true\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, CREDENTIALS)
+    assert str(info.value) == f"config {path}: `sources[0].enrich` needs a named account, not *"
+
+
+async def test_hook_account_that_is_a_url_reaches_no_host(
+    vtex: FakeVtex, elsewhere: FakeVtex, sink: Sink, gateway: Gateway
+) -> None:
+    """The issue's `"evil.example/x#"`, aimed at a host of the test's: refused at ingest, for
+    the wildcard source too; nothing reaches that host."""
+    evil = f"127.0.0.1:{elsewhere.port}/x#"
+    wildcard = {WILDCARD_HEADER: WILDCARD_TOKEN, "Content-Type": "application/json"}
+    async with gateway(config(vtex, sink) + subscription(sink, "all"), **CREDENTIALS) as client:
+        for account in (evil, "evil.example/x#"):
+            doc = notification(Origin={"Account": account, "Key": None})
+            r = await client.post("/hooks/vtex", json=doc, headers=wildcard)
+            assert r.status_code == 400, r.text
+            assert "`Origin.Account` must be a VTEX account name" in r.json()["error"]
+        await post(client, OrderId="big-7")  # the named source is still enriched
+        [got] = await sink.wait_for("/all", 1)
+    assert body(got)["data"]["order"]["orderId"] == "big-7"
+    assert elsewhere.requests == []
+
+
+async def test_order_id_path_traversal_is_refused_at_ingest(
+    vtex: FakeVtex, sink: Sink, gateway: Gateway
+) -> None:
+    traversal = "../../../../api/dataentities/CL/search?_where=email=x"
+    async with gateway(config(vtex, sink), **CREDENTIALS) as client:
+        r = await client.post("/hooks/vtex", json=notification(OrderId=traversal), headers=ENRICH)
+        assert r.status_code == 400, r.text
+        assert "`OrderId` must not contain the character '/'" in r.json()["error"]
+        await asyncio.sleep(0.5)  # the router's turn: nothing to enrich
+    assert vtex.requests == []
+
+
+async def enrich_one(
+    vtex: FakeVtex, redis_url: str, keys: Keys, order_id: str, **event: Any
+) -> dict[str, Any]:
+    """An event the router holds (appended before ingest checked order ids, say) through the
+    Enricher, in-process: the event as it would be routed, {} if it stays pending."""
+    source = Source("mystore", "x-enrich", Secret("t"), Secret(APP_KEY), Secret(APP_TOKEN), True)
+    settings = Settings(sources=(source,), vtex_base_url=vtex.base_url, enrich_give_up_s=60)
+    raw = {"id": "e-1", "account": "mystore", "orderId": order_id, "receivedAt": utc_now_iso()}
+    async with open_store(redis_url, keys, 2.0, 60) as store, aiohttp.ClientSession() as http:
+        ready = await Enricher(settings, store, http).ready([("1-0", orjson.dumps(raw | event))])
+    return dict(orjson.loads(ready[0][1])) if ready else {}
+
+
+@pytest.mark.parametrize("order_id", ["../../../../api/dataentities/CL/search?_where=x", ".."])
+async def test_order_id_is_one_path_segment_of_get_order(
+    vtex: FakeVtex, redis_url: str, keys: Keys, order_id: str
+) -> None:
+    """Past ingest's check, the Get Order URL still holds the order id as one segment."""
+    routed = await enrich_one(vtex, redis_url, keys, order_id)
+    assert "order" not in routed
+    if order_id == "..":  # no URL is built: routed without its order at once
+        assert vtex.requests == []
+        assert routed["orderUnavailable"] == "refused to call VTEX with the path segment '..'"
+        return
+    [seen] = vtex.requests
+    assert seen.raw_path == (
+        "/mystore/api/oms/pvt/orders/..%2F..%2F..%2F..%2Fapi%2Fdataentities%2FCL%2Fsearch%3F_where%3Dx"
+    )
+    assert seen.query == ""
+    assert routed["orderUnavailable"] == "HTTP 404 from VTEX Get Order"
+
+
+async def test_get_order_redirect_is_not_followed(
+    vtex: FakeVtex, elsewhere: FakeVtex, sink: Sink, gateway: Gateway
+) -> None:
+    """A 302 to another origin: the app key and token stay home; the redirect counts as a 5xx
+    (asked again until enrich_give_up_s), then the event goes on without its order."""
+    vtex.order_failures = [(302, {"Location": f"{elsewhere.url}/steal?token=x"})] * 1000
+    async with gateway(
+        config(vtex, sink, give_up_s=1) + subscription(sink, "all"), **CREDENTIALS
+    ) as client:
+        await post(client, OrderId="big-9")
+        [got] = await sink.wait_for("/all", 1, timeout=15)
+    assert body(got)["data"]["orderUnavailable"] == (
+        f"HTTP 302 from VTEX Get Order: a redirect to {elsewhere.url}, not followed"
+    )
+    assert len(vtex.order_requests) >= 2  # asked again, as after a 5xx
+    assert elsewhere.requests == []
+
+
+class PeakRss:
+    """This process's resident memory, sampled every 10 ms in a thread: the peak over start."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.start = self.peak = self.process.memory_info().rss
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.01):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    @property
+    def grown_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["streamed", "content-length"])
+async def test_huge_order_answer_is_cut_at_the_size_limit(
+    vtex: FakeVtex, sink: Sink, gateway: Gateway, declared: bool
+) -> None:
+    """A 300 MB "order" (valid JSON): read no further than MAX_ORDER_BYTES, memory bounded,
+    the event routed at once without it."""
+    vtex.order_bytes["huge-9"] = (300 * 2**20, declared)
+    async with gateway(config(vtex, sink) + subscription(sink, "all"), **CREDENTIALS) as client:
+        with PeakRss() as rss:
+            await post(client, OrderId="huge-9")
+            [got] = await sink.wait_for("/all", 1, timeout=30)
+    assert body(got)["data"]["orderUnavailable"] == (
+        f"VTEX Get Order answer over {MAX_ORDER_BYTES} bytes (the size limit)"
+    )
+    assert rss.grown_mb < 50, f"RSS grew by {rss.grown_mb:.0f} MB"
+    assert len(vtex.order_requests) == 1  # not asked again: the same answer would come

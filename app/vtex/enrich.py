@@ -9,8 +9,11 @@ subscribers get it in `data.order`.
 - 429 holds the account for its Retry-After (a minute if absent), in Redis, for every process.
 - 5xx, timeouts and the limit leave the entry unrouted: the router takes it again later (the
   consumer group's idle reclaim). Nothing is dropped: after `enrich_give_up_s` the event is
-  routed without the order, with `orderUnavailable` saying why. 404 (VTEX keeps two years of
-  orders) marks it at once.
+  routed without the order, with `orderUnavailable` saying why. A redirect is never followed
+  (the credentials would go along) and counts as a 5xx.
+- What asking again would not change marks it at once: 404 (VTEX keeps two years of orders), an
+  answer over `MAX_ORDER_BYTES` (read no further), an account or order id no URL is safely built
+  from.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +33,15 @@ from app.config import Settings, Source, source_for
 from app.errors import StoreUnavailable
 from app.retry import parse_retry_after
 from app.store.client import Store
+from app.vtex.api import (
+    MAX_ORDER_BYTES,
+    Answer,
+    VtexApi,
+    VtexError,
+    VtexRefused,
+    VtexTooLarge,
+)
+from app.vtex.urls import ORDER_PATH
 
 log = logging.getLogger("orderhook.enrich")
 
@@ -37,11 +50,19 @@ DEFAULT_HOLD_S = 60.0  # VTEX advises a minute after a 429
 CONCURRENCY = 16
 
 
+@dataclass(frozen=True)
+class Unavailable:
+    """Why an event has no order yet; `final`: asking again would not change it."""
+
+    reason: str
+    final: bool = False
+
+
 class Enricher:
     def __init__(self, settings: Settings, store: Store, session: aiohttp.ClientSession) -> None:
         self.settings = settings
         self.store = store
-        self.session = session
+        self.api = VtexApi(settings.vtex_base_url, session)
         self.sources = [s for s in settings.sources if s.enrich]
         self._limit = asyncio.Semaphore(CONCURRENCY)
 
@@ -63,41 +84,50 @@ class Enricher:
             outcome = await self._fetch(source, event)
         if isinstance(outcome, dict):
             return orjson.dumps({**event, "order": outcome})
-        if outcome.startswith("HTTP 404") or self._too_old(event):
-            log.warning("event %s routed without its order: %s", event["id"], outcome)
-            return orjson.dumps({**event, "orderUnavailable": outcome})
+        if outcome.final or self._too_old(event):
+            log.warning("event %s routed without its order: %s", event["id"], outcome.reason)
+            return orjson.dumps({**event, "orderUnavailable": outcome.reason})
         return None
 
     def _too_old(self, event: dict[str, Any]) -> bool:
         received = datetime.fromisoformat(event["receivedAt"].replace("Z", "+00:00"))
         return time.time() - received.timestamp() >= self.settings.enrich_give_up_s
 
-    async def _fetch(self, source: Source, event: dict[str, Any]) -> dict[str, Any] | str:
+    async def _fetch(self, source: Source, event: dict[str, Any]) -> dict[str, Any] | Unavailable:
         """The order, or why not."""
         account = event["account"]
         try:
             if not await self._may_call(account):
-                return "VTEX rate limit or Retry-After in force"
+                return Unavailable("VTEX rate limit or Retry-After in force")
         except StoreUnavailable as exc:
-            return str(exc)
-        base = self.settings.vtex_base_url.format(account=account).rstrip("/")
-        url = f"{base}/api/oms/pvt/orders/{event['orderId']}"
-        headers = {
-            "X-VTEX-API-AppKey": str(source.app_key),
-            "X-VTEX-API-AppToken": str(source.app_token),
-            "Accept": "application/json",
-        }
+            return Unavailable(str(exc))
         try:
-            async with self.session.get(url, headers=headers, timeout=FETCH_TIMEOUT) as response:
-                if response.status == 200:
-                    order = await response.json(content_type=None)
-                    return order if isinstance(order, dict) else "VTEX sent no order object"
-                if response.status == 429:
-                    hold = parse_retry_after(response.headers.get("Retry-After"))
-                    await self._hold(account, hold or DEFAULT_HOLD_S)
-                return f"HTTP {response.status} from VTEX Get Order"
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            return f"Get Order failed: {type(exc).__name__}"
+            answer = await self.api.call(
+                "GET",
+                source,
+                account,
+                (*ORDER_PATH, event["orderId"]),
+                what="Get Order",
+                max_bytes=MAX_ORDER_BYTES,
+                timeout=FETCH_TIMEOUT,
+            )
+        except (VtexRefused, VtexTooLarge) as exc:  # the same again next time
+            return Unavailable(str(exc), final=True)
+        except VtexError as exc:  # unreachable, redirected: as a 5xx
+            return Unavailable(str(exc))
+        return await self._order(account, answer)
+
+    async def _order(self, account: str, answer: Answer) -> dict[str, Any] | Unavailable:
+        if answer.status == 200:
+            try:
+                order = answer.json()
+            except ValueError:
+                return Unavailable("VTEX Get Order answered with invalid JSON")
+            return order if isinstance(order, dict) else Unavailable("VTEX sent no order object")
+        if answer.status == 429:
+            hold = parse_retry_after(answer.headers.get("Retry-After"))
+            await self._hold(account, hold or DEFAULT_HOLD_S)
+        return Unavailable(f"HTTP {answer.status} from VTEX Get Order", final=answer.status == 404)
 
     async def _may_call(self, account: str) -> bool:
         keys = self.store.keys

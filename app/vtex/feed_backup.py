@@ -3,7 +3,9 @@ in the account's feed. For a source with `feed_backup = true` the relay polls
 `GET /api/orders/feed?maxlot=10`, appends each item through the same atomic dedupe as the hook
 (so an event that came both ways is relayed once: the same fields make the same event id), and
 commits the handles with `POST /api/orders/feed` only after the events are in Redis. An item
-not committed (a crash, Redis down) comes back after VTEX's visibility timeout.
+not committed (a crash, Redis down) comes back after VTEX's visibility timeout. An item is
+checked as a hook's body is (account, order id, change times); one refused is logged and
+committed, so it does not come back for ever.
 """
 
 from __future__ import annotations
@@ -13,36 +15,41 @@ import logging
 from typing import Any
 
 import aiohttp
+import orjson
 
 from app.config import Settings, Source
-from app.errors import StoreUnavailable
-from app.events import Notification, normalize, utc_now_iso
+from app.errors import BadRequest, StoreUnavailable
+from app.events import Notification, normalize, parse_body, utc_now_iso
 from app.lifecycle import sleep_unless
 from app.logs import log_event
 from app.retry import parse_retry_after
 from app.store.client import Store
+from app.vtex.api import MAX_FEED_BYTES, Answer, VtexApi, VtexError
+from app.vtex.urls import FEED_PATH
 
 log = logging.getLogger("orderhook.feed")
 
-FEED_PATH = "/api/orders/feed"
 MAX_LOT = 10
 TIMEOUT = aiohttp.ClientTimeout(total=15)
 ERROR_PAUSE_S = 10.0
+_HOOK_FIELDS = {  # a feed item's field: the hook's name for it
+    "domain": "Domain",
+    "orderId": "OrderId",
+    "state": "State",
+    "lastState": "LastState",
+    "lastChange": "LastChange",
+    "currentChange": "CurrentChange",
+}
 
 
 def notification(item: dict[str, Any], account: str) -> Notification:
-    """A feed item as the hook would have sent it (same fields, so the same dedupe key)."""
-    raw = {k: v for k, v in item.items() if k != "handle"}
-    return Notification(
-        account=account,
-        domain=item.get("domain"),
-        order_id=str(item["orderId"]),
-        state=item.get("state"),
-        last_state=item.get("lastState"),
-        last_change=item.get("lastChange"),
-        current_change=item.get("currentChange"),
-        raw={"via": "feed", **raw},
-    )
+    """A feed item as the hook would have sent it (same fields, so the same dedupe key),
+    checked as the hook's body is: BadRequest saying what is wrong."""
+    doc = {hook: item.get(name) for name, hook in _HOOK_FIELDS.items()}
+    parsed = parse_body(orjson.dumps({**doc, "Origin": {"Account": account}}))
+    if not isinstance(parsed, Notification):
+        raise BadRequest("a feed item must be an order notification")
+    return parsed._replace(raw={"via": "feed", **{k: v for k, v in item.items() if k != "handle"}})
 
 
 class FeedPoller:
@@ -52,14 +59,7 @@ class FeedPoller:
         self.settings = settings
         self.source = source
         self.store = store
-        self.session = session
-        base = settings.vtex_base_url.format(account=source.account).rstrip("/")
-        self.url = base + FEED_PATH
-        self.headers = {
-            "X-VTEX-API-AppKey": str(source.app_key),
-            "X-VTEX-API-AppToken": str(source.app_token),
-            "Accept": "application/json",
-        }
+        self.api = VtexApi(settings.vtex_base_url, session)
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -79,11 +79,7 @@ class FeedPoller:
         items, pause = await self._take()
         if not items:
             return pause
-        events = [
-            normalize(notification(item, self.source.account), utc_now_iso())
-            for item in items
-            if isinstance(item, dict) and item.get("orderId")
-        ]
+        events = [e for e in (self._event(item) for item in items) if e is not None]
         results = await self.store.append(events)  # durable before anything is committed
         for event, result in zip(events, results, strict=True):
             log_event(
@@ -97,33 +93,55 @@ class FeedPoller:
         await self._commit([str(item["handle"]) for item in items if "handle" in item])
         return 0.0 if len(items) >= MAX_LOT else self.settings.feed_poll_s
 
-    async def _take(self) -> tuple[list[Any], float]:
+    def _event(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        """The event of a feed item, or None (logged) for one the hook would have refused: it
+        is committed all the same, or VTEX would hand it out again and again."""
         try:
-            async with self.session.get(
-                self.url, params={"maxlot": str(MAX_LOT)}, headers=self.headers, timeout=TIMEOUT
-            ) as response:
-                if response.status == 200:
-                    items = await response.json(content_type=None)
-                    return (items if isinstance(items, list) else []), self.settings.feed_poll_s
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                log.warning("feed of %s: HTTP %s", self.source.account, response.status)
-                return [], retry_after or ERROR_PAUSE_S
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            log.warning("feed of %s: %s", self.source.account, type(exc).__name__)
+            return normalize(notification(item, self.source.account), utc_now_iso())
+        except BadRequest as exc:
+            log.warning("feed of %s: item refused: %s", self.source.account, exc.message)
+            return None
+
+    async def _take(self) -> tuple[list[dict[str, Any]], float]:
+        try:
+            answer = await self._call("GET", query={"maxlot": str(MAX_LOT)})
+            items = answer.json() if answer.status == 200 else None
+        except (VtexError, ValueError) as exc:
+            log.warning("feed of %s: %s", self.source.account, _reason(exc))
             return [], ERROR_PAUSE_S
+        if items is None:
+            log.warning("feed of %s: HTTP %s", self.source.account, answer.status)
+            return [], parse_retry_after(answer.headers.get("Retry-After")) or ERROR_PAUSE_S
+        lot = [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+        return lot, self.settings.feed_poll_s
 
     async def _commit(self, handles: list[str]) -> None:
         if not handles:
             return
         try:
-            async with self.session.post(
-                self.url, json={"handles": handles}, headers=self.headers, timeout=TIMEOUT
-            ) as response:
-                if response.status >= 300:
-                    log.warning(
-                        "feed of %s: commit answered HTTP %s (the items come back)",
-                        self.source.account,
-                        response.status,
-                    )
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            log.warning("feed of %s: commit failed: %s", self.source.account, type(exc).__name__)
+            answer = await self._call("POST", json={"handles": handles})
+        except VtexError as exc:
+            log.warning("feed of %s: commit failed: %s", self.source.account, exc)
+            return
+        if answer.status >= 300:
+            log.warning(
+                "feed of %s: commit answered HTTP %s (the items come back)",
+                self.source.account,
+                answer.status,
+            )
+
+    async def _call(self, method: str, **kwargs: Any) -> Answer:
+        return await self.api.call(
+            method,
+            self.source,
+            self.source.account,
+            FEED_PATH,
+            what="Feed",
+            max_bytes=MAX_FEED_BYTES,
+            timeout=TIMEOUT,
+            **kwargs,
+        )
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, VtexError) else "the answer is not valid JSON"

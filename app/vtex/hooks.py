@@ -10,16 +10,20 @@ notifications): run it from cron.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import Any
 
-import httpx
+import aiohttp
 
 from app.config import Settings, Source, load_settings, source_for
-from app.errors import ConfigError
+from app.errors import BadRequest, ConfigError
+from app.events import check_account
+from app.vtex.api import MAX_CONFIG_BYTES, Answer, VtexApi, VtexError
+from app.vtex.urls import HOOK_CONFIG_PATH
 
-HOOK_PATH = "/api/orders/hook/config"
-TIMEOUT = httpx.Timeout(15.0)
+HOOK_PATH = "/" + "/".join(HOOK_CONFIG_PATH)  # as messages name it
+TIMEOUT = aiohttp.ClientTimeout(total=15)
 DEFAULT_STATUSES = (
     "order-created",
     "payment-pending",
@@ -65,32 +69,41 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
         source = credentials_for(settings, args.account)
-        with VtexApi(settings.vtex_base_url, args.account, source) as api:
-            return _act(args, settings, source, api)
+        return asyncio.run(_run(args, settings, source))
     except (HookError, ConfigError) as exc:
         print(f"orderhook: {exc}", file=sys.stderr)
         return 1
 
 
-def _act(args: argparse.Namespace, settings: Settings, source: Source, api: VtexApi) -> int:
+async def _run(args: argparse.Namespace, settings: Settings, source: Source) -> int:
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        api = HookApi(VtexApi(settings.vtex_base_url, session), args.account, source)
+        return await _act(args, settings, source, api)
+
+
+async def _act(args: argparse.Namespace, settings: Settings, source: Source, api: HookApi) -> int:
     if args.hook_action == "show":
-        current = api.get()
+        current = await api.get()
         print(_describe(current) if current else f"no hook on {args.account}")
     elif args.hook_action == "delete":
-        api.delete()
+        await api.delete()
         print(f"deleted the hook of {args.account}")
     else:
         wanted = hook_config(settings, source, args.status, args.expression)
-        current = api.get()
+        current = await api.get()
         if args.hook_action == "ensure" and current and _url(current) == wanted["hook"]["url"]:
             print(f"the hook of {args.account} is in place: {_describe(current)}")
             return 0
-        api.post(wanted)
+        await api.post(wanted)
         print(f"registered the hook of {args.account}: {_describe(wanted)}")
     return 0
 
 
 def credentials_for(settings: Settings, account: str) -> Source:
+    try:
+        check_account(account)
+    except BadRequest as exc:
+        raise HookError(f"--account: {exc.message}") from None
     source = source_for(settings.sources, account)
     if source is None:
         raise HookError(f"no [[sources]] entry for account {account!r}")
@@ -129,40 +142,45 @@ def _describe(config: dict[str, Any]) -> str:
     return f"{_url(config)} ({flt.get('type', 'no filter')}: {what})"
 
 
-class VtexApi:
-    def __init__(self, base_url: str, account: str, source: Source) -> None:
-        self.base = base_url.format(account=account).rstrip("/")
-        headers = {
-            "X-VTEX-API-AppKey": str(source.app_key),
-            "X-VTEX-API-AppToken": str(source.app_token),
-            "Accept": "application/json",
-        }
-        self.http = httpx.Client(base_url=self.base, headers=headers, timeout=TIMEOUT)
+class HookApi:
+    """The account's hook configuration, through VtexApi (no redirect, answers capped)."""
 
-    def __enter__(self) -> VtexApi:
-        return self
+    def __init__(self, api: VtexApi, account: str, source: Source) -> None:
+        self.api, self.account, self.source = api, account, source
 
-    def __exit__(self, *exc: object) -> None:
-        self.http.close()
-
-    def get(self) -> dict[str, Any] | None:
-        response = self._call("GET")
-        return None if response.status_code == 404 or not response.content else response.json()
-
-    def post(self, config: dict[str, Any]) -> None:
-        self._call("POST", json=config)
-
-    def delete(self) -> None:
-        self._call("DELETE")
-
-    def _call(self, method: str, **kwargs: Any) -> httpx.Response:
+    async def get(self) -> dict[str, Any] | None:
+        answer = await self._call("GET")
+        if answer.status == 404 or not answer.body:
+            return None
         try:
-            response = self.http.request(method, HOOK_PATH, **kwargs)
-        except httpx.TransportError as exc:
-            raise HookError(f"cannot reach VTEX at {self.base}: {exc}") from None
-        if response.status_code >= 400 and response.status_code != 404:
-            raise HookError(
-                f"VTEX answered {method} {HOOK_PATH} with HTTP "
-                f"{response.status_code}: {response.text[:300]}"
+            config = answer.json()
+        except ValueError:
+            raise HookError(f"VTEX answered GET {HOOK_PATH} with invalid JSON") from None
+        return config if isinstance(config, dict) else None
+
+    async def post(self, config: dict[str, Any]) -> None:
+        await self._call("POST", json=config)
+
+    async def delete(self) -> None:
+        await self._call("DELETE")
+
+    async def _call(self, method: str, json: Any = None) -> Answer:
+        try:
+            answer = await self.api.call(
+                method,
+                self.source,
+                self.account,
+                HOOK_CONFIG_PATH,
+                what="hook configuration",
+                max_bytes=MAX_CONFIG_BYTES,
+                timeout=TIMEOUT,
+                json=json,
             )
-        return response
+        except VtexError as exc:
+            raise HookError(str(exc)) from None
+        if answer.status >= 400 and answer.status != 404:
+            text = answer.body[:300].decode("utf-8", "replace")
+            raise HookError(
+                f"VTEX answered {method} {HOOK_PATH} with HTTP {answer.status}: {ascii(text)}"
+            )
+        return answer
