@@ -313,3 +313,40 @@ async def test_huge_order_answer_is_cut_at_the_size_limit(
     )
     assert rss.grown_mb < 50, f"RSS grew by {rss.grown_mb:.0f} MB"
     assert len(vtex.order_requests) == 1  # not asked again: the same answer would come
+
+
+async def test_feed_backup_never_follows_a_redirect(
+    vtex: FakeVtex, elsewhere: FakeVtex, sink: Sink, gateway: Gateway
+) -> None:
+    vtex.add_feed_item(**feed_item("feed-9"))
+    vtex.redirect_to = elsewhere.url
+    async with gateway(feed_config(vtex, sink), **CREDENTIALS):
+        for _ in range(100):
+            if vtex.requests:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+    assert [(s.method, s.raw_path) for s in vtex.requests] == [("GET", "/mystore/api/orders/feed")]
+    assert elsewhere.requests == []
+    assert sink.at("/all") == []
+
+
+async def test_feed_items_are_checked_as_hook_bodies(
+    vtex: FakeVtex, sink: Sink, gateway: Gateway
+) -> None:
+    """VTEX's feed is an input like the hook: an item the hook would refuse is not appended,
+    and is committed, so it is not handed out again for ever."""
+    vtex.add_feed_item(**feed_item("../../api/dataentities/CL/search"))
+    vtex.add_feed_item(**{**feed_item("bad-time-8"), "currentChange": "yesterday"})
+    vtex.add_feed_item(**{**feed_item("inexact-8"), "value": 2**60})  # beyond I-JSON
+    vtex.add_feed_item(**feed_item("good-8"))
+    async with gateway(feed_config(vtex, sink), **CREDENTIALS):
+        [got] = await sink.wait_for("/all", 1, timeout=10)
+        for _ in range(100):
+            if not vtex.feed_items:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+    assert body(got)["data"]["orderId"] == "good-8"
+    assert len(sink.at("/all")) == 1
+    assert vtex.feed_items == []  # all four committed

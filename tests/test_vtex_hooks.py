@@ -84,3 +84,44 @@ def test_register_show_ensure_delete(redis_url: str, keys: Keys, tmp_path: Path)
             assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr
         finally:
             gateway.stop()
+
+
+def cli(config: Path, account: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "VTEX_APP_KEY": APP_KEY, "VTEX_APP_TOKEN": APP_TOKEN}
+    command = [sys.executable, "-m", "app.cli", "vtex", "hook", *args]
+    command += ["--account", account, "--config", str(config)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=30)
+
+
+def test_hook_cli_never_follows_a_redirect(tmp_path: Path) -> None:
+    with FakeVtex() as vtex, FakeVtex() as elsewhere:
+        config = write_config(tmp_path, "unused", vtex, "http://unused")
+        vtex.redirect_to = elsewhere.url
+        shown = cli(config, "mystore", "show")
+        assert shown.returncode == 1
+        assert shown.stderr == (
+            f"orderhook: HTTP 302 from VTEX hook configuration: a redirect to {elsewhere.url}, "
+            "not followed\n"
+        )
+        assert len(vtex.requests) == 1 and elsewhere.requests == []
+
+
+def test_hook_cli_refuses_account_that_is_a_url(tmp_path: Path) -> None:
+    """With a "*" source's credentials, `--account` chooses the host: only account names."""
+    with FakeVtex() as vtex, FakeVtex() as elsewhere:
+        config = tmp_path / "any.toml"
+        config.write_text(f"""
+[[sources]]
+account = "*"
+auth_header = "{HEADER}"
+auth_token = "{TOKEN}"
+app_key_env = "VTEX_APP_KEY"
+app_token_env = "VTEX_APP_TOKEN"
+
+[vtex]
+base_url = "http://{{account}}.localhost.invalid:{vtex.port}"
+""")
+        shown = cli(config, f"127.0.0.1:{elsewhere.port}/x#", "show")
+        assert shown.returncode == 1
+        assert "orderhook: --account: `Origin.Account` must be a VTEX account name" in shown.stderr
+        assert vtex.requests == [] and elsewhere.requests == []

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from app.config import load_settings
+from app.errors import ConfigError
 from app.vtex.urls import (
     FEED_PATH,
     ORDER_PATH,
@@ -118,3 +121,27 @@ def test_base_url_template_is_checked(base: str, problem: str | None) -> None:
 )
 def test_origin_shows_scheme_host_and_port_only(location: str | None, shown: str) -> None:
     assert origin(location) == shown
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        (
+            'account = "evil.example/x#"',
+            '`sources[0].account` must be "*" or a VTEX account name (letters, digits and '
+            "inner hyphens, at most 63), got 'evil.example/x#'",
+        ),
+        (
+            'account = "a"\n[vtex]\nbase_url = "https://vtex.example/api"',
+            "`vtex.base_url` must hold {account} in its host or path",
+        ),
+    ],
+)
+def test_config_refuses_what_no_vtex_url_is_built_from(
+    tmp_path: Path, toml: str, expected: str
+) -> None:
+    path = tmp_path / "orderhook.toml"
+    path.write_text('[[sources]]\nauth_header = "h"\nauth_token = "t"\n' + toml + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    assert str(info.value) == f"config {path}: {expected}"

@@ -45,11 +45,12 @@ _HOOK_FIELDS = {  # a feed item's field: the hook's name for it
 def notification(item: dict[str, Any], account: str) -> Notification:
     """A feed item as the hook would have sent it (same fields, so the same dedupe key),
     checked as the hook's body is: BadRequest saying what is wrong."""
+    raw = {"via": "feed", **{k: v for k, v in item.items() if k != "handle"}}
     doc = {hook: item.get(name) for name, hook in _HOOK_FIELDS.items()}
-    parsed = parse_body(orjson.dumps({**doc, "Origin": {"Account": account}}))
+    parsed = parse_body(orjson.dumps({**raw, **doc, "Origin": {"Account": account}}))
     if not isinstance(parsed, Notification):
         raise BadRequest("a feed item must be an order notification")
-    return parsed._replace(raw={"via": "feed", **{k: v for k, v in item.items() if k != "handle"}})
+    return parsed._replace(raw=raw)
 
 
 class FeedPoller:
