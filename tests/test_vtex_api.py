@@ -102,3 +102,30 @@ async def test_refused_and_unreachable_name_no_secret(api: VtexApi, vtex: FakeVt
             )
     assert str(info.value) == "VTEX Feed failed: ClientConnectorError"
     assert vtex.requests == []
+
+
+@pytest.mark.parametrize(
+    ("location", "shown"),
+    [
+        ("http://user:pw@evil.example:8080/steal?token=s3cret#x", "http://evil.example:8080"),
+        ("https://evil.example/a", "https://evil.example:443"),
+        ("/mystore/api/oms/pvt/orders/v2", "{vtex}"),  # relative: VTEX's own origin
+    ],
+)
+async def test_redirect_is_named_by_its_origin_only(
+    api: VtexApi, vtex: FakeVtex, location: str, shown: str
+) -> None:
+    vtex.order_failures = [(302, {"Location": location})]
+    with pytest.raises(VtexRedirect) as info:
+        await api.call(
+            "GET",
+            SOURCE,
+            "mystore",
+            (*ORDER_PATH, "v1"),
+            what="Get Order",
+            max_bytes=1024,
+            timeout=TIMEOUT,
+        )
+    where = shown.format(vtex=vtex.url)
+    assert str(info.value) == f"HTTP 302 from VTEX Get Order: a redirect to {where}, not followed"
+    assert len(vtex.requests) == 1  # not followed, not even to VTEX itself

@@ -14,7 +14,6 @@ from app.vtex.urls import (
     ORDER_PATH,
     VtexRefused,
     base_url_problem,
-    origin,
     vtex_url,
 )
 
@@ -106,21 +105,6 @@ def test_query_is_encoded() -> None:
 def test_base_url_template_is_checked(base: str, problem: str | None) -> None:
     found = base_url_problem(base)
     assert (found is None) if problem is None else (found is not None and problem in found)
-
-
-@pytest.mark.parametrize(
-    ("location", "shown"),
-    [
-        ("http://user:pw@evil.example:8080/steal?token=x#y", "http://evil.example:8080"),
-        ("https://evil.example/a", "https://evil.example"),
-        ("/api/oms/pvt/orders/x", "the same host"),
-        (None, "the same host"),
-        ("http://evil.example:99999/", "an invalid URL"),
-        ("http://évil.example\n/", "http://\\xe9vil.example"),  # ASCII only, one line
-    ],
-)
-def test_origin_shows_scheme_host_and_port_only(location: str | None, shown: str) -> None:
-    assert origin(location) == shown
 
 
 @pytest.mark.parametrize(

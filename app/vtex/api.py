@@ -23,7 +23,8 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from app.config import Source
-from app.vtex.urls import VtexError, VtexRefused, origin, vtex_url
+from app.redaction import redirect_origin
+from app.vtex.urls import VtexError, VtexRefused, vtex_url
 
 MAX_ORDER_BYTES = 8 * 1024 * 1024  # Get Order: the largest real orders are a few hundred KB
 MAX_FEED_BYTES = 1024 * 1024  # a Feed v3 lot: at most 10 items of a few hundred bytes
@@ -119,7 +120,7 @@ def credential_headers(source: Source) -> dict[str, str]:
 
 def _refuse_redirect(response: aiohttp.ClientResponse, what: str) -> None:
     if 300 <= response.status < 400:
-        where = origin(response.headers.get("Location"))
+        where = redirect_origin(str(response.url), response.headers.get("Location", ""))
         raise VtexRedirect(
             f"HTTP {response.status} from VTEX {what}: a redirect to {where}, not followed"
         )

@@ -74,17 +74,3 @@ def base_url_problem(base_url: str) -> str | None:
     if "{" in base_url.replace(ACCOUNT_FIELD, "") or "}" in base_url.replace(ACCOUNT_FIELD, ""):
         return f"may hold no placeholder but {ACCOUNT_FIELD}"
     return None
-
-
-def origin(url: str | None) -> str:
-    """Scheme, host and port of `url`, for a log line or an error (never its path, query or
-    user info, which may carry a secret); "the same host" for a relative URL."""
-    try:
-        parts = urlsplit(url or "")
-        port = parts.port
-    except ValueError:
-        return "an invalid URL"
-    if not parts.hostname:
-        return "the same host"
-    shown = f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port is not None else "")
-    return ascii(shown)[1:-1]
