@@ -135,11 +135,12 @@ def _notification(doc: dict[str, Any]) -> Notification:
     )
 
 
-def check_account(account: str) -> None:
-    """BadRequest unless `account` is a VTEX account name (a host name label)."""
+def check_account(account: str, field: str = "`Origin.Account`") -> None:
+    """BadRequest unless `account` is a VTEX account name (a host name label); the message
+    names the account as `field`."""
     if not _ACCOUNT.match(account):
         raise BadRequest(
-            f"`Origin.Account` must be a VTEX account name (letters, digits and inner hyphens, "
+            f"{field} must be a VTEX account name (letters, digits and inner hyphens, "
             f"at most 63), got {_shown(account)}"
         )
 

@@ -90,7 +90,7 @@ async def test_answer_over_the_cap_is_refused(api: VtexApi, vtex: FakeVtex, decl
 
 
 async def test_refused_and_unreachable_name_no_secret(api: VtexApi, vtex: FakeVtex) -> None:
-    with pytest.raises(VtexRefused, match="Origin.Account"):
+    with pytest.raises(VtexRefused, match="the account must be a VTEX account name"):
         await api.call(
             "GET", SOURCE, "evil.example/x#", FEED_PATH, what="Feed", max_bytes=10, timeout=TIMEOUT
         )

@@ -123,5 +123,5 @@ base_url = "http://{{account}}.localhost.invalid:{vtex.port}"
 """)
         shown = cli(config, f"127.0.0.1:{elsewhere.port}/x#", "show")
         assert shown.returncode == 1
-        assert "orderhook: --account: `Origin.Account` must be a VTEX account name" in shown.stderr
+        assert "orderhook: --account must be a VTEX account name" in shown.stderr
         assert vtex.requests == [] and elsewhere.requests == []

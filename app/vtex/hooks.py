@@ -101,9 +101,9 @@ async def _act(args: argparse.Namespace, settings: Settings, source: Source, api
 
 def credentials_for(settings: Settings, account: str) -> Source:
     try:
-        check_account(account)
+        check_account(account, "--account")
     except BadRequest as exc:
-        raise HookError(f"--account: {exc.message}") from None
+        raise HookError(exc.message) from None
     source = source_for(settings.sources, account)
     if source is None:
         raise HookError(f"no [[sources]] entry for account {account!r}")

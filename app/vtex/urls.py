@@ -41,7 +41,7 @@ def vtex_url(
 ) -> str:
     """The URL of `segments` (each one path segment) in `account`'s VTEX API."""
     try:
-        check_account(account)
+        check_account(account, "the account")
     except BadRequest as exc:
         raise VtexRefused(f"refused to call VTEX: {exc.message}") from None
     base = urlsplit(base_url)
