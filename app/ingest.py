@@ -127,6 +127,13 @@ class BodyDeadlines:
 
 
 HOOK_PATH = "/hooks/vtex"
+# VTEX counts a hook answered after 5 s as failed. Once its body is read, a hook request waits
+# at most this long for Redis (the group commit's queue, a pooled connection and the round
+# trip together), then answers 503 + Retry-After: every answer well within VTEX's 5 s (the rest
+# is for the network, the body and a busy event loop), however many requests wait and however
+# long Redis hangs. A 503 whose append did reach Redis is safe:
+# VTEX retries, and the retry is answered 200 "duplicate" with the same event id.
+HOOK_DEADLINE_S = 2.0
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 

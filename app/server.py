@@ -19,7 +19,7 @@ from app.admin import Admin
 from app.config import Settings, load_settings
 from app.errors import StoreUnavailable
 from app.http import EXCEPTION_HANDLERS, json_response
-from app.ingest import HOOK_PATH, HookEndpoint
+from app.ingest import HOOK_DEADLINE_S, HOOK_PATH, HookEndpoint
 from app.lifecycle import tune_gc
 from app.openapi import OpenApiEndpoint
 from app.ops.routes import Ops
@@ -85,7 +85,7 @@ def create_app(settings: Settings) -> Starlette:
         if not settings.sources:
             log.warning("no [[sources]] configured: every hook request will be refused with 401")
         async with store_for(settings) as store:
-            commit = Batcher(store.append, name="ingest")
+            commit = Batcher(store.append, name="ingest", deadline_s=HOOK_DEADLINE_S)
             commit.start()
             relay = Relay(settings, store)
             if settings.subscriptions:  # without any, events wait in the stream for the first

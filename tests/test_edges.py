@@ -1,0 +1,167 @@
+"""The gateway at its edges: a Redis that evicts, runs out of memory or hangs, and clients that
+hold connections open without ever finishing a request.
+
+Every test runs `orderhook serve` as a real subprocess against a redis-server the test starts
+itself (on a free port, with the configuration under test), and prints its figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import redis
+
+from app.store.embedded import redis_executable
+from app.store.keys import Keys
+from tests.conftest import AUTH, CONFIG_TOML, Gateway, free_port, notification
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class TestRedis:
+    """A redis-server of the test's own, in memory only, with extra command-line options."""
+
+    __test__ = False  # not a test class
+
+    def __init__(self, *options: str) -> None:
+        self.port = free_port()
+        self.options = options
+        self.proc = subprocess.Popen(
+            [redis_executable(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+            + ["--appendonly", "no", *options],
+            stdout=subprocess.DEVNULL,
+        )
+        self.client = redis.Redis(port=self.port, socket_timeout=5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.kill()
+        self.proc.wait(10)
+        self.client.close()
+
+
+def report(capsys: pytest.CaptureFixture[str], title: str, figures: dict[str, Any]) -> None:
+    with capsys.disabled():
+        print(f"\n  ── {title}")
+        for name, value in figures.items():
+            print(f"     {name:<44} {value}")
+
+
+def gateway_on(server: TestRedis, tmp_path: Path, prefix: str, extra_toml: str = "") -> Gateway:
+    """`orderhook serve` (not started yet) on the test config, against `server`."""
+    config = tmp_path / "orderhook.toml"
+    config.write_text(CONFIG_TOML.replace("{prefix}", prefix) + extra_toml)
+    env = {**os.environ, "REDIS_URL": server.url, "PYTHONUNBUFFERED": "1"}
+    return Gateway(config, env, tmp_path / "gateway.log")
+
+
+@pytest.fixture
+def keys() -> Keys:
+    """Each test has a Redis of its own: one prefix will do."""
+    return Keys("edges")
+
+
+def stream_ids(server: TestRedis, keys: Keys) -> set[str]:
+    return {fields[b"id"].decode() for _, fields in server.client.xrange(keys.ingest_stream)}
+
+
+async def post_all(url: str, bodies: list[dict[str, Any]]) -> list[tuple[float, int, str, str]]:
+    """Post every body at once, each on a connection of its own: (seconds, status, Retry-After,
+    event id when 200) per request."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def post(body: dict[str, Any]) -> tuple[float, int, str, str]:
+            started = time.monotonic()
+            async with session.post(url, data=orjson.dumps(body), headers=AUTH) as r:
+                answer = await r.json()
+                took = time.monotonic() - started
+                return took, r.status, r.headers.get("Retry-After", ""), answer.get("id", "")
+
+        return await asyncio.gather(*(post(body) for body in bodies))
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+# ── 14. Redis hung ──────────────────────────────────────────────────────────────────────────────
+
+HUNG_HOOKS = 800
+
+
+@pytest.fixture
+def hung_server() -> Iterator[TestRedis]:
+    server = TestRedis()
+    yield server
+    server.stop()
+
+
+@pytest.mark.anyio
+async def test_redis_hung_every_hook_answered_within_3_s(
+    hung_server: TestRedis, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway = gateway_on(hung_server, tmp_path, keys.prefix).start()
+    hook_url = gateway.url + "/hooks/vtex"
+    try:
+        before = await post_all(hook_url, [notification(OrderId=f"before-{i}") for i in range(50)])
+        hung_server.signal(signal.SIGSTOP)
+        hung = await post_all(
+            hook_url, [notification(OrderId=f"hung-{i}") for i in range(HUNG_HOOKS)]
+        )
+        hung_server.signal(signal.SIGCONT)
+        await asyncio.sleep(0.5)
+        after = await post_all(hook_url, [notification(OrderId=f"after-{i}") for i in range(50)])
+    finally:
+        gateway.stop()
+    times = [took for took, *_ in hung]
+    statuses = Counter(status for _, status, *_ in hung)
+    accepted = {event for *_, event in before + hung + after if event}
+    stored = stream_ids(hung_server, keys)
+    report(
+        capsys,
+        f"{HUNG_HOOKS} concurrent hooks while Redis is SIGSTOPped",
+        {
+            "statuses": dict(statuses),
+            "with Retry-After": sum(1 for _, status, retry, _ in hung if status == 503 and retry),
+            "answer time p50 / p99 / max (s)": (
+                f"{percentile(times, 0.5):.2f} / {percentile(times, 0.99):.2f} / {max(times):.2f}"
+            ),
+            "over 5 s (VTEX's timeout)": sum(1 for t in times if t > 5),
+            "after SIGCONT": dict(Counter(status for _, status, *_ in after)),
+            "answered 200 / lost": f"{len(accepted)} / {len(accepted - stored)}",
+        },
+    )
+    assert percentile(times, 0.99) < 3.0
+    assert all(status == 503 and retry for _, status, retry, _ in hung)
+    assert [status for _, status, *_ in before + after] == [200] * 100
+    assert accepted <= stored
