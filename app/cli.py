@@ -15,7 +15,7 @@ import uvloop
 
 from app import cli_ops, logs
 from app.config import Settings, load_settings
-from app.errors import ConfigError, StoreUnavailable
+from app.errors import ConfigError, StoreMayEvict, StoreUnavailable
 from app.lifecycle import tune_gc
 from app.relay import run_worker
 from app.server import create_app
@@ -98,6 +98,8 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if args.workers > 1:
         return _serve_many(args, settings)
+    if settings.redis_url is not None and _may_evict(settings, settings.redis_url):
+        return 2
     config = uvicorn.Config(
         create_app(settings),
         host=args.host,
@@ -123,6 +125,8 @@ def _serve_many(args: argparse.Namespace, settings: Settings) -> int:
             asyncio.run(embedded.start())
             stack.callback(lambda: asyncio.run(embedded.stop()))
             os.environ["REDIS_URL"] = embedded.url
+        if _may_evict(settings, os.environ["REDIS_URL"]):
+            return 2
         if args.config:
             os.environ["ORDERHOOK_CONFIG"] = str(Path(args.config).resolve())
         _exit_cleanly_on_stop_signals()
@@ -139,24 +143,49 @@ def _serve_many(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _check_store(settings: Settings, url: str) -> None:
+    """StoreUnavailable unless the Redis at `url` answers; StoreMayEvict unless it runs
+    maxmemory-policy noeviction."""
+    keys = Keys(settings.key_prefix)
+    async with open_store(
+        url,
+        keys,
+        settings.redis_timeout_s,
+        settings.dedupe_window_s,
+        assume_noeviction=settings.assume_noeviction,
+    ) as store:
+        await store.ping()
+        await store.check_eviction()
+
+
+def _may_evict(settings: Settings, url: str) -> bool:
+    """True, after one line on stderr, when the Redis at `url` may evict accepted events.
+    A Redis not answering yet is no reason to refuse: the gateway answers 503 until it does,
+    and checks its policy then (the lifespan, every /readyz and every POLICY_CHECK_EVERY_S)."""
+    try:
+        asyncio.run(_check_store(settings, url))
+    except StoreMayEvict as exc:
+        print(f"orderhook: refusing to start: {exc}", file=sys.stderr)
+        return True
+    except StoreUnavailable:
+        pass
+    return False
+
+
 def check(args: argparse.Namespace) -> int:
-    """Exit 0 when the config loads and the configured Redis answers; 2 otherwise."""
+    """Exit 0 when the config loads and the configured Redis answers and runs noeviction; 2
+    otherwise."""
     settings = _settings(args)
     if settings is None:
         return 2
     if settings.redis_url is None:
         print("orderhook: config ok; REDIS_URL is unset: the embedded store will be used")
         return 0
-
-    async def ping() -> None:
-        keys = Keys(settings.key_prefix)
-        async with open_store(
-            settings.redis_url or "", keys, settings.redis_timeout_s, settings.dedupe_window_s
-        ) as store:
-            await store.ping()
-
     try:
-        asyncio.run(ping())
+        asyncio.run(_check_store(settings, settings.redis_url))
+    except StoreMayEvict as exc:
+        print(f"orderhook: config ok, but {exc}", file=sys.stderr)
+        return 2
     except StoreUnavailable as exc:
         print(f"orderhook: config ok, but Redis does not answer: {exc}", file=sys.stderr)
         return 2

@@ -42,6 +42,9 @@ DEFAULT_BODY_TIMEOUT_S = 10.0  # a hook body is a few hundred bytes; a trickle i
 DEFAULT_KEY_PREFIX = "orderhook"
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_REDIS_TIMEOUT_S = 2.0
+DEFAULT_HEADER_TIMEOUT_S = 10.0  # from connecting (or the last answer) to a request's headers
+DEFAULT_KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this (uvicorn's)
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 256  # per peer address and process; 0: no cap
 ANY_ACCOUNT = "*"
 DEFAULT_VTEX_BASE_URL = "https://{account}.vtexcommercestable.com.br"
 DEFAULT_DELIVERY_TIMEOUT_S = 10.0
@@ -79,6 +82,14 @@ class _StoreFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     key_prefix: str = DEFAULT_KEY_PREFIX
     timeout_s: float = DEFAULT_REDIS_TIMEOUT_S
     embedded_appendfsync: AppendFsync = "always"
+    # Start although Redis hides its maxmemory-policy: the operator has checked it is noeviction.
+    assume_noeviction: bool = False
+
+
+class _ServerFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    keep_alive_s: int = DEFAULT_KEEP_ALIVE_S
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 
 
 class _IngestFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -139,6 +150,7 @@ class _ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sources: list[_SourceFile] = msgspec.field(default_factory=list)
     subscriptions: list[_SubscriptionFile] = msgspec.field(default_factory=list)
     store: _StoreFile = msgspec.field(default_factory=_StoreFile)
+    server: _ServerFile = msgspec.field(default_factory=_ServerFile)
     ingest: _IngestFile = msgspec.field(default_factory=_IngestFile)
     delivery: _DeliveryFile = msgspec.field(default_factory=_DeliveryFile)
     ops: _OpsFile = msgspec.field(default_factory=_OpsFile)
@@ -233,6 +245,10 @@ class Settings:
     key_prefix: str = DEFAULT_KEY_PREFIX
     redis_timeout_s: float = DEFAULT_REDIS_TIMEOUT_S
     embedded_appendfsync: AppendFsync = "always"
+    assume_noeviction: bool = False
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    keep_alive_s: int = DEFAULT_KEEP_ALIVE_S
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     dedupe_window_s: int = DEFAULT_DEDUPE_WINDOW_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
@@ -264,6 +280,10 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
         key_prefix=parsed.store.key_prefix,
         redis_timeout_s=parsed.store.timeout_s,
         embedded_appendfsync=parsed.store.embedded_appendfsync,
+        assume_noeviction=parsed.store.assume_noeviction,
+        header_timeout_s=parsed.server.header_timeout_s,
+        keep_alive_s=parsed.server.keep_alive_s,
+        max_connections_per_client=parsed.server.max_connections_per_client,
         max_body_bytes=parsed.ingest.max_body_bytes,
         dedupe_window_s=parsed.ingest.dedupe_window_s,
         body_timeout_s=parsed.ingest.body_timeout_s,
@@ -301,6 +321,13 @@ def _check_limits(parsed: _ConfigFile, where: str) -> None:
         (parsed.ingest.dedupe_window_s >= 1, "ingest.dedupe_window_s", "an integer >= 1"),
         (parsed.ingest.body_timeout_s > 0, "ingest.body_timeout_s", "a number > 0"),
         (parsed.store.timeout_s > 0, "store.timeout_s", "a number > 0"),
+        (parsed.server.header_timeout_s > 0, "server.header_timeout_s", "a number > 0"),
+        (parsed.server.keep_alive_s >= 1, "server.keep_alive_s", "an integer >= 1"),
+        (
+            parsed.server.max_connections_per_client >= 0,
+            "server.max_connections_per_client",
+            "an integer >= 0 (0: no cap)",
+        ),
         (parsed.ops.log_retention_s >= 60, "ops.log_retention_s", "an integer >= 60"),
         (parsed.delivery.router_claim_idle_s > 0, "delivery.router_claim_idle_s", "a number > 0"),
         (_valid_prefix(parsed.store.key_prefix), "store.key_prefix", "[A-Za-z0-9:_-]{1,64}"),

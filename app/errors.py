@@ -2,7 +2,9 @@
 
 OrderhookError
 ├── ConfigError            the configuration is invalid (start-up refuses to go on)
-├── StoreUnavailable       Redis cannot be reached or is not ready (HTTP 503)
+├── StoreUnavailable       Redis cannot be reached, is not ready or is out of memory (HTTP 503)
+│   └── StoreMayEvict      Redis's maxmemory-policy is not noeviction: it may drop queued events
+│                          (HTTP 503; `orderhook serve` and `orderhook check` refuse it)
 └── RequestError           the request is refused; carries its HTTP status
     ├── Unauthorized       401: no source's auth header matches, or the account is not allowed
     ├── BadRequest         400: invalid JSON, not an object, a missing or mistyped field
@@ -23,7 +25,11 @@ class ConfigError(OrderhookError):
 
 
 class StoreUnavailable(OrderhookError):
-    """Redis is unreachable, timed out or is still loading its data."""
+    """Redis is unreachable, timed out, is still loading its data or is out of memory."""
+
+
+class StoreMayEvict(StoreUnavailable):
+    """Redis may evict keys (an accepted event, a dedupe mark): it cannot hold the queue."""
 
 
 class RequestError(OrderhookError):

@@ -36,7 +36,7 @@ def error(description: str) -> Schema:
 
 
 UNAVAILABLE: Schema = {
-    **error("Redis does not answer; try again later"),
+    **error("Redis does not answer in time, is out of memory or may evict events; try again later"),
     "headers": {"Retry-After": {"schema": {"type": "string", "pattern": r"^\d+$"}}},
 }
 
@@ -280,10 +280,14 @@ def paths() -> dict[str, Schema]:
         },
         "/readyz": {
             "get": operation(
-                "Redis answers: the gateway can accept events",
+                "Redis answers, runs maxmemory-policy noeviction and takes writes: the gateway "
+                "can accept events",
                 {
                     "200": json_body({"type": "object", "required": ["status"]}, "ready"),
-                    "503": error("Redis does not answer"),
+                    "503": error(
+                        "Redis does not answer, may evict events (its maxmemory-policy is not "
+                        "noeviction) or is out of memory"
+                    ),
                 },
             )
         },

@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from app import logs
 from app.admin import Admin
 from app.config import Settings, load_settings
-from app.errors import StoreUnavailable
+from app.errors import StoreMayEvict, StoreUnavailable
 from app.http import EXCEPTION_HANDLERS, json_response
 from app.ingest import HOOK_DEADLINE_S, HOOK_PATH, HookEndpoint
 from app.lifecycle import tune_gc
@@ -46,7 +46,13 @@ async def store_for(settings: Settings) -> AsyncIterator[Store]:
             stack.push_async_callback(embedded.stop)
             url = embedded.url
         yield await stack.enter_async_context(
-            open_store(url, keys, settings.redis_timeout_s, settings.dedupe_window_s)
+            open_store(
+                url,
+                keys,
+                settings.redis_timeout_s,
+                settings.dedupe_window_s,
+                assume_noeviction=settings.assume_noeviction,
+            )
         )
 
 
@@ -55,11 +61,39 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """200 when Redis answers, runs noeviction and takes a write (is not out of memory)."""
     try:
-        await request.app.state.store.ping()
-    except StoreUnavailable:
-        return json_response({"status": "unavailable", "error": "redis does not answer"}, 503)
+        await request.app.state.store.check_ready()
+    except StoreUnavailable as exc:
+        return json_response({"status": "unavailable", "error": str(exc)}, 503)
     return json_response({"status": "ready"})
+
+
+POLICY_CHECK_EVERY_S = 30.0
+
+
+async def check_eviction_policy(store: Store, known: str | None = None) -> str | None:
+    """Check Redis's maxmemory-policy (hooks are refused while it may evict); log a change
+    from what was `known`. Returns what is now known to be wrong, or None."""
+    try:
+        await store.check_eviction()
+    except StoreMayEvict as exc:
+        if str(exc) != known:
+            log.error("%s; events are refused with 503 meanwhile", exc)
+        return str(exc)
+    except StoreUnavailable:
+        return known  # not answering: hooks get 503 anyway; checked again next time
+    if known is not None:
+        log.warning("redis runs maxmemory-policy noeviction again: events are accepted")
+    return None
+
+
+async def watch_eviction_policy(store: Store, known: str | None) -> None:
+    """Check the policy again now and then: a Redis restarted (or reconfigured) with another
+    maxmemory-policy is noticed within POLICY_CHECK_EVERY_S (and by every /readyz)."""
+    while True:
+        await asyncio.sleep(POLICY_CHECK_EVERY_S)
+        known = await check_eviction_policy(store, known)
 
 
 class Gateway(Starlette):
@@ -85,6 +119,7 @@ def create_app(settings: Settings) -> Starlette:
         if not settings.sources:
             log.warning("no [[sources]] configured: every hook request will be refused with 401")
         async with store_for(settings) as store:
+            known_problem = await check_eviction_policy(store)  # before any hook is taken
             commit = Batcher(store.append, name="ingest", deadline_s=HOOK_DEADLINE_S)
             commit.start()
             relay = Relay(settings, store)
@@ -92,10 +127,12 @@ def create_app(settings: Settings) -> Starlette:
                 await relay.start()
             app.state.store, app.state.commit, app.state.relay = store, commit, relay
             flusher = asyncio.create_task(logs.flush_periodically())
+            watch = asyncio.create_task(watch_eviction_policy(store, known_problem))
             try:
                 yield
             finally:
                 flusher.cancel()
+                watch.cancel()
                 logs.outcomes.flush()
                 await relay.stop()
                 await commit.close()

@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import orjson
 import pytest
 import redis
@@ -112,6 +114,145 @@ async def post_all(url: str, bodies: list[dict[str, Any]]) -> list[tuple[float, 
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+# ── 3. a Redis that may evict, and a Redis out of memory ─────────────────────────────────────
+
+
+def run_cli(command: str, gateway: Gateway) -> subprocess.CompletedProcess[str]:
+    """`orderhook serve` or `check` on the gateway's config; a `serve` still running after 20 s
+    is stopped (it did not refuse to start)."""
+    args = [sys.executable, "-m", "app.cli", command, "--config", str(gateway.config)]
+    if command == "serve":
+        args += ["--port", str(gateway.port)]
+    with subprocess.Popen(
+        args, env=gateway.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            out, err = proc.communicate(timeout=30)
+            err += "\n(still running after 20 s)"
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def hook_once(gateway: Gateway, **changes: Any) -> httpx.Response:
+    return httpx.post(gateway.url + "/hooks/vtex", json=notification(**changes), headers=AUTH)
+
+
+@pytest.fixture
+def lru_server() -> Iterator[TestRedis]:
+    server = TestRedis("--maxmemory-policy", "allkeys-lru")
+    yield server
+    server.stop()
+
+
+def test_eviction_policy_refused_by_serve_check_and_readiness(
+    lru_server: TestRedis, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway = gateway_on(lru_server, tmp_path, keys.prefix)
+    serve = run_cli("serve", gateway)
+    check = run_cli("check", gateway)
+    serve_lines = [line for line in serve.stderr.splitlines() if line.strip()]
+
+    lru_server.client.config_set("maxmemory-policy", "noeviction")
+    gateway.start()
+    try:
+        ready_before = httpx.get(gateway.url + "/readyz")
+        accepted = hook_once(gateway, OrderId="before")
+        lru_server.client.config_set("maxmemory-policy", "allkeys-lru")  # while it runs
+        ready_lru = httpx.get(gateway.url + "/readyz")
+        refused = hook_once(gateway, OrderId="during")
+        lru_server.client.config_set("maxmemory-policy", "noeviction")
+        ready_after = httpx.get(gateway.url + "/readyz")
+        again = hook_once(gateway, OrderId="during")
+    finally:
+        gateway.stop()
+    report(
+        capsys,
+        "Redis with maxmemory-policy allkeys-lru",
+        {
+            "orderhook serve": f"exit {serve.returncode}: {serve_lines}",
+            "orderhook check": f"exit {check.returncode}: {check.stderr.strip()}",
+            "/readyz: noeviction, set to allkeys-lru, back": (
+                f"{ready_before.status_code}, {ready_lru.status_code} "
+                f"{ready_lru.json()}, {ready_after.status_code}"
+            ),
+            "hook: noeviction, allkeys-lru, back": (
+                f"{accepted.status_code}, {refused.status_code} "
+                f"(Retry-After {refused.headers.get('retry-after')}), {again.status_code}"
+            ),
+        },
+    )
+    assert serve.returncode == 2 and len(serve_lines) == 1 and "allkeys-lru" in serve_lines[0]
+    assert check.returncode == 2 and "allkeys-lru" in check.stderr
+    assert (ready_before.status_code, ready_lru.status_code, ready_after.status_code) == (
+        200,
+        503,
+        200,
+    )
+    assert "allkeys-lru" in ready_lru.json()["error"]
+    assert (accepted.status_code, refused.status_code, again.status_code) == (200, 503, 200)
+    assert refused.headers["retry-after"]
+    assert stream_ids(lru_server, keys) == {accepted.json()["id"], again.json()["id"]}
+
+
+@pytest.fixture
+def small_server() -> Iterator[TestRedis]:
+    server = TestRedis("--maxmemory", str(SMALL_MAXMEMORY), "--maxmemory-policy", "noeviction")
+    yield server
+    server.stop()
+
+
+SMALL_MAXMEMORY = 2 * 1024 * 1024
+
+
+def fill_up(server: TestRedis) -> list[str]:
+    """Take Redis past its maxmemory, so that it refuses every write: the filler keys' names.
+    (A command's own arguments count while Redis checks memory, so plain writes stop at the
+    edge, where a small write may still pass; SETRANGE's few bytes allocate far past it.)"""
+    server.client.setrange("filler", SMALL_MAXMEMORY, b"x")
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        server.client.set("one-more", b"x")
+    return ["filler"]
+
+
+def test_redis_out_of_memory_answers_503_with_retry_after_then_recovers(
+    small_server: TestRedis, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway = gateway_on(small_server, tmp_path, keys.prefix).start()
+    try:
+        before = [hook_once(gateway, OrderId=f"before-{i}") for i in range(10)]
+        fillers = fill_up(small_server)
+        full = [hook_once(gateway, OrderId=f"full-{i}") for i in range(10)]
+        ready_full = httpx.get(gateway.url + "/readyz")
+        small_server.client.delete(*fillers)
+        ready_freed = httpx.get(gateway.url + "/readyz")
+        freed = [hook_once(gateway, OrderId=f"full-{i}") for i in range(10)]
+    finally:
+        gateway.stop()
+    accepted = {r.json()["id"] for r in before + full + freed if r.status_code == 200}
+    stored = stream_ids(small_server, keys)
+    report(
+        capsys,
+        "Redis (maxmemory 2mb, noeviction) filled up, then freed",
+        {
+            "hooks before / full / freed": " / ".join(
+                str(dict(Counter(r.status_code for r in rs))) for rs in (before, full, freed)
+            ),
+            "Retry-After while full": {r.headers.get("retry-after") for r in full},
+            "/readyz full / freed": (
+                f"{ready_full.status_code} {ready_full.json()}, {ready_freed.status_code}"
+            ),
+            "answered 200 / lost": f"{len(accepted)} / {len(accepted - stored)}",
+        },
+    )
+    assert [r.status_code for r in before + freed] == [200] * 20
+    assert all(r.status_code == 503 and r.headers.get("retry-after") for r in full)
+    assert (ready_full.status_code, ready_freed.status_code) == (503, 200)
+    assert "out of memory" in ready_full.json()["error"]
+    assert accepted <= stored
 
 
 # ── 14. Redis hung ──────────────────────────────────────────────────────────────────────────────

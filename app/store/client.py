@@ -1,8 +1,15 @@
-"""The gateway's Redis client: made once at start-up, every error wrapped in StoreUnavailable."""
+"""The gateway's Redis client: made once at start-up, every error wrapped in StoreUnavailable.
+
+It also knows whether Redis can hold the queue at all: an accepted event lives only in Redis,
+so a Redis that may evict keys (any maxmemory-policy but noeviction) could drop it unseen.
+With noeviction, a full Redis refuses writes instead ("OOM"): that is StoreUnavailable too,
+a 503 + Retry-After, and VTEX retries once memory is freed.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -16,14 +23,19 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
-from app.errors import StoreUnavailable
+from app.errors import StoreMayEvict, StoreUnavailable
 from app.events import order_key
 from app.store.keys import Keys
 
 DEFAULT_MAX_CONNECTIONS = 64
 _NOT_READY = ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+# Redis 7 answers a refused write with "OOM command not allowed ..." (OutOfMemoryError), also
+# from within a script; Redis 6 wraps it in the script's error ("ERR Error running script ...").
+_OUT_OF_MEMORY = "OOM command not allowed"
+NO_EVICTION = "noeviction"
+READY_PROBE_TTL_MS = 60_000
 
 T = TypeVar("T")
 
@@ -47,17 +59,25 @@ class Store:
         keys: Keys,
         dedupe_window_s: int,
         deadline_s: float,
+        assume_noeviction: bool = False,
     ) -> None:
         self.client = client
         self.keys = keys
         self.dedupe_window_s = dedupe_window_s
         self.deadline_s = deadline_s
+        # Where Redis hides its maxmemory-policy, the operator's word that it is noeviction.
+        self.assume_noeviction = assume_noeviction
+        # What the last policy check found wrong (events are refused meanwhile), or None.
+        self.eviction_problem: str | None = None
         self._ingest = client.register_script(load_script("ingest.lua"))
 
     async def append(self, events: Sequence[dict[str, Any]]) -> list[Appended]:
         """Dedupe and append events atomically; one round trip for the whole batch. Every
         appended event gets its order's next sequence number, whoever appends it (the hook,
-        feed backup), so routers in any process hand an order's events on in append order."""
+        feed backup), so routers in any process hand an order's events on in append order.
+        Refused (StoreMayEvict) while the last check found that Redis may evict them."""
+        if self.eviction_problem is not None:
+            raise StoreMayEvict(self.eviction_problem)
         minute = int(time.time() // 60)
         keys = [self.keys.ingest_stream, self.keys.stats, self.keys.ingest_minute(minute)]
         keys += [self.keys.seen(e["id"]) for e in events]
@@ -74,6 +94,36 @@ class Store:
     async def ping(self) -> bool:
         return bool(await self.guard(self.client.ping))
 
+    async def maxmemory_policy(self) -> str | None:
+        """Redis's maxmemory-policy: CONFIG GET, or INFO memory where a managed Redis refuses
+        CONFIG; None when neither tells."""
+        with contextlib.suppress(ResponseError):  # CONFIG refused or renamed
+            reply = await self.guard(partial(self.client.config_get, "maxmemory-policy"))
+            value = next(iter(reply.values()), None) if reply else None
+            if value:
+                return _text(value)
+        with contextlib.suppress(ResponseError):
+            info = await self.guard(partial(self.client.info, "memory"))
+            if info.get("maxmemory_policy"):
+                return str(info["maxmemory_policy"])
+        return None
+
+    async def check_eviction(self) -> None:
+        """Raise StoreMayEvict unless Redis runs noeviction; the finding is kept for append."""
+        self.eviction_problem = eviction_problem(
+            await self.maxmemory_policy(), self.assume_noeviction
+        )
+        if self.eviction_problem is not None:
+            raise StoreMayEvict(self.eviction_problem)
+
+    async def check_ready(self) -> None:
+        """Raise StoreUnavailable unless Redis answers, runs noeviction and takes a write now
+        (it refuses every write once out of memory)."""
+        await self.check_eviction()
+        await self.guard(
+            partial(self.client.set, self.keys.ready_probe, b"1", px=READY_PROBE_TTL_MS)
+        )
+
     async def close(self) -> None:
         await self.client.aclose()
 
@@ -85,6 +135,10 @@ class Store:
             async with asyncio.timeout(self.deadline_s):
                 return await call()
         except ResponseError as exc:
+            if isinstance(exc, OutOfMemoryError) or _OUT_OF_MEMORY in str(exc):
+                raise StoreUnavailable(
+                    "redis is out of memory (maxmemory reached): it refuses writes"
+                ) from exc
             if str(exc).startswith(_NOT_READY):
                 raise StoreUnavailable(f"redis is not ready: {exc}") from exc
             raise
@@ -94,6 +148,22 @@ class Store:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def eviction_problem(policy: str | None, assume_noeviction: bool = False) -> str | None:
+    """What is wrong with Redis's maxmemory-policy for a queue of events, in one line; None if
+    nothing. A policy Redis does not tell counts as wrong unless the operator vouches for it."""
+    if policy == NO_EVICTION or (policy is None and assume_noeviction):
+        return None
+    if policy is None:
+        return (
+            "redis does not tell its maxmemory-policy (CONFIG GET and INFO refused): make sure "
+            "it is noeviction, then set [store] assume_noeviction = true"
+        )
+    return (
+        f"redis has maxmemory-policy {policy}: it may evict accepted events; "
+        f"set maxmemory-policy to {NO_EVICTION}"
+    )
 
 
 def make_client(url: str, timeout_s: float) -> aioredis.Redis:
@@ -111,8 +181,11 @@ def make_client(url: str, timeout_s: float) -> aioredis.Redis:
 
 
 @asynccontextmanager
-async def open_store(url: str, keys: Keys, timeout_s: float, window_s: int) -> AsyncIterator[Store]:
-    store = Store(make_client(url, timeout_s), keys, window_s, timeout_s)
+async def open_store(
+    url: str, keys: Keys, timeout_s: float, window_s: int, assume_noeviction: bool = False
+) -> AsyncIterator[Store]:
+    client = make_client(url, timeout_s)
+    store = Store(client, keys, window_s, timeout_s, assume_noeviction)
     try:
         yield store
     finally:

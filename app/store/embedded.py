@@ -102,6 +102,8 @@ class EmbeddedRedis:
             self.appendfsync,
             "--save",
             "",
+            "--maxmemory-policy",  # full: refuse writes (503), never evict an event
+            "noeviction",
             "--daemonize",
             "no",
             "--logfile",

@@ -24,6 +24,11 @@ class Keys:
     ROUTER_GROUP = "router"
 
     @property
+    def ready_probe(self) -> str:
+        """Written by the readiness check: does Redis take a write now (not out of memory)?"""
+        return f"{self.tag}:ready"
+
+    @property
     def stats(self) -> str:
         """Counters, kept in Redis so they are true across restarts and processes."""
         return f"{self.tag}:stats"
