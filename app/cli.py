@@ -9,14 +9,16 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 import uvloop
 
 from app import cli_ops, logs
 from app.config import Settings, load_settings
+from app.connections import BoundedHttpProtocol
 from app.errors import ConfigError, StoreMayEvict, StoreUnavailable
-from app.lifecycle import tune_gc
+from app.lifecycle import raise_open_files_limit, tune_gc
 from app.relay import run_worker
 from app.server import create_app
 from app.store.client import open_store
@@ -100,14 +102,10 @@ def serve(args: argparse.Namespace) -> int:
         return _serve_many(args, settings)
     if settings.redis_url is not None and _may_evict(settings, settings.redis_url):
         return 2
-    config = uvicorn.Config(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        lifespan="on",
-        access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-    )
+    raise_open_files_limit()
+    BoundedHttpProtocol.configure(settings)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=args.host, port=args.port, **_uvicorn(settings))
     server = uvicorn.Server(config)
     tune_gc()
     _exit_cleanly_on_stop_signals()
@@ -130,17 +128,29 @@ def _serve_many(args: argparse.Namespace, settings: Settings) -> int:
         if args.config:
             os.environ["ORDERHOOK_CONFIG"] = str(Path(args.config).resolve())
         _exit_cleanly_on_stop_signals()
+        raise_open_files_limit()  # the worker processes inherit it
         uvicorn.run(
             "app.server:app_from_environment",
             factory=True,
             host=args.host,
             port=args.port,
             workers=args.workers,
-            lifespan="on",
-            access_log=False,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            **_uvicorn(settings),
         )
     return 0
+
+
+def _uvicorn(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for the gateway: the protocol that bounds how long a request's head
+    may take and how many connections one address may hold (app/connections.py), and the
+    idle keep-alive bound."""
+    return {
+        "http": f"{BoundedHttpProtocol.__module__}:{BoundedHttpProtocol.__name__}",
+        "timeout_keep_alive": settings.keep_alive_s,
+        "lifespan": "on",
+        "access_log": False,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+    }
 
 
 async def _check_store(settings: Settings, url: str) -> None:

@@ -39,7 +39,9 @@ REJECTION_REASONS = {
 async def on_request_error(request: Request, exc: Exception) -> Response:
     message = exc.message if isinstance(exc, RequestError) else str(exc)
     status = exc.status if isinstance(exc, RequestError) else 400
-    return json_response({"error": message}, status)
+    # After a 408 the rest of the body is not awaited: the connection is closed with it.
+    headers = {"Connection": "close"} if status == 408 else None
+    return json_response({"error": message}, status, headers)
 
 
 async def count_rejection(state: State, status: int) -> None:

@@ -1,10 +1,14 @@
-"""Process-wide helpers: the one wait every background loop of the relay shares, and the
-garbage collector's tuning for every gateway process."""
+"""Process-wide helpers: the one wait every background loop of the relay shares, the garbage
+collector's tuning and the open-files limit for every gateway process."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import resource
+
+log = logging.getLogger("orderhook.server")
 
 
 async def sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
@@ -25,3 +29,21 @@ def tune_gc() -> None:
     """
     gc.freeze()  # what exists at start-up is permanent: never scan it again
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+
+
+FALLBACK_OPEN_FILES = 1_048_576  # where the hard limit is "unlimited" (the kernel's nr_open)
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard limit: every connection is a file
+    descriptor, and the usual soft limit (1,024) let 1,100 held connections make the hook
+    unreachable. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FALLBACK_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %s to %s: %s", soft, wanted, exc)
+    return soft

@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from app import logs
 from app.admin import Admin
 from app.config import Settings, load_settings
+from app.connections import BoundedHttpProtocol, bounded_receive
 from app.errors import StoreMayEvict, StoreUnavailable
 from app.http import EXCEPTION_HANDLERS, json_response
 from app.ingest import HOOK_DEADLINE_S, HOOK_PATH, HookEndpoint
@@ -98,19 +99,23 @@ async def watch_eviction_policy(store: Store, known: str | None) -> None:
 
 class Gateway(Starlette):
     """The Starlette app, with one shortcut: `POST /hooks/vtex`, the one path VTEX loads,
-    goes straight to its handler, which answers every error itself; the middleware and the
-    router (which still list it, for 405s and /openapi.json) are for the other endpoints."""
+    goes straight to its handler, which answers every error itself (and bounds its body's
+    time); the middleware and the router (which still list it, for 405s and /openapi.json) are
+    for the other endpoints, whose bodies must be in within `body_timeout_s` (else 408)."""
 
-    def __init__(self, hook: HookEndpoint, **options: Any) -> None:
+    def __init__(self, hook: HookEndpoint, body_timeout_s: float, **options: Any) -> None:
         super().__init__(**options)
         self.hook = hook
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == HOOK_PATH and scope["method"] == "POST":
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+        elif scope["path"] == HOOK_PATH and scope["method"] == "POST":
             scope["app"] = self
             await self.hook(scope, receive, send)
         else:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, bounded_receive(receive, self.body_timeout_s), send)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -150,7 +155,13 @@ def create_app(settings: Settings) -> Starlette:
             "/api/orders/expressions/jsonata", JsonataEndpoint(settings).handle, methods=["POST"]
         ),
     ]
-    app = Gateway(hook, routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app = Gateway(
+        hook,
+        settings.body_timeout_s,
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
     app.state.settings = settings
     return app
 
@@ -160,4 +171,6 @@ def app_from_environment() -> Starlette:
     environment, as its parent checked them."""
     logs.configure()
     tune_gc()
-    return create_app(load_settings(None))
+    settings = load_settings(None)
+    BoundedHttpProtocol.configure(settings)
+    return create_app(settings)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
+import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,10 +79,15 @@ def report(capsys: pytest.CaptureFixture[str], title: str, figures: dict[str, An
             print(f"     {name:<44} {value}")
 
 
-def gateway_on(server: TestRedis, tmp_path: Path, prefix: str, extra_toml: str = "") -> Gateway:
-    """`orderhook serve` (not started yet) on the test config, against `server`."""
+def gateway_on(
+    server: TestRedis, tmp_path: Path, prefix: str, extra_toml: str = "", ingest: str = ""
+) -> Gateway:
+    """`orderhook serve` (not started yet) on the test config plus `extra_toml` (and `ingest`
+    added to its [ingest] table), against `server`."""
     config = tmp_path / "orderhook.toml"
-    config.write_text(CONFIG_TOML.replace("{prefix}", prefix) + extra_toml)
+    text = CONFIG_TOML.replace("{prefix}", prefix)
+    text = text.replace("max_body_bytes = 4096", f"max_body_bytes = 4096\n{ingest}")
+    config.write_text(text + extra_toml)
     env = {**os.environ, "REDIS_URL": server.url, "PYTHONUNBUFFERED": "1"}
     return Gateway(config, env, tmp_path / "gateway.log")
 
@@ -306,3 +314,154 @@ async def test_redis_hung_every_hook_answered_within_3_s(
     assert all(status == 503 and retry for _, status, retry, _ in hung)
     assert [status for _, status, *_ in before + after] == [200] * 100
     assert accepted <= stored
+
+
+# ── 13. connections held without a token ─────────────────────────────────────────────────────
+
+HELD = 2000
+HEAD_TIMEOUT_S = 2
+BODY_TIMEOUT_S = 2
+TRICKLE_EVERY_S = 0.5
+KINDS = ("idle", "half-sent headers", "trickled /ops/login body")
+STARTS = {
+    "idle": b"",
+    "half-sent headers": b"POST /hooks/vtex HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty",
+    "trickled /ops/login body": (
+        b"POST /ops/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n\r\ntoken="
+    ),
+}
+
+
+class Held:
+    """One connection the attacker holds: what it sends, what the gateway answered, when it
+    was closed (seconds after it was opened)."""
+
+    def __init__(self, port: int, source: str, kind: str) -> None:
+        self.kind = kind
+        self.sock = socket.socket()
+        self.sock.bind((source, 0))
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.setblocking(False)
+        self.opened = time.monotonic()
+        self.answer = b""
+        self.closed_after: float | None = None
+        self.send(STARTS[kind])
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.send(data)
+        except OSError:
+            pass  # closed by the gateway: read() notices
+
+    def read(self) -> None:
+        try:
+            chunk = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        self.answer += chunk
+        if not chunk:
+            self.closed_after = time.monotonic() - self.opened
+
+    @property
+    def status(self) -> str:
+        return self.answer[9:12].decode() if self.answer.startswith(b"HTTP/1.1 ") else "none"
+
+
+def hold(port: int, source: str) -> list[Held]:
+    return [Held(port, source, KINDS[i % len(KINDS)]) for i in range(HELD)]
+
+
+def watch(held: list[Held], seconds: float) -> None:
+    """Trickle the bodies and read whatever the gateway answers, until every connection is
+    closed or `seconds` have passed."""
+    with selectors.DefaultSelector() as selector:
+        for connection in held:
+            selector.register(connection.sock, selectors.EVENT_READ, connection)
+        deadline = time.monotonic() + seconds
+        next_trickle = time.monotonic()
+        while time.monotonic() < deadline and any(c.closed_after is None for c in held):
+            if time.monotonic() >= next_trickle:
+                next_trickle += TRICKLE_EVERY_S
+                for c in held:
+                    if c.kind == KINDS[2] and c.closed_after is None:
+                        c.send(b"x")
+            for key, _ in selector.select(timeout=0.05):
+                connection: Held = key.data
+                connection.read()
+                if connection.closed_after is not None:
+                    selector.unregister(connection.sock)
+
+
+@pytest.fixture
+def plain_server() -> Iterator[TestRedis]:
+    server = TestRedis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def production_fd_limit() -> Iterator[None]:
+    """The gateway starts with the usual soft limit of open files (1,024), as under systemd or
+    Docker; then this process raises its own, to hold the connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@pytest.mark.parametrize(
+    ("cap", "attacker"),
+    [("", "127.0.0.2"), ("max_connections_per_client = 0", "127.0.0.1")],
+    ids=["per-client cap", "no cap, as behind a proxy"],
+)
+def test_connections_held_without_a_token_do_not_stall_the_hook(
+    plain_server: TestRedis,
+    keys: Keys,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    production_fd_limit: None,
+    cap: str,
+    attacker: str,
+) -> None:
+    limits = f"\n[server]\nheader_timeout_s = {HEAD_TIMEOUT_S}\n{cap}\n"
+    ingest = f"body_timeout_s = {BODY_TIMEOUT_S}"
+    gateway = gateway_on(plain_server, tmp_path, keys.prefix, limits, ingest).start()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        held = hold(gateway.port, attacker)
+        started = time.monotonic()
+        try:
+            hook = hook_once(gateway, OrderId="while-held")
+            hook_status = hook.status_code
+        except httpx.HTTPError as exc:
+            hook_status = type(exc).__name__  # type: ignore[assignment]
+        hook_s = time.monotonic() - started
+        watch(held, HEAD_TIMEOUT_S + BODY_TIMEOUT_S + 6)
+    finally:
+        for connection in held:
+            connection.sock.close()
+        gateway.stop()
+    figures: dict[str, Any] = {
+        f"valid hook while {attacker} holds {HELD}": f"{hook_status} in {hook_s * 1000:.0f} ms"
+    }
+    for kind in KINDS:
+        mine = [c for c in held if c.kind == kind]
+        closed = [c.closed_after for c in mine if c.closed_after is not None]
+        figures[kind] = (
+            f"answers {dict(Counter(c.status for c in mine))}, closed {len(closed)}/{len(mine)}"
+            + (f" after {min(closed):.1f}-{max(closed):.1f} s" if closed else "")
+        )
+    report(capsys, f"{HELD} connections held by one client ({cap or 'default cap'})", figures)
+    assert hook_status == 200 and hook_s < 1.0
+    assert all(c.closed_after is not None for c in held)
+    refused = [c for c in held if c.status == "503"]
+    kept = [c for c in held if c.status != "503"]
+    assert all(c.closed_after < 1.0 for c in refused)  # type: ignore[operator]
+    for c in kept:
+        bound = HEAD_TIMEOUT_S if c.kind != KINDS[2] else BODY_TIMEOUT_S
+        assert c.closed_after < bound + 1.5, (c.kind, c.closed_after)  # type: ignore[operator]
+        assert c.status == {"idle": "none", "half-sent headers": "408"}.get(c.kind, "408")
