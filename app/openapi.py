@@ -218,6 +218,8 @@ def operation(
         op["parameters"] = parameters
     if body is not None:
         op["requestBody"] = body
+        # every body must be in within [ingest] body_timeout_s (app/connections.py)
+        responses.setdefault("408", error("the body did not arrive in time"))
     return op
 
 

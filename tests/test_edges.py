@@ -206,6 +206,39 @@ def test_eviction_policy_refused_by_serve_check_and_readiness(
     assert stream_ids(lru_server, keys) == {accepted.json()["id"], again.json()["id"]}
 
 
+NO_CONFIG = ("--rename-command", "CONFIG", "")  # as managed Redis services refuse CONFIG
+
+
+@pytest.mark.parametrize(
+    ("options", "store_toml", "exit_code", "says"),
+    [
+        (("--maxmemory-policy", "allkeys-lru", *NO_CONFIG), "", 2, "allkeys-lru"),
+        (("--maxmemory-policy", "noeviction", *NO_CONFIG), "", 0, "Redis answers"),
+        ((*NO_CONFIG, "--rename-command", "INFO", ""), "", 2, "assume_noeviction"),
+        ((*NO_CONFIG, "--rename-command", "INFO", ""), "assume_noeviction = true", 0, "answers"),
+    ],
+    ids=["INFO tells allkeys-lru", "INFO tells noeviction", "hidden", "hidden, vouched for"],
+)
+def test_eviction_policy_read_where_config_is_refused(
+    tmp_path: Path,
+    keys: Keys,
+    options: tuple[str, ...],
+    store_toml: str,
+    exit_code: int,
+    says: str,
+) -> None:
+    server = TestRedis(*options)
+    try:
+        gateway = gateway_on(server, tmp_path, keys.prefix)
+        text = gateway.config.read_text()
+        gateway.config.write_text(text.replace("[store]\n", f"[store]\n{store_toml}\n"))
+        check = run_cli("check", gateway)
+    finally:
+        server.stop()
+    assert check.returncode == exit_code, check.stderr
+    assert says in check.stdout + check.stderr
+
+
 @pytest.fixture
 def small_server() -> Iterator[TestRedis]:
     server = TestRedis("--maxmemory", str(SMALL_MAXMEMORY), "--maxmemory-policy", "noeviction")
