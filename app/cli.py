@@ -83,6 +83,8 @@ def worker(args: argparse.Namespace) -> int:
             "orderhook: worker has nothing to do: no [[subscriptions]] configured", file=sys.stderr
         )
         return 2
+    if _may_evict(settings, settings.redis_url):
+        return 2
     tune_gc()
     # uvloop, as uvicorn gives `serve`: on the default loop the loop itself was the worker's
     # largest cost (bench/profile.py delivery; BENCHMARKS.md)

@@ -30,6 +30,7 @@ import redis
 from app.store.embedded import redis_executable
 from app.store.keys import Keys
 from tests.conftest import AUTH, CONFIG_TOML, Gateway, free_port, notification
+from tests.relaying import SECRET
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -162,6 +163,9 @@ def test_eviction_policy_refused_by_serve_check_and_readiness(
     gateway = gateway_on(lru_server, tmp_path, keys.prefix)
     serve = run_cli("serve", gateway)
     check = run_cli("check", gateway)
+    (tmp_path / "w").mkdir()
+    sub = f'\n[[subscriptions]]\nid = "a"\nurl = "http://127.0.0.1:9/a"\nsecret = "{SECRET}"\n'
+    worker = run_cli("worker", gateway_on(lru_server, tmp_path / "w", keys.prefix, sub))
     serve_lines = [line for line in serve.stderr.splitlines() if line.strip()]
 
     lru_server.client.config_set("maxmemory-policy", "noeviction")
@@ -183,6 +187,7 @@ def test_eviction_policy_refused_by_serve_check_and_readiness(
         {
             "orderhook serve": f"exit {serve.returncode}: {serve_lines}",
             "orderhook check": f"exit {check.returncode}: {check.stderr.strip()}",
+            "orderhook worker": f"exit {worker.returncode}: {worker.stderr.strip()}",
             "/readyz: noeviction, set to allkeys-lru, back": (
                 f"{ready_before.status_code}, {ready_lru.status_code} "
                 f"{ready_lru.json()}, {ready_after.status_code}"
@@ -195,6 +200,7 @@ def test_eviction_policy_refused_by_serve_check_and_readiness(
     )
     assert serve.returncode == 2 and len(serve_lines) == 1 and "allkeys-lru" in serve_lines[0]
     assert check.returncode == 2 and "allkeys-lru" in check.stderr
+    assert worker.returncode == 2 and "allkeys-lru" in worker.stderr
     assert (ready_before.status_code, ready_lru.status_code, ready_after.status_code) == (
         200,
         503,
