@@ -36,8 +36,12 @@ def _answer(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
     """A whole HTTP/1.1 answer, for writing before any request is read (then closing)."""
     return (
         b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
-        b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n"
-        + extra + b"\r\n" + body
+        b"content-length: "
+        + str(len(body)).encode()
+        + b"\r\nconnection: close\r\n"
+        + extra
+        + b"\r\n"
+        + body
     )
 
 
