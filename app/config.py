@@ -7,6 +7,7 @@ source names with `auth_token_env`). Every error names the file, the key and wha
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -309,10 +310,27 @@ def _read_file(path: Path) -> _ConfigFile:
         raise ConfigError(f"config {path}: cannot read the file: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config {path}: not valid TOML: {exc}") from exc
+    if (where := _non_finite_number(raw)) is not None:
+        raise ConfigError(f"config {path}: `{where}` must be a finite number, not inf or nan")
     try:
         return msgspec.convert(raw, type=_ConfigFile)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"config {path}: {exc}") from exc
+
+
+def _non_finite_number(doc: dict[str, Any]) -> str | None:
+    """The key of the first inf or nan in a parsed file: TOML has them, no setting takes them
+    (an infinite cooldown or a nan delay would pass every `> 0` check and fail in use)."""
+    pending: list[tuple[str, Any]] = [("", doc)]
+    while pending:
+        where, value = pending.pop(0)  # breadth first, each table in the file's order
+        if isinstance(value, float) and not math.isfinite(value):
+            return where
+        if isinstance(value, dict):
+            pending += [(f"{where}.{key}".lstrip("."), item) for key, item in value.items()]
+        elif isinstance(value, list):
+            pending += [(f"{where}[{i}]", item) for i, item in enumerate(value)]
+    return None
 
 
 def _check_limits(parsed: _ConfigFile, where: str) -> None:

@@ -15,13 +15,28 @@ OrderhookError
 
 from __future__ import annotations
 
+import re
+
+# What would break a message's one line on a terminal or in a log: C0 and C1 controls, DEL,
+# the Unicode line and paragraph separators, and the bidirectional overrides.
+_LINE_BREAKERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def one_line(text: str) -> str:
+    """`text` with each character that could break its line written as its escape (`\\n`)."""
+    return _LINE_BREAKERS.sub(lambda found: ascii(found.group())[1:-1], text)
+
 
 class OrderhookError(Exception):
     """Base of every error the gateway raises on purpose."""
 
 
 class ConfigError(OrderhookError):
-    """The configuration file or environment is invalid."""
+    """The configuration file or environment is invalid. The message is one line, whatever
+    the file holds: a key or value it quotes cannot start another."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 class StoreUnavailable(OrderhookError):
