@@ -54,6 +54,7 @@ from app.events import (
     Notification,
     cloudevent,
     default_data,
+    event_change_time,
     normalize,
     order_position,
     parse_body,
@@ -116,6 +117,8 @@ _EXTREME_TIMES = [
     "2019-02-29T00:00:00Z",
     "2019-08-14T24:00:00Z",
     "2019-08-14T17:12:48+99:99",
+    "2019-08-14T17:12:48+05:60",
+    "2019-08-14T17:12:48-00:99",
     "2019-08-14T17:12:48",
     "2019-08-14 17:12:48Z",
     "2019-08-14",
@@ -370,20 +373,34 @@ def _depth(doc: Any) -> int:
 DEEPEST_WRITABLE_BODY = 252
 
 
-def _nested_too_deep(body: bytes) -> bool:
-    try:
-        accepted = accepted_event(body) is not None
-    except BadRequest:
-        return False
-    return accepted and _depth(orjson.loads(body)) > DEEPEST_WRITABLE_BODY
+def _nested_too_deep(body: bytes, event: dict[str, Any]) -> bool:
+    return _depth(orjson.loads(body)) > DEEPEST_WRITABLE_BODY
 
 
-# Inputs app code still fails on (reported; each has an xfail test): the fuzz tests skip them.
-KNOWN_FAILURES: list[Callable[[bytes], bool]] = [_nested_too_deep]
+# datetime.fromisoformat takes an offset's minutes up to 99 (`+05:60` is +06:00), RFC 3339 and
+# CloudEvents readers do not: ingest accepts a change time that the CloudEvent's `time` then
+# carries unreadable. See the xfail test below.
+_OFFSET_MINUTES_OVER_59 = re.compile(r"[+-][0-9]{2}:[6-9][0-9]\Z")
+
+
+def _offset_minutes_over_59(body: bytes, event: dict[str, Any]) -> bool:
+    return bool(_OFFSET_MINUTES_OVER_59.search(str(event_change_time(event))))
+
+
+# Accepted bodies that app code still fails on (reported; each has an xfail test): the fuzz
+# tests skip them, to stay green and look further. Delete a check once its failure is fixed.
+KNOWN_FAILURES: list[Callable[[bytes, dict[str, Any]], bool]] = [
+    _nested_too_deep,
+    _offset_minutes_over_59,
+]
 
 
 def known_failure(body: bytes) -> bool:
-    return any(check(body) for check in KNOWN_FAILURES)
+    try:
+        event = accepted_event(body)
+    except BadRequest:
+        return False
+    return event is not None and any(check(body, event) for check in KNOWN_FAILURES)
 
 
 PURE = "fuzz: parse_body + normalize, then order position and CloudEvent"
@@ -429,6 +446,22 @@ def _deep_body(levels: int) -> bytes:
 def test_known_every_event_accepted_can_be_written_as_a_cloudevent() -> None:
     try:
         event = accepted_event(_deep_body(DEEPEST_WRITABLE_BODY + 1))
+    except BadRequest:
+        return
+    assert event is not None
+    assert_plannable(event)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="app/events.py iso_ticks (datetime.fromisoformat) accepts an offset's minutes 60-99; "
+    "the CloudEvent's `time` then is not RFC 3339: the cloudevents library refuses it "
+    "(ValueError: Invalid minutes in time zone offset)",
+)
+def test_known_every_change_time_accepted_is_rfc_3339() -> None:
+    body = orjson.dumps(notification(CurrentChange="2019-08-14T17:12:48+05:60"))
+    try:
+        event = accepted_event(body)
     except BadRequest:
         return
     assert event is not None
@@ -680,12 +713,12 @@ def test_hook_never_answers_5xx_and_stores_only_what_it_accepts(
             assert new == []
             assert content["status"] == "pong" or content["id"] in accepted
             return
+        accepted.add(content["id"])
         [(_, entry)] = new
         assert entry[b"id"].decode() == content["id"]
         event = orjson.loads(entry[b"event"])
         assert event["id"] == content["id"]
         assert_plannable(event)
-        accepted.add(content["id"])
 
     fuzz(capsys, HOOK, run, tried)
 
