@@ -158,8 +158,9 @@ class SubscriptionWorker:
         event = orjson.loads(item.event_json)
         try:
             body = build_body(self.sub, event)
-        except EvaluationError as exc:
-            result = PostResult(None, f"transform failed: {exc}", None, b"", 0)
+        except (EvaluationError, orjson.JSONEncodeError) as exc:  # dead: no retry can help
+            what = "transform failed" if isinstance(exc, EvaluationError) else "not JSON-writable"
+            result = PostResult(None, f"{what}: {exc}", None, b"", 0)
             await self._settle(item, event, Dead(), result)
             return
         result = await self._post(event["id"], body)

@@ -40,6 +40,9 @@ MAX_CLOCK_AHEAD_S = 24 * 3600
 # I-JSON (RFC 7493): numbers beyond 2^53 are not exact in every consumer (JavaScript, JSONata),
 # so a notification carrying one would reach subscribers changed. It is refused instead.
 MAX_SAFE_NUMBER = 2**53 - 1
+# A notification is flat; this much nesting leaves room under orjson's 254-level writing limit
+# for the event (`raw` is one level down) and its CloudEvent (`data.raw`, two).
+MAX_BODY_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -73,19 +76,22 @@ def parse_body(body: bytes) -> Ping | Notification:
 
 
 def _check_numbers(doc: dict[str, Any]) -> None:
-    """BadRequest naming the first number out of I-JSON's exact range (orjson has already
-    refused infinities and nesting deeper than 1,024). Hot path: type checks only, the
-    offending number's path is worked out once one is found."""
-    pending: list[Any] = [doc]
+    """BadRequest naming the first number out of I-JSON's exact range, or when the body nests
+    deeper than MAX_BODY_DEPTH (orjson has already refused infinities and nesting deeper than
+    1,024). Hot path: type checks only, the offending number's path is worked out once one is
+    found."""
+    pending: list[tuple[Any, int]] = [(doc, 1)]
     while pending:
-        container = pending.pop()
+        container, depth = pending.pop()
         for item in container.values() if type(container) is dict else container:
             kind = type(item)
             if kind is dict or kind is list:
-                pending.append(item)
+                if depth >= MAX_BODY_DEPTH:
+                    raise BadRequest(f"body nests deeper than {MAX_BODY_DEPTH} levels")
+                pending.append((item, depth + 1))
             elif (kind is int or kind is float) and not -MAX_SAFE_NUMBER <= item <= MAX_SAFE_NUMBER:
                 raise BadRequest(
-                    f"number at `{_path_to(doc, item)[:200]}` is out of range: "
+                    f"number at `{ascii(_path_to(doc, item)[:200])[1:-1]}` is out of range: "
                     f"numbers must be within ±{MAX_SAFE_NUMBER} (I-JSON)"
                 )
 
@@ -238,7 +244,11 @@ def default_data(event: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in event.items() if key != "id"}
 
 
-_ISO = re.compile(r"\A(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})\Z", re.I)
+# RFC 3339 date-times; the offset's hours and minutes in range (datetime.fromisoformat would
+# take "+05:60" as +06:00, which RFC 3339 readers of the CloudEvent's `time` refuse).
+_ISO = re.compile(
+    r"\A(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)\Z", re.I
+)
 TICKS_PER_S = 10_000_000  # VTEX times carry 7 decimals: 100 ns ticks
 
 

@@ -56,7 +56,6 @@ from app.events import (
     Notification,
     cloudevent,
     default_data,
-    event_change_time,
     normalize,
     order_position,
     parse_body,
@@ -369,32 +368,16 @@ def _depth(doc: Any) -> int:
     return deepest
 
 
-# orjson reads 1,024 levels of nesting but writes 254: parse_body accepts a body its event
-# (the body under `raw`, one level down) or the event's CloudEvent (`data.raw`, two down)
-# cannot be written as JSON. See the xfail tests below.
+# orjson reads 1,024 levels of nesting but writes 254: a body its event (the body under `raw`,
+# one level down) or the event's CloudEvent (`data.raw`, two down) could not be written as JSON
+# was accepted, and answered 500 (with every hook in its commit batch). Ingest now refuses
+# bodies nested deeper than app.events.MAX_BODY_DEPTH.
 DEEPEST_WRITABLE_BODY = 252
-
-
-def _nested_too_deep(body: bytes, event: dict[str, Any]) -> bool:
-    return _depth(orjson.loads(body)) > DEEPEST_WRITABLE_BODY
-
-
-# datetime.fromisoformat takes an offset's minutes up to 99 (`+05:60` is +06:00), RFC 3339 and
-# CloudEvents readers do not: ingest accepts a change time that the CloudEvent's `time` then
-# carries unreadable. See the xfail test below.
-_OFFSET_MINUTES_OVER_59 = re.compile(r"[+-][0-9]{2}:[6-9][0-9]\Z")
-
-
-def _offset_minutes_over_59(body: bytes, event: dict[str, Any]) -> bool:
-    return bool(_OFFSET_MINUTES_OVER_59.search(str(event_change_time(event))))
 
 
 # Accepted bodies that app code still fails on (reported; each has an xfail test): the fuzz
 # tests skip them, to stay green and look further. Delete a check once its failure is fixed.
-KNOWN_FAILURES: list[Callable[[bytes, dict[str, Any]], bool]] = [
-    _nested_too_deep,
-    _offset_minutes_over_59,
-]
+KNOWN_FAILURES: list[Callable[[bytes, dict[str, Any]], bool]] = []
 
 
 def known_failure(body: bytes) -> bool:
@@ -441,14 +424,7 @@ def test_deep_bodies_nest_as_deep_as_asked() -> None:
     assert [_depth(orjson.loads(_deep_body(n))) for n in (2, 253, 254)] == [2, 253, 254]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="app/events.py parse_body accepts 253 levels; the CloudEvent of the event "
-    "(`data.raw` puts the body 2 levels down) exceeds orjson's 254 (TypeError in "
-    "delivery.build_body, outside its EvaluationError handler)",
-)
-def test_known_every_event_accepted_can_be_written_as_a_cloudevent() -> None:
+def test_every_event_accepted_can_be_written_as_a_cloudevent() -> None:
     try:
         event = accepted_event(_deep_body(DEEPEST_WRITABLE_BODY + 1))
     except BadRequest:
@@ -457,14 +433,7 @@ def test_known_every_event_accepted_can_be_written_as_a_cloudevent() -> None:
     assert_plannable(event)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="app/events.py iso_ticks (datetime.fromisoformat) accepts an offset's minutes 60-99; "
-    "the CloudEvent's `time` then is not RFC 3339: the cloudevents library refuses it "
-    "(ValueError: Invalid minutes in time zone offset)",
-)
-def test_known_every_change_time_accepted_is_rfc_3339() -> None:
+def test_every_change_time_accepted_is_rfc_3339() -> None:
     body = orjson.dumps(notification(CurrentChange="2019-08-14T17:12:48+05:60"))
     try:
         event = accepted_event(body)
@@ -729,16 +698,8 @@ def test_hook_never_answers_5xx_and_stores_only_what_it_accepts(
     fuzz(capsys, HOOK, run, tried)
 
 
-DEEPEST_READABLE_EVENT_REASON = (
-    "app/events.py parse_body accepts 254 levels of nesting, orjson writes 254: "
-    "Store.append's orjson.dumps(event) (the body under `raw`) raises TypeError 'Recursion "
-    "limit reached', the hook answers 500"
-)
-
-
 @pytest.mark.anyio
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=DEEPEST_READABLE_EVENT_REASON)
-async def test_known_hook_refuses_a_body_nested_deeper_than_its_event_can_be_stored(
+async def test_hook_refuses_a_body_nested_deeper_than_its_event_can_be_stored(
     client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys
 ) -> None:
     r = await client.post("/hooks/vtex", content=_deep_body(254), headers=AUTH)
@@ -748,13 +709,7 @@ async def test_known_hook_refuses_a_body_nested_deeper_than_its_event_can_be_sto
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=DEEPEST_READABLE_EVENT_REASON + "; and so does every request in its commit batch "
-    "(Batcher fails the whole batch with the exception of one event)",
-)
-async def test_known_one_bad_body_does_not_fail_the_hooks_committed_with_it(
+async def test_one_bad_body_does_not_fail_the_hooks_committed_with_it(
     client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys
 ) -> None:
     good = notification(OrderId="companion-1-01")

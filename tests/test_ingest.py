@@ -16,6 +16,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.events import MAX_BODY_DEPTH
 from app.store.keys import Keys
 from tests.conftest import (
     AUTH,
@@ -203,11 +204,17 @@ async def test_bad_bodies_get_400_saying_what_is_wrong(
 async def test_a_deep_body_with_an_unsafe_number_at_the_bottom_is_400_not_500(
     client: httpx.AsyncClient, rdb: redis.Redis, keys: Keys
 ) -> None:
-    """12.17: the path of the bad number was found by recursion: RecursionError, a 500."""
-    deep = b"[" * 1000 + b"9007199254740993" + b"]" * 1000
-    r = await post(client, orjson.dumps(notification())[:-1] + b', "Extra": ' + deep + b"}")
-    assert r.status_code == 400
-    assert "is out of range" in r.json()["error"]
+    """12.17: the path of the bad number was found by recursion: RecursionError, a 500. And a
+    body deeper than its event could be written as JSON (orjson writes 254 levels) was a 500
+    for it and for every hook committed in its batch: ingest refuses both."""
+    for depth in (1000, 253, MAX_BODY_DEPTH):
+        deep = b"[" * depth + b"9007199254740993" + b"]" * depth
+        r = await post(client, orjson.dumps(notification())[:-1] + b', "Extra": ' + deep + b"}")
+        assert r.status_code == 400
+        assert f"body nests deeper than {MAX_BODY_DEPTH} levels" == r.json()["error"]
+    shallow = b"[" * (MAX_BODY_DEPTH - 2) + b"9007199254740993" + b"]" * (MAX_BODY_DEPTH - 2)
+    r = await post(client, orjson.dumps(notification())[:-1] + b', "Extra": ' + shallow + b"}")
+    assert r.status_code == 400 and "is out of range" in r.json()["error"]
     assert rdb.xlen(keys.ingest_stream) == 0
 
 

@@ -108,18 +108,40 @@ class Batcher(Generic[T, R]):
         self._writing[id(batch)] = batch
         try:
             results = await self.write([item for item, _, _ in batch])
-        except Exception as exc:  # every waiter learns of it; the flusher carries on
-            if not isinstance(exc, StoreUnavailable):
-                log.exception("%s batch failed", self.name)
-            for _, future, _ in batch:
-                if not future.done():
-                    future.set_exception(exc)
+        except StoreUnavailable as exc:  # every waiter learns of it; the flusher carries on
+            self._fail(batch, exc)
+            return
+        except Exception:  # one item's fault, maybe: each is written alone, so only it fails
+            log.exception("%s batch failed; writing its %d items one by one", self.name, len(batch))
+            await self._one_by_one(batch)
             return
         finally:
             del self._writing[id(batch)]
         for (_, future, _), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+    async def _one_by_one(self, batch: list[_Waiter[T, R]]) -> None:
+        for waiter in batch:
+            item, future, _ = waiter
+            if future.done():
+                continue
+            self._writing[id(waiter)] = [waiter]
+            try:
+                [result] = await self.write([item])
+            except Exception as exc:
+                self._fail([waiter], exc)
+            else:
+                if not future.done():
+                    future.set_result(result)
+            finally:
+                del self._writing[id(waiter)]
+
+    @staticmethod
+    def _fail(batch: list[_Waiter[T, R]], exc: Exception) -> None:
+        for _, future, _ in batch:
+            if not future.done():
+                future.set_exception(exc)
 
     def _expire(self) -> None:
         """The sweep: fail every caller past its deadline, queued or in a batch being written;
