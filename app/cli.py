@@ -151,6 +151,7 @@ def _uvicorn(settings: Settings) -> dict[str, Any]:
         "timeout_keep_alive": settings.keep_alive_s,
         "lifespan": "on",
         "access_log": False,
+        "log_config": None,  # its loggers reach ours: one line per record (logs.configure)
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
     }
 
