@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -23,6 +24,7 @@ from app.http import EXCEPTION_HANDLERS, json_response
 from app.ingest import HOOK_DEADLINE_S, HOOK_PATH, HookEndpoint
 from app.lifecycle import tune_gc
 from app.openapi import OpenApiEndpoint
+from app.ops.guards import SameOriginWrites, SecurityHeaders, SignInThrottle
 from app.ops.routes import Ops
 from app.relay import Relay
 from app.store.batcher import Batcher
@@ -155,10 +157,16 @@ def create_app(settings: Settings) -> Starlette:
             "/api/orders/expressions/jsonata", JsonataEndpoint(settings).handle, methods=["POST"]
         ),
     ]
+    guards = [  # outermost first; the hook skips them (Gateway)
+        Middleware(SecurityHeaders),
+        Middleware(SameOriginWrites),
+        Middleware(SignInThrottle, settings=settings),
+    ]
     app = Gateway(
         hook,
         settings.body_timeout_s,
         routes=routes,
+        middleware=guards,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
     )
