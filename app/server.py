@@ -47,6 +47,7 @@ async def store_for(settings: Settings) -> AsyncIterator[Store]:
             embedded = EmbeddedRedis(settings.data_dir, settings.embedded_appendfsync)
             await embedded.start()
             stack.push_async_callback(embedded.stop)
+            embedded.watch()  # restarted if it dies; if it cannot be, this process exits 1
             url = embedded.url
         yield await stack.enter_async_context(
             open_store(
