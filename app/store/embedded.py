@@ -130,9 +130,12 @@ class EmbeddedRedis:
         self._warn_if_truncated(log_from)
 
     def _warn_if_truncated(self, log_from: int) -> None:
-        with self.log_path.open("rb") as lines:
-            lines.seek(log_from)
-            found = _TRUNCATED.search(lines.read())
+        try:
+            with self.log_path.open("rb") as lines:
+                lines.seek(log_from)
+                found = _TRUNCATED.search(lines.read())
+        except OSError:
+            return
         if found is not None:
             log.warning(
                 "embedded redis: the append-only file ended in a torn write (a crash while "
@@ -219,7 +222,7 @@ class EmbeddedRedis:
             "--daemonize",
             "no",
             "--logfile",
-            str(self.data_dir / "redis.log"),
+            str(self.log_path),
         ]
 
     async def _take_lock(self) -> int:
