@@ -5,14 +5,15 @@ handler: VTEX is not a browser and presents no bearer token):
 - `SameOriginWrites`: a POST, PUT, PATCH or DELETE from another origin is refused (403), and so
   is one carrying the dashboard's session cookie without an Origin or Referer to prove it came
   from the dashboard;
-- `SignInThrottle`: failed sign-ins (any 401 to a request presenting a token) throttled per
-  client address and in total (`app.ops.throttle`).
+- `SignInThrottle`: failed sign-ins (any 401 to a request presenting a token) counted per
+  client address and in total, and 429 once too many (`app.ops.throttle`).
 
 In one place, so that no endpoint added later can forget them.
 """
 
 from __future__ import annotations
 
+import contextlib
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -114,7 +115,7 @@ class SignInThrottle:
         throttle = Throttle(scope["app"].state.store, self.settings)
         client = (scope.get("client") or ("unknown", 0))[0]
         try:
-            refused = await throttle.take(client)
+            refused = await throttle.check(client)
         except StoreUnavailable as exc:
             retry = {"Retry-After": str(RETRY_AFTER_S)}
             await json_response(unavailable(exc), 503, retry)(scope, receive, send)
@@ -123,24 +124,11 @@ class SignInThrottle:
             retry = {"Retry-After": str(refused.retry_after_s)}
             await json_response({"error": refused.message}, 429, retry)(scope, receive, send)
             return
-        await self._checked(throttle, client, scope, receive, send)
 
-    async def _checked(
-        self, throttle: Throttle, client: str, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        status = 0
-
-        async def send_noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+        async def send_counting_failure(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                with contextlib.suppress(StoreUnavailable):
+                    await throttle.failed(client)  # before the client can ask again
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_noting_status)
-        finally:
-            if status != 401:
-                try:
-                    await throttle.give_back(client)
-                except StoreUnavailable:
-                    pass
+        await self.app(scope, receive, send_counting_failure)

@@ -1,15 +1,20 @@
 """Failed sign-ins throttled per client address and in total, counted in Redis for every process.
 
-A request that presents a token (a bearer token, or the dashboard's sign-in form) takes one unit
-of its address's allowance and of the total allowance *before* its token is checked, and gives
-both back unless the answer is 401. An allowance is `[ops] sign_in_failures_per_client` (and
-`sign_in_failures_total`) for `WINDOW_S` from the first check of the window; past it, requests
-that present a token are answered 429 with Retry-After until the window ends. Taking before
-checking means requests sent in parallel cannot all be checked while the count is still low.
+A failed sign-in is a 401 to a request that presented a token (a bearer token, or the
+dashboard's sign-in form). After `[ops] sign_in_failures_per_client` of them from one address
+within `WINDOW_S` of its first, or `sign_in_failures_total` from all addresses together, a
+request presenting a token is answered 429 with Retry-After until that window ends, whatever
+token it presents; requests without one (hooks, open dashboard sessions) are not affected.
+
+Each failure is counted before its 401 is sent, so one client asking in turn cannot outrun
+the count. Requests sent at once are all checked before their failures are counted: a burst
+can pass the allowance by the connections one address may hold (`[server]
+max_connections_per_client`) — the price of not capping how many good requests one address
+may have in flight (a feed consumer's, say). The total bounds guessing from any number of
+addresses; a flood of bad tokens can so pause token sign-ins for everyone, for a window.
 
 The address is the connection's peer, or the client a trusted proxy names (uvicorn's
-`FORWARDED_ALLOW_IPS`); the total bounds guessing however many addresses it comes from, at the
-price that its flood locks token sign-ins (not open dashboard sessions, not hooks) for a window.
+`FORWARDED_ALLOW_IPS`).
 """
 
 from __future__ import annotations
@@ -39,49 +44,35 @@ class Throttle:
         keys = self.store.keys
         return [keys.sign_in_failures(client), keys.sign_in_failures_total]
 
-    async def take(self, client: str) -> Throttled | None:
-        """One unit of `client`'s and of the total allowance, or why not (nothing taken then)."""
+    async def check(self, client: str) -> Throttled | None:
+        """Why a request presenting a token from `client` is refused now; None if it is not."""
         keys = self._keys(client)
 
         async def run() -> list[int]:
-            async with self.store.client.pipeline(transaction=True) as pipe:
+            async with self.store.client.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.set(key, 0, ex=WINDOW_S, nx=True)
-                    pipe.incr(key)
+                    pipe.get(key)
                     pipe.ttl(key)
-                replies = await pipe.execute()
-            del replies[::3]  # the SETs' answers; the INCRs' and TTLs' remain
-            return [int(reply) for reply in replies]
+                return [int(reply or 0) for reply in await pipe.execute()]
 
         mine, mine_ttl, total, total_ttl = await self.store.guard(run)
-        refused = None
-        if mine > self.settings.sign_in_failures_per_client:
+        if mine >= self.settings.sign_in_failures_per_client:
             wait = max(1, mine_ttl)
-            refused = Throttled(
-                wait, f"too many failed sign-ins from this address: retry in {wait} s"
-            )
-        elif total > self.settings.sign_in_failures_total:
+            return Throttled(wait, f"too many failed sign-ins from this address: retry in {wait} s")
+        if total >= self.settings.sign_in_failures_total:
             wait = max(1, total_ttl)
-            refused = Throttled(
-                wait, f"too many failed sign-ins, sign-in paused: retry in {wait} s"
-            )
-        if refused is not None:
-            await self.give_back(client)
-        return refused
+            return Throttled(wait, f"too many failed sign-ins, sign-in paused: retry in {wait} s")
+        return None
 
-    async def give_back(self, client: str) -> None:
-        """The token was good (or never checked): its unit is not a failure."""
+    async def failed(self, client: str) -> None:
+        """Count one failure from `client`; a window starts with the first."""
         keys = self._keys(client)
 
         async def run() -> None:
             async with self.store.client.pipeline(transaction=True) as pipe:
                 for key in keys:
-                    pipe.decr(key)
-                    pipe.ttl(key)
-                replies = await pipe.execute()
-            # The window ended in between: DECR made a new key, without expiry. Give it one.
-            for key, ttl in zip(keys, replies[1::2], strict=True):
-                if ttl == -1:
-                    await self.store.client.expire(key, WINDOW_S)
+                    pipe.set(key, 0, ex=WINDOW_S, nx=True)
+                    pipe.incr(key)
+                await pipe.execute()
 
         await self.store.guard(run)

@@ -76,13 +76,13 @@ class Keys:
         return f"{self.tag}:session:{digest}"
 
     def sign_in_failures(self, client: str) -> str:
-        """Token checks from one client address (its IP) in the current throttle window: counted
-        before the check, given back when it succeeds; expires with the window."""
+        """Failed sign-ins from one client address (its IP) in the current throttle window,
+        which starts with the first and ends with this key's expiry."""
         return f"{self.tag}:signin:{client}"
 
     @property
     def sign_in_failures_total(self) -> str:
-        """The same count for every address together."""
+        """Failed sign-ins from every address together, in its own window."""
         return f"{self.tag}:signin"
 
     def delivery(self, delivery_id: str) -> str:
