@@ -1,6 +1,9 @@
 # orderhook: multi-stage build on the slim Python image; runs as a non-root user.
 # The image expects a Redis: set REDIS_URL (redis://, rediss://). Without it the gateway falls
 # back to its embedded store, which needs a persistent volume at ORDERHOOK_DATA_DIR.
+# Behind a TLS-terminating proxy, set FORWARDED_ALLOW_IPS to the proxy's address(es) ("*" when
+# nothing else can reach the port, as on Fly: fly.toml): its X-Forwarded-Proto and -For are
+# trusted then (the dashboard cookie gets `Secure`). Unset, only loopback's are.
 
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1

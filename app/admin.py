@@ -13,11 +13,13 @@ from app.config import Settings
 from app.errors import BadRequest, NotFound
 from app.http import json_response
 from app.ops.access import require
+from app.params import int_param
 from app.redaction import shown_url
 from app.store.deliveries import DeliveryStore, OpsQueries
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
+MAX_OFFSET = 10**9
 
 
 class Admin:
@@ -45,8 +47,8 @@ class Admin:
 
     async def dlq(self, request: Request) -> Response:
         deliveries = self._deliveries(request)
-        offset = _int_param(request, "offset", 0, 0, 10**9)
-        limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        offset = int_param(request.query_params, "offset", 0, 0, MAX_OFFSET)
+        limit = int_param(request.query_params, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         wanted = request.query_params.get("subscription")
         subs = [self._known(wanted)] if wanted is not None else self.ids
         items: list[dict[str, Any]] = []
@@ -117,15 +119,6 @@ class Admin:
             Route("/admin/dlq/replay", self.replay, methods=["POST"]),
             Route("/admin/dlq/{id}", self.delete, methods=["DELETE"]),
         ]
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise BadRequest(f"`{name}` must be an integer from {low} to {high}")
-    return int(raw)
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from app.lifecycle import raise_open_files_limit, tune_gc
 from app.relay import run_worker
 from app.server import create_app
 from app.store.client import open_store
-from app.store.embedded import EmbeddedRedis
+from app.store.embedded import EmbeddedRedis, store_lost
 from app.store.keys import Keys
 from app.vtex import hooks
 from app.vtex.jsonata import cli_test
@@ -30,6 +30,7 @@ from app.vtex.jsonata import cli_test
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 GRACEFUL_SHUTDOWN_S = 20
+EXIT_STORE_LOST = 1  # the embedded redis-server kept dying: for the supervisor to restart us
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +125,7 @@ def _serve_many(args: argparse.Namespace, settings: Settings) -> int:
             embedded = EmbeddedRedis(settings.data_dir, settings.embedded_appendfsync)
             asyncio.run(embedded.start())
             stack.callback(lambda: asyncio.run(embedded.stop()))
+            embedded.watch()  # restarted if it dies; if it cannot be, the workers stop
             os.environ["REDIS_URL"] = embedded.url
         if _may_evict(settings, os.environ["REDIS_URL"]):
             return 2
@@ -139,7 +141,7 @@ def _serve_many(args: argparse.Namespace, settings: Settings) -> int:
             workers=args.workers,
             **_uvicorn(settings),
         )
-    return 0
+    return EXIT_STORE_LOST if store_lost.is_set() else 0
 
 
 def _uvicorn(settings: Settings) -> dict[str, Any]:
@@ -151,6 +153,7 @@ def _uvicorn(settings: Settings) -> dict[str, Any]:
         "timeout_keep_alive": settings.keep_alive_s,
         "lifespan": "on",
         "access_log": False,
+        "log_config": None,  # its loggers reach ours: one line per record (logs.configure)
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
     }
 
@@ -210,11 +213,12 @@ def _exit_cleanly_on_stop_signals() -> None:
 
     uvicorn handles SIGTERM and SIGINT itself (stop accepting, finish requests in flight, run
     the lifespan shutdown), then restores the previous handlers and raises the signal again.
-    These handlers are the previous ones: a graceful stop is a normal exit, not a crash.
+    These handlers are the previous ones: a graceful stop is a normal exit, not a crash —
+    unless the embedded store died for good and the gateway stopped itself (exit 1).
     """
 
     def stop(signum: int, frame: object) -> None:
-        raise SystemExit(0)
+        raise SystemExit(EXIT_STORE_LOST if store_lost.is_set() else 0)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)

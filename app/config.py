@@ -52,6 +52,9 @@ DEFAULT_DELIVERY_TIMEOUT_S = 10.0
 DEFAULT_MAX_IN_FLIGHT = 8
 DEFAULT_ROUTER_CLAIM_IDLE_S = 30.0
 DEFAULT_LOG_RETENTION_S = 7 * 24 * 3600
+DEFAULT_SESSION_MAX_AGE_S = 12 * 3600
+DEFAULT_SIGN_IN_FAILURES_PER_CLIENT = 10
+DEFAULT_SIGN_IN_FAILURES_TOTAL = 300
 DEFAULT_VISIBILITY_TIMEOUT_S = 240.0  # VTEX Feed v3's default
 DEFAULT_PULL_RETENTION_S = 4 * 24 * 3600.0  # VTEX Feed v3: 4 to 14 days
 MAX_PULL_RETENTION_S = 14 * 24 * 3600.0
@@ -144,6 +147,9 @@ class _DeliveryFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class _OpsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_retention_s: int = DEFAULT_LOG_RETENTION_S
+    session_max_age_s: int = DEFAULT_SESSION_MAX_AGE_S  # a dashboard sign-in lasts this long
+    sign_in_failures_per_client: int = DEFAULT_SIGN_IN_FAILURES_PER_CLIENT  # per window ...
+    sign_in_failures_total: int = DEFAULT_SIGN_IN_FAILURES_TOTAL  # ... then 429 till it ends
 
 
 class _ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -238,6 +244,9 @@ class Settings:
     admin_token: Secret | None = None
     ops_token: Secret | None = None
     log_retention_s: int = DEFAULT_LOG_RETENTION_S
+    session_max_age_s: int = DEFAULT_SESSION_MAX_AGE_S
+    sign_in_failures_per_client: int = DEFAULT_SIGN_IN_FAILURES_PER_CLIENT
+    sign_in_failures_total: int = DEFAULT_SIGN_IN_FAILURES_TOTAL
     vtex_base_url: str = DEFAULT_VTEX_BASE_URL
     public_url: str | None = None
     vtex_max_requests_per_minute: int = 6000
@@ -273,6 +282,9 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
         admin_token=_secret(env.get("ORDERHOOK_ADMIN_TOKEN")),
         ops_token=_secret(env.get("ORDERHOOK_OPS_TOKEN")),
         log_retention_s=parsed.ops.log_retention_s,
+        session_max_age_s=parsed.ops.session_max_age_s,
+        sign_in_failures_per_client=parsed.ops.sign_in_failures_per_client,
+        sign_in_failures_total=parsed.ops.sign_in_failures_total,
         vtex_base_url=parsed.vtex.base_url,
         public_url=parsed.vtex.public_url,
         vtex_max_requests_per_minute=parsed.vtex.max_requests_per_minute,
@@ -347,6 +359,13 @@ def _check_limits(parsed: _ConfigFile, where: str) -> None:
             "an integer >= 0 (0: no cap)",
         ),
         (parsed.ops.log_retention_s >= 60, "ops.log_retention_s", "an integer >= 60"),
+        (parsed.ops.session_max_age_s >= 1, "ops.session_max_age_s", "an integer >= 1"),
+        (
+            parsed.ops.sign_in_failures_per_client >= 1,
+            "ops.sign_in_failures_per_client",
+            "an integer >= 1",
+        ),
+        (parsed.ops.sign_in_failures_total >= 1, "ops.sign_in_failures_total", "an integer >= 1"),
         (parsed.delivery.router_claim_idle_s > 0, "delivery.router_claim_idle_s", "a number > 0"),
         (_valid_prefix(parsed.store.key_prefix), "store.key_prefix", "[A-Za-z0-9:_-]{1,64}"),
     ]

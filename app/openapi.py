@@ -40,6 +40,12 @@ UNAVAILABLE: Schema = {
     "headers": {"Retry-After": {"schema": {"type": "string", "pattern": r"^\d+$"}}},
 }
 
+THROTTLED: Schema = {
+    **error("too many failed sign-ins from this address, or from all of them; try again later"),
+    "headers": {"Retry-After": {"schema": {"type": "string", "pattern": r"^\d+$"}}},
+}
+CROSS_ORIGIN = error("from another origin, or signed in by cookie without an Origin header")
+
 BEARER_ERRORS: dict[str, Schema] = {
     "401": error("missing or invalid token"),
     "403": error("this endpoint is disabled (no token configured) or needs the admin token"),
@@ -237,6 +243,19 @@ SEE_OTHER = {"description": "back to the dashboard", "headers": {"Location": {"s
 
 
 def paths() -> dict[str, Schema]:
+    """Every endpoint; each but the hook may also answer as the guards do (app.ops.guards)."""
+    described = _endpoints()
+    for path, item in described.items():
+        for method, op in item.items():
+            if path != "/hooks/vtex":
+                guarded = {"429": THROTTLED, "503": UNAVAILABLE}
+                if method in ("post", "put", "patch", "delete"):
+                    guarded["403"] = CROSS_ORIGIN
+                op["responses"] = guarded | op["responses"]
+    return described
+
+
+def _endpoints() -> dict[str, Schema]:
     admin, ops, feed = "adminToken", "adminToken", "feedToken"
     del ops  # the ops token is accepted where the admin token is; one scheme describes both
     dlq_id = param("id", "path", {"type": "string"})

@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from app.params import ascii_digits
+
 DEFAULT_RETRY_SCHEDULE_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
 JITTER = 0.2
 MAX_RETRY_AFTER_S = 86400.0
@@ -73,7 +75,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if ascii_digits(value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -23,6 +24,7 @@ from app.http import EXCEPTION_HANDLERS, json_response
 from app.ingest import HOOK_DEADLINE_S, HOOK_PATH, HookEndpoint
 from app.lifecycle import tune_gc
 from app.openapi import OpenApiEndpoint
+from app.ops.guards import SameOriginWrites, SecurityHeaders, SignInThrottle
 from app.ops.routes import Ops
 from app.relay import Relay
 from app.store.batcher import Batcher
@@ -45,6 +47,7 @@ async def store_for(settings: Settings) -> AsyncIterator[Store]:
             embedded = EmbeddedRedis(settings.data_dir, settings.embedded_appendfsync)
             await embedded.start()
             stack.push_async_callback(embedded.stop)
+            embedded.watch()  # restarted if it dies; if it cannot be, this process exits 1
             url = embedded.url
         yield await stack.enter_async_context(
             open_store(
@@ -155,10 +158,16 @@ def create_app(settings: Settings) -> Starlette:
             "/api/orders/expressions/jsonata", JsonataEndpoint(settings).handle, methods=["POST"]
         ),
     ]
+    guards = [  # outermost first; the hook skips them (Gateway)
+        Middleware(SecurityHeaders),
+        Middleware(SameOriginWrites),
+        Middleware(SignInThrottle, settings=settings),
+    ]
     app = Gateway(
         hook,
         settings.body_timeout_s,
         routes=routes,
+        middleware=guards,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
     )

@@ -59,6 +59,8 @@ def test_dashboard_shows_deliveries_and_dead_letters_and_replays(
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1500, "height": 1100})
+                console: list[str] = []
+                page.on("console", lambda message: console.append(message.text))
                 page.goto(gateway.url + "/ops")
                 page.fill("#token", "admin-token")
                 page.click("#login")
@@ -69,6 +71,9 @@ def test_dashboard_shows_deliveries_and_dead_letters_and_replays(
                     timeout=10_000,
                 )
                 assert "delivered" in page.inner_text("#attempts")
+                # the Content-Security-Policy lets the page's own stylesheet apply, nothing else
+                background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+                assert background == "rgb(250, 250, 250)"
                 assert "invoiced" not in page.inner_text("#sub-erp")  # a table of health
                 assert page.get_attribute("#sub-wms", "class") == "bad"
                 assert page.get_attribute("#sub-erp", "class") == "ok"
@@ -80,6 +85,7 @@ def test_dashboard_shows_deliveries_and_dead_letters_and_replays(
                 sink.wait_for_sync(lambda: len(sink.at("/wms")) >= 5, 10, "the replay")
                 page.wait_for_selector("p#dlq", timeout=10_000)  # "the queue is empty"
                 browser.close()
+            assert not [m for m in console if "Content Security Policy" in m], console
             replayed = sink.at("/wms")[-1]
             assert replayed.headers["webhook-id"] == sink.at("/wms")[1].headers["webhook-id"]
         finally:

@@ -789,7 +789,12 @@ BASE_CONFIG: dict[str, Any] = {
     "server": {"header_timeout_s": 10, "keep_alive_s": 5, "max_connections_per_client": 256},
     "ingest": {"max_body_bytes": 65536, "dedupe_window_s": 3600, "body_timeout_s": 10},
     "delivery": {"router_claim_idle_s": 30},
-    "ops": {"log_retention_s": 86400},
+    "ops": {
+        "log_retention_s": 86400,
+        "session_max_age_s": 43200,
+        "sign_in_failures_per_client": 10,
+        "sign_in_failures_total": 300,
+    },
     "vtex": {
         "base_url": "https://{account}.vtexcommercestable.com.br",
         "public_url": "https://gateway.example.com",

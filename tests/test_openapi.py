@@ -55,6 +55,10 @@ retry_schedule = []
 id = "pull"
 mode = "pull"
 token = "{FEED_TOKEN}"
+
+[ops]  # schemathesis's sign-in attempts fail by the hundred: not throttled, so it sees the rest
+sign_in_failures_per_client = 1000000
+sign_in_failures_total = 1000000
 """
 
 

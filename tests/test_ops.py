@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import os
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,13 +20,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import logs
 from app.redaction import origin
 from app.store.keys import Keys
-from tests.conftest import free_port, notification
+from tests.conftest import Gateway as LiveGateway
+from tests.conftest import free_port, gateway_config, notification
 from tests.relaying import ADMIN, Gateway, hook, subscription, until
 from tests.subscribers import Reply, Sink
 
 pytestmark = pytest.mark.anyio
 
 OPS = {"Authorization": "Bearer ops-token"}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def flow(client: httpx.AsyncClient, sink: Sink) -> tuple[str, str]:
@@ -234,3 +240,182 @@ async def test_subscriber_url_secrets_never_shown_to_ops_nor_in_errors(
     seen["redis"] = redis_dump(rdb, keys)
     for where, text in seen.items():
         assert "hush" not in text and "erp-user" not in text, where
+
+
+SAME_ORIGIN = {"Origin": "http://gw"}  # the in-process client's base URL
+
+
+def at(client: httpx.AsyncClient, address: str) -> httpx.AsyncClient:
+    """Another client of the same in-process gateway, connecting from `address`."""
+    app = client._transport.app  # type: ignore[attr-defined]
+    transport = httpx.ASGITransport(app=app, client=(address, 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://gw")
+
+
+async def sign_in(client: httpx.AsyncClient, token: str = "admin-token") -> str:
+    r = await client.post("/ops/login", data={"token": token}, headers=SAME_ORIGIN)
+    assert r.status_code == 303, r.text
+    return r.cookies["orderhook_session"]
+
+
+async def test_dashboard_cookie_is_a_session_not_the_token(
+    gateway: Gateway, sink: Sink, rdb: redis.Redis, keys: Keys
+) -> None:
+    """The cookie was the admin token itself. Now it is a random session id; Redis keeps only
+    its digest; it opens the dashboard and nothing else."""
+    async with gateway(subscription(sink, "up")) as client:
+        r = await client.post("/ops/login", data={"token": "admin-token"}, headers=SAME_ORIGIN)
+        session = r.cookies["orderhook_session"]
+        page = await client.get("/ops")
+        api = [(await client.get(path)).status_code for path in ("/ops/stats", "/admin/dlq")]
+    cookie = r.headers["set-cookie"]
+    assert "admin-token" not in cookie and session != "admin-token" and len(session) >= 43
+    assert {"httponly", "samesite=strict", "path=/ops"} <= set(cookie.lower().split("; "))
+    assert page.status_code == 200 and "signed in as admin" in page.text
+    assert api == [401, 401]  # the JSON endpoints take the bearer token only
+    stored = {key: rdb.get(key) for key in rdb.scan_iter(match=keys.pattern) if b":session:" in key}
+    assert len(stored) == 1
+    assert all(session.encode() not in key + (value or b"") for key, value in stored.items())
+    assert all(b"admin-token" not in (value or b"") for value in stored.values())
+
+
+async def test_signed_out_or_expired_session_is_refused(gateway: Gateway, sink: Sink) -> None:
+    expiring = subscription(sink, "up") + "\n[ops]\nsession_max_age_s = 1\n"
+    async with gateway(expiring) as client:
+        signed_out = await sign_in(client)
+        r = await client.post("/ops/logout", headers=SAME_ORIGIN)
+        assert r.status_code == 303 and 'orderhook_session=""' in r.headers["set-cookie"]
+        expired = await sign_in(client)
+        await asyncio.sleep(1.2)
+        for session in (signed_out, expired):  # as a browser that kept the cookie sends it
+            client.cookies.clear()
+            page = await client.get("/ops", headers={"Cookie": f"orderhook_session={session}"})
+            assert page.status_code == 401 and 'name="token"' in page.text, session
+        fresh = await sign_in(client)
+        client.cookies.clear()
+        page = await client.get("/ops", headers={"Cookie": f"orderhook_session={fresh}"})
+        assert page.status_code == 200
+
+
+async def test_cross_origin_post_is_refused(gateway: Gateway, sink: Sink) -> None:
+    async with gateway(subscription(sink, "up")) as client:
+        await sign_in(client)
+        cases = {
+            "http://evil.example": {"Origin": "http://evil.example"},
+            "null origin": {"Origin": "null"},
+            "other port": {"Origin": "http://gw:8080"},
+            "evil referer": {"Referer": "http://evil.example/ops"},
+            "no origin, signed in": {},
+        }
+        for case, headers in cases.items():
+            r = await client.post("/ops/replay", data={"subscription": "up"}, headers=headers)
+            assert r.status_code == 403, case
+            assert "origin" in r.json()["error"].lower(), case
+        r = await client.post("/ops/logout", headers={"Origin": "http://evil.example"})
+        assert r.status_code == 403
+        assert (await client.get("/ops")).status_code == 200  # still signed in
+        bearer = {**ADMIN, "Origin": "http://evil.example"}
+        r = await client.post("/admin/dlq/replay", json={"subscription": "up"}, headers=bearer)
+        assert r.status_code == 403
+        for headers in (SAME_ORIGIN, {"Referer": "http://gw/ops?orderId=x"}):
+            r = await client.post("/ops/replay", data={"subscription": "up"}, headers=headers)
+            assert r.status_code == 303, headers
+        client.cookies.clear()
+        r = await client.post("/admin/dlq/replay", json={"subscription": "up"}, headers=ADMIN)
+        assert r.status_code == 200  # a script with its bearer token sends no Origin
+
+
+async def test_dashboard_and_api_answers_carry_security_headers(
+    gateway: Gateway, sink: Sink
+) -> None:
+    async with gateway(subscription(sink, "up")) as client:
+        answers = [
+            await client.get("/ops"),
+            await client.get("/ops", headers=ADMIN),
+            await client.get("/ops/stats", headers=OPS),
+            await client.post("/ops/login", data={"token": "x"}, headers=SAME_ORIGIN),
+            await client.get("/healthz"),
+        ]
+    for r in answers:
+        csp = r.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp, r.request.url
+        assert "script-src" not in csp and "unsafe-inline" not in csp
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["x-content-type-options"] == "nosniff"
+    assert "style-src 'sha256-" in answers[1].headers["content-security-policy"]
+    assert 'style="' not in answers[0].text + answers[1].text  # the CSP allows no style attribute
+
+
+async def test_ten_failed_sign_ins_then_429(gateway: Gateway, sink: Sink) -> None:
+    """Failed sign-ins were not throttled. Now the 11th failure from one address in 10 minutes
+    is a 429 with Retry-After, whatever it presents; other addresses and open sessions go on."""
+    async with gateway(subscription(sink, "up")) as client:
+        session = await sign_in(client)
+        client.cookies.clear()
+        failed = [
+            (await client.post("/ops/login", data={"token": f"guess-{i}"}, headers=SAME_ORIGIN))
+            for i in range(10)
+        ]
+        assert [r.status_code for r in failed] == [401] * 10
+        for r in (
+            await client.post("/ops/login", data={"token": "guess"}, headers=SAME_ORIGIN),
+            await client.post("/ops/login", data={"token": "admin-token"}, headers=SAME_ORIGIN),
+            await client.get("/ops/stats", headers=OPS),
+        ):
+            assert r.status_code == 429
+            assert 0 < int(r.headers["retry-after"]) <= 600
+            assert "too many failed sign-ins" in r.json()["error"]
+        page = await client.get("/ops", headers={"Cookie": f"orderhook_session={session}"})
+        assert page.status_code == 200  # a session opened before goes on
+        async with at(client, "192.0.2.7") as other:
+            assert (await other.get("/ops/stats", headers=OPS)).status_code == 200
+
+
+async def test_failed_sign_ins_from_every_address_count_toward_a_total(
+    gateway: Gateway, sink: Sink
+) -> None:
+    limits = "\n[ops]\nsign_in_failures_per_client = 3\nsign_in_failures_total = 7\n"
+    async with gateway(subscription(sink, "up") + limits) as client:
+        statuses = []
+        for i in range(8):
+            async with at(client, f"192.0.2.{i // 3 + 1}") as guesser:
+                r = await guesser.get("/ops/stats", headers={"Authorization": f"Bearer g{i}"})
+                statuses.append(r.status_code)
+        async with at(client, "198.51.100.1") as newcomer:
+            r = await newcomer.get("/ops/stats", headers=OPS)
+    assert statuses == [401] * 7 + [429]
+    assert r.status_code == 429 and "paused" in r.json()["error"]
+
+
+def test_cookie_is_secure_behind_flys_tls_proxy(redis_url: str, keys: Keys, tmp_path: Path) -> None:
+    """On Fly the TLS proxy's X-Forwarded-Proto was not trusted (uvicorn trusts 127.0.0.1
+    only), so the session cookie went without `Secure`. fly.toml now trusts its proxy; the
+    client address a trusted proxy names is also the one failed sign-ins are counted for."""
+    fly_env = tomllib.loads((ROOT / "fly.toml").read_text())["env"]
+    env = {
+        **os.environ,
+        **fly_env,
+        "REDIS_URL": redis_url,
+        "ORDERHOOK_ADMIN_TOKEN": "admin-token",
+    }
+    process = LiveGateway(gateway_config(tmp_path, keys.prefix), env, tmp_path / "gw.log")
+    process.start()
+    proxy = httpx.HTTPTransport(local_address="127.0.0.2")  # not loopback's default trust
+    try:
+        with httpx.Client(transport=proxy, base_url=process.url) as http:
+
+            def login(token: str, client_ip: str) -> httpx.Response:
+                headers = {
+                    "X-Forwarded-Proto": "https",
+                    "X-Forwarded-For": client_ip,
+                    "Origin": "https://" + process.url.removeprefix("http://"),
+                }
+                return http.post("/ops/login", data={"token": token}, headers=headers)
+
+            r = login("admin-token", "203.0.113.9")
+            assert r.status_code == 303
+            assert "secure" in r.headers["set-cookie"].lower().split("; ")
+            assert [login("x", "203.0.113.9").status_code for _ in range(11)][-2:] == [401, 429]
+            assert login("x", "203.0.113.10").status_code == 401  # another client
+    finally:
+        process.stop()

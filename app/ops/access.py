@@ -1,6 +1,7 @@
 """Who may see what: the admin token for everything; the read-only ops token for /ops,
-/ops/stats and /metrics. Both as `Authorization: Bearer`, or, for browsers, as the session
-cookie the dashboard's login form sets."""
+/ops/stats, /metrics and the JSONata endpoint. Both as `Authorization: Bearer`; in a browser,
+the dashboard's sign-in form opens a session instead (`app.ops.sessions`), whose cookie opens
+the dashboard's own pages and forms (under /ops) and nothing else."""
 
 from __future__ import annotations
 
@@ -13,17 +14,15 @@ from starlette.requests import Request
 from app.config import Settings
 from app.errors import Forbidden, Unauthorized
 
-COOKIE = "orderhook_token"
+COOKIE = "orderhook_session"
+LEGACY_COOKIE = "orderhook_token"  # held the token itself, before sessions: cleared when seen
+COOKIE_PATH = "/ops"
 Role = Literal["admin", "ops"]
 
 
 def bearer_token(request: Request) -> str | None:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
-
-
-def presented_token(request: Request) -> str | None:
-    return bearer_token(request) or request.cookies.get(COOKIE)
 
 
 def matches(given: str, token: Secret | None) -> bool:
@@ -40,14 +39,18 @@ def role_of(token: str | None, settings: Settings) -> Role | None:
 
 
 def require(request: Request, settings: Settings, need: Role) -> Role:
-    """The caller's role, if it is enough for `need`; otherwise 401 or 403."""
+    """The bearer token's role, if it is enough for `need`; otherwise 401 or 403."""
+    return allowed(role_of(bearer_token(request), settings), settings, need)
+
+
+def allowed(role: Role | None, settings: Settings, need: Role) -> Role:
+    """`role`, if it is enough for `need`; otherwise 401 (none) or 403 (disabled, or ops)."""
     if settings.admin_token is None and (need == "admin" or settings.ops_token is None):
         raise Forbidden(
             "the admin API is disabled: set ORDERHOOK_ADMIN_TOKEN to enable it"
             if need == "admin"
             else "ops endpoints are disabled: set ORDERHOOK_ADMIN_TOKEN or ORDERHOOK_OPS_TOKEN"
         )
-    role = role_of(presented_token(request), settings)
     if role is None:
         raise Unauthorized("missing or invalid bearer token")
     if need == "admin" and role != "admin":

@@ -1,11 +1,15 @@
 """`GET /ops`: the dashboard, rendered here as one HTML page: no build step, no CDN, no script.
 
 Everything that comes from an event or a subscriber (order ids, errors, response bodies) goes
-through `html.escape`; the page refreshes itself every few seconds.
+through `html.escape`; the page refreshes itself every few seconds. Its Content-Security-Policy
+allows this page's one stylesheet (by its hash), forms posting to this origin, and nothing else:
+no script, no frame, no other resource.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from datetime import UTC, datetime
 from html import escape
@@ -21,8 +25,13 @@ text-align:left;vertical-align:top}th{background:#f0f0f0}.num{text-align:right}
 tr.ok{background:#e8f6e8}tr.warn{background:#fff4d6}tr.bad{background:#fde2e1}
 .totals span{display:inline-block;margin-right:1.5em}.muted{color:#777}
 form.inline{display:inline}button{cursor:pointer}code{font-size:12px}
-.bar{fill:#4a7bd0}.axis{stroke:#bbb}
+.bar{fill:#4a7bd0}.axis{stroke:#bbb}.error{color:#b00}
 """
+_STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
+CONTENT_SECURITY_POLICY = (
+    f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def _e(value: Any) -> str:
@@ -192,7 +201,7 @@ def page(
 
 
 def login_page(error: str | None = None) -> str:
-    message = f'<p style="color:#b00">{_e(error)}</p>' if error else ""
+    message = f'<p class="error">{_e(error)}</p>' if error else ""
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>orderhook</title>
 <style>{STYLE}</style></head><body><h1>orderhook</h1>{message}
 <form method="post" action="/ops/login"><label>Admin or ops token

@@ -13,13 +13,22 @@ from app.config import Settings
 from app.errors import BadRequest, Forbidden, PayloadTooLarge
 from app.http import json_response
 from app.ops import dashboard, metrics, stats
-from app.ops.access import COOKIE, presented_token, require, role_of
+from app.ops.access import (
+    COOKIE,
+    COOKIE_PATH,
+    LEGACY_COOKIE,
+    Role,
+    allowed,
+    bearer_token,
+    require,
+    role_of,
+)
+from app.ops.sessions import Sessions
 from app.store.deliveries import DeliveryStore, OpsQueries
 
 MAX_FORM_BYTES = 4096
 MAX_FORM_FIELDS = 10
 DASHBOARD_ROWS = 50
-COOKIE_MAX_AGE_S = 12 * 3600
 
 
 class Ops:
@@ -30,6 +39,17 @@ class Ops:
     def _deliveries(request: Request) -> DeliveryStore:
         deliveries: DeliveryStore = request.app.state.relay.deliveries
         return deliveries
+
+    def _sessions(self, request: Request) -> Sessions:
+        return Sessions(request.app.state.store, self.settings)
+
+    async def _role(self, request: Request) -> Role | None:
+        """The dashboard's caller: the bearer token's role, else its session's."""
+        token = bearer_token(request)
+        if token is not None:
+            return role_of(token, self.settings)
+        session_id = request.cookies.get(COOKIE)
+        return await self._sessions(request).role(session_id) if session_id else None
 
     async def stats(self, request: Request) -> Response:
         require(request, self.settings, "ops")
@@ -45,9 +65,9 @@ class Ops:
             raise Forbidden(
                 "ops endpoints are disabled: set ORDERHOOK_ADMIN_TOKEN or ORDERHOOK_OPS_TOKEN"
             )
-        role = role_of(presented_token(request), self.settings)
+        role = await self._role(request)
         if role is None:
-            return HTMLResponse(dashboard.login_page(), 401)
+            return _signed_out(request, HTMLResponse(dashboard.login_page(), 401))
         deliveries = self._deliveries(request)
         queries = OpsQueries(deliveries)
         snapshot = await stats.collect(self.settings, deliveries)
@@ -70,26 +90,31 @@ class Ops:
 
     async def login(self, request: Request) -> Response:
         token = (await _form(request)).get("token", "")
-        if role_of(token or None, self.settings) is None:
+        role = role_of(token or None, self.settings)
+        if role is None:
             return HTMLResponse(dashboard.login_page("That token is not valid."), 401)
         response = RedirectResponse("/ops", 303)
         response.set_cookie(
             COOKIE,
-            token,
-            max_age=COOKIE_MAX_AGE_S,
+            await self._sessions(request).open(role),
+            max_age=self.settings.session_max_age_s,
+            path=COOKIE_PATH,
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=request.url.scheme == "https",  # behind a trusted proxy: its X-Forwarded-Proto
         )
+        if LEGACY_COOKIE in request.cookies:
+            response.delete_cookie(LEGACY_COOKIE)
         return response
 
     async def logout(self, request: Request) -> Response:
-        response = RedirectResponse("/ops", 303)
-        response.delete_cookie(COOKIE)
-        return response
+        session_id = request.cookies.get(COOKIE)
+        if session_id:
+            await self._sessions(request).close(session_id)
+        return _signed_out(request, RedirectResponse("/ops", 303))
 
     async def replay(self, request: Request) -> Response:
-        require(request, self.settings, "admin")
+        allowed(await self._role(request), self.settings, "admin")
         sub = (await _form(request)).get("subscription", "")
         if sub in {s.id for s in self.settings.subscriptions}:
             await self._deliveries(request).replay_subscription(sub)
@@ -104,6 +129,15 @@ class Ops:
             Route("/ops/stats", self.stats, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
         ]
+
+
+def _signed_out(request: Request, response: Response) -> Response:
+    """`response`, clearing whichever of the dashboard's cookies the browser still sends."""
+    if COOKIE in request.cookies:
+        response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
+    if LEGACY_COOKIE in request.cookies:
+        response.delete_cookie(LEGACY_COOKIE)
+    return response
 
 
 async def _form(request: Request) -> dict[str, str]:

@@ -70,6 +70,21 @@ class Keys:
         """Set while VTEX asked (429 + Retry-After) to leave an account alone."""
         return f"{self.tag}:vtex:hold:{account}"
 
+    def session(self, digest: str) -> str:
+        """A dashboard session by the SHA-256 (hex) of its id: the browser's cookie holds the id,
+        Redis only its digest. JSON `{"role", "proof"}`, expiring with the session."""
+        return f"{self.tag}:session:{digest}"
+
+    def sign_in_failures(self, client: str) -> str:
+        """Failed sign-ins from one client address (its IP) in the current throttle window,
+        which starts with the first and ends with this key's expiry."""
+        return f"{self.tag}:signin:{client}"
+
+    @property
+    def sign_in_failures_total(self) -> str:
+        """Failed sign-ins from every address together, in its own window."""
+        return f"{self.tag}:signin"
+
     def delivery(self, delivery_id: str) -> str:
         """A hash: one event on its way to one subscription (Lua scripts build it the same way)."""
         return f"{self.tag}:d:{delivery_id}"

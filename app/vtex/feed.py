@@ -24,6 +24,7 @@ from app.events import cloudevent, default_data
 from app.filters import EvaluationError
 from app.http import json_response
 from app.ops.access import bearer_token, matches
+from app.params import int_param
 from app.store.deliveries import DeliveryStore
 
 MAX_LOT = 10  # as in VTEX
@@ -76,11 +77,9 @@ class Feed:
 
     async def take(self, request: Request) -> Response:
         sub, deliveries = self._authorized(request)
-        raw = request.query_params.get("maxlot", str(DEFAULT_LOT))
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOT:
-            raise BadRequest(f"`maxlot` must be an integer from 1 to {MAX_LOT}")
+        maxlot = int_param(request.query_params, "maxlot", DEFAULT_LOT, 1, MAX_LOT)
         items, hidden_until = await deliveries.feed_take(
-            sub.id, int(raw), sub.visibility_timeout_s, sub.retention_s
+            sub.id, maxlot, sub.visibility_timeout_s, sub.retention_s
         )
         return json_response(
             [
