@@ -18,9 +18,9 @@ import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from app.bodies import read_body
 from app.config import Settings, Source
 from app.errors import (
-    PayloadTooLarge,
     RequestError,
     RequestTimeout,
     StoreUnavailable,
@@ -65,26 +65,6 @@ def check_content_type(headers: RawHeaders) -> None:
     media = value.decode("latin-1").split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMedia(f"content type must be application/json, got {media!r}")
-
-
-async def read_body(receive: Receive, headers: RawHeaders, limit: int) -> bytes:
-    """The body; PayloadTooLarge as soon as it is known to be over `limit` bytes."""
-    declared = headers.get(b"content-length", b"")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class BodyDeadlines:

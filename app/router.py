@@ -33,6 +33,9 @@ READ_COUNT = 200
 READ_BLOCK_MS = 1000
 DEFERRED_RETRY_MS = 10
 RETRY_AFTER_STORE_ERROR_S = 1.0
+# Planning a batch lets the event loop run after this long: each filter may take up to its
+# time limit (app/filters.py EVALUATION_TIMEOUT_MS) on each entry.
+PLAN_SLICE_S = 0.005
 
 
 def delivery_id(event_id: str, subscription_id: str) -> str:
@@ -134,13 +137,7 @@ class Router:
         """Route entries as they are (already enriched, if an enricher is set)."""
         if not entries:
             return
-        routed = []
-        for entry_id, raw in entries:
-            try:
-                routed.append(self.plan(entry_id, raw))
-            except Exception:  # not an event this gateway wrote: left pending, logged, and
-                # the batch's other entries go on (its deliveries are planned one by one)
-                log.exception("ingest entry %s could not be read; left pending", entry_id)
+        routed = await self._plan_all(entries)
         reserved = self._claim_locally(routed)
         try:
             claimed, deferred = await self.deliveries.route(routed)
@@ -154,6 +151,20 @@ class Router:
         if self._filter_errors:
             errors, self._filter_errors = self._filter_errors, Counter()
             await self.deliveries.count({f"{sub}:filter_errors": n for sub, n in errors.items()})
+
+    async def _plan_all(self, entries: Sequence[tuple[str, bytes]]) -> list[Routed]:
+        routed = []
+        slice_ends = time.monotonic() + PLAN_SLICE_S
+        for entry_id, raw in entries:
+            try:
+                routed.append(self.plan(entry_id, raw))
+            except Exception:  # not an event this gateway wrote: left pending, logged, and
+                # the batch's other entries go on (its deliveries are planned one by one)
+                log.exception("ingest entry %s could not be read; left pending", entry_id)
+            if time.monotonic() >= slice_ends:
+                await asyncio.sleep(0)
+                slice_ends = time.monotonic() + PLAN_SLICE_S
+        return routed
 
     def plan(self, entry_id: str, raw: bytes) -> Routed:
         event = orjson.loads(raw)

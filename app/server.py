@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from app import logs
 from app.admin import Admin
+from app.bodies import limit_bodies
 from app.config import Settings, load_settings
 from app.connections import BoundedHttpProtocol, bounded_receive
 from app.errors import StoreMayEvict, StoreUnavailable
@@ -25,14 +26,13 @@ from app.ingest import HOOK_DEADLINE_S, HOOK_PATH, HookEndpoint
 from app.lifecycle import tune_gc
 from app.openapi import OpenApiEndpoint
 from app.ops.guards import SameOriginWrites, SecurityHeaders, SignInThrottle
-from app.ops.routes import Ops
+from app.ops.routes import MAX_FORM_BYTES, Ops
 from app.relay import Relay
 from app.store.batcher import Batcher
 from app.store.client import Store, open_store
 from app.store.embedded import EmbeddedRedis
 from app.store.keys import Keys
-from app.vtex.feed import Feed
-from app.vtex.jsonata import JsonataEndpoint
+from app.vtex import feed, jsonata
 
 log = logging.getLogger("orderhook.server")
 
@@ -121,6 +121,15 @@ class Gateway(Starlette):
             await super().__call__(scope, bounded_receive(receive, self.body_timeout_s), send)
 
 
+# Body limits of the routes that need another than DEFAULT_MAX_BODY_BYTES (app/bodies.py).
+BODY_LIMITS = {
+    jsonata.PATH: jsonata.MAX_BODY_BYTES,
+    "/feed/{subscription}/commit": feed.MAX_COMMIT_BYTES,
+    "/ops/login": MAX_FORM_BYTES,
+    "/ops/replay": MAX_FORM_BYTES,
+}
+
+
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -144,8 +153,10 @@ def create_app(settings: Settings) -> Starlette:
                 logs.outcomes.flush()
                 await relay.stop()
                 await commit.close()
+                await tester.close()
 
     hook = HookEndpoint(settings)
+    tester = jsonata.JsonataEndpoint(settings)
     routes = [
         Route(HOOK_PATH, hook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
@@ -153,10 +164,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/openapi.json", OpenApiEndpoint(settings).handle, methods=["GET"]),
         *Admin(settings).routes(),
         *Ops(settings).routes(),
-        *Feed(settings).routes(),
-        Route(
-            "/api/orders/expressions/jsonata", JsonataEndpoint(settings).handle, methods=["POST"]
-        ),
+        *feed.Feed(settings).routes(),
+        Route(jsonata.PATH, tester.handle, methods=["POST"]),
     ]
     guards = [  # outermost first; the hook skips them (Gateway)
         Middleware(SecurityHeaders),
@@ -166,7 +175,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Gateway(
         hook,
         settings.body_timeout_s,
-        routes=routes,
+        routes=limit_bodies(routes, BODY_LIMITS),
         middleware=guards,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,

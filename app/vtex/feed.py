@@ -8,6 +8,7 @@ come back; items older than the retention are dropped and counted.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
@@ -30,6 +31,10 @@ from app.store.deliveries import DeliveryStore
 MAX_LOT = 10  # as in VTEX
 DEFAULT_LOT = 1
 MAX_HANDLES = 1000
+# The commit route's body limit (app/bodies.py). A handle is the base64 of
+# "<event uuid>.<subscription id>~<ms>", at most 36 + 1 + 64 + 1 + 13 characters: 156 in base64;
+# MAX_HANDLES of them, quoted and comma-separated, are ~160 KB; the rest is room for whitespace.
+MAX_COMMIT_BYTES = 256 * 1024
 
 
 def encode_handle(delivery_id: str, hidden_until_ms: int) -> str:
@@ -81,17 +86,17 @@ class Feed:
         items, hidden_until = await deliveries.feed_take(
             sub.id, maxlot, sub.visibility_timeout_s, sub.retention_s
         )
-        return json_response(
-            [
-                feed_item(sub, orjson.loads(event), encode_handle(delivery_id, hidden_until))
-                for delivery_id, event in items
-            ]
-        )
+        taken = []
+        for delivery_id, event in items:
+            handle = encode_handle(delivery_id, hidden_until)
+            taken.append(feed_item(sub, orjson.loads(event), handle))
+            await asyncio.sleep(0)  # a transform may take up to its time limit: let others run
+        return json_response(taken)
 
     async def commit(self, request: Request) -> Response:
         sub, deliveries = self._authorized(request)
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(await request.body())  # within MAX_COMMIT_BYTES
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"body is not valid JSON: {exc}") from exc
         handles = body.get("handles") if isinstance(body, dict) else None

@@ -2,13 +2,17 @@
 
 The body is `{"Expression": "...", "Document": "<the order as a JSON string>"}`; the answer is
 `true` when the expression yields `true` on the document (VTEX's FromOrders rule), else `false`.
+The expression runs in a worker process of the sandbox (app/sandbox.py), never in the gateway's:
+400 for an expression that does not compile or fails, 422 naming the limit that stopped it
+(`limit`: expression length, time, call depth, sequence length, memory), 503 while every worker
+is busy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
-from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -16,19 +20,19 @@ from starlette.responses import Response
 
 from app.config import Settings
 from app.errors import BadRequest
-from app.filters import EvaluationError, ExpressionError, compile_expression
-from app.http import json_response
+from app.filters import EvaluationError, ExpressionError
+from app.http import RETRY_AFTER_S, json_response
 from app.ops.access import require
+from app.sandbox import Sandbox, SandboxBusy
 
+PATH = "/api/orders/expressions/jsonata"
+# The route's body limit (app/bodies.py): a whole VTEX order as the document (the sample order
+# with 2 items is 7 KB, ~3 KB an item) and an expression of at most MAX_EXPRESSION_CHARS.
 MAX_BODY_BYTES = 1024 * 1024
 
 
-def test_expression(expression: str, document: Any) -> bool:
-    """True when the expression yields `true`; ExpressionError or EvaluationError otherwise."""
-    return compile_expression(expression).evaluate(document) is True
-
-
-def parse_request(body: bytes) -> tuple[str, Any]:
+def parse_request(body: bytes) -> tuple[str, str]:
+    """The expression and the document (JSON text, checked here, parsed by the sandbox)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -39,48 +43,79 @@ def parse_request(body: bytes) -> tuple[str, Any]:
     if not isinstance(document, str):
         raise BadRequest("`Document` must be the order as a JSON string, as in VTEX")
     try:
-        return doc["Expression"], orjson.loads(document)
+        orjson.loads(document)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"`Document` is not valid JSON: {exc}") from exc
+    return doc["Expression"], document
+
+
+def compile_error(exc: ExpressionError) -> Response:
+    """400 for an expression that does not compile; 422 for one over the length limit."""
+    return json_response(
+        {
+            "error": f"expression does not compile: {exc}"
+            if exc.limit is None
+            else f"expression refused: {exc.message}",
+            "message": exc.message,
+            "position": exc.position,
+            "limit": exc.limit,
+        },
+        400 if exc.limit is None else 422,
+    )
+
+
+def evaluation_error(exc: EvaluationError) -> Response:
+    """400 for an expression that fails on the document; 422 when a limit stopped it."""
+    return json_response(
+        {"error": f"evaluation failed: {exc}", "limit": exc.limit},
+        400 if exc.limit is None else 422,
+    )
 
 
 class JsonataEndpoint:
+    """Evaluates in the sandbox's worker processes (app/sandbox.py), never in the gateway's."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.sandbox = Sandbox()
 
     async def handle(self, request: Request) -> Response:
         require(request, self.settings, "ops")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise BadRequest(f"body is over {MAX_BODY_BYTES} bytes")
-        expression, document = parse_request(body)
+        expression, document = parse_request(await request.body())  # within MAX_BODY_BYTES
         try:
-            return json_response(test_expression(expression, document))
+            return json_response(await self.sandbox.test(expression, document))
         except ExpressionError as exc:
-            return json_response(
-                {
-                    "error": f"expression does not compile: {exc}",
-                    "message": exc.message,
-                    "position": exc.position,
-                },
-                400,
-            )
+            return compile_error(exc)
         except EvaluationError as exc:
-            return json_response({"error": f"evaluation failed: {exc}"}, 400)
+            return evaluation_error(exc)
+        except SandboxBusy as exc:
+            return json_response({"error": str(exc)}, 503, {"Retry-After": str(RETRY_AFTER_S)})
+
+    async def close(self) -> None:
+        await self.sandbox.close()
+
+
+async def _test_in_sandbox(expression: str, document: str) -> bool:
+    sandbox = Sandbox(workers=1)
+    try:
+        return await sandbox.test(expression, document)
+    finally:
+        await sandbox.close()
 
 
 def cli_test(expression: str, document_path: str) -> int:
     """`orderhook jsonata test EXPRESSION --document FILE`: prints true or false."""
     try:
-        document = orjson.loads(Path(document_path).read_bytes())
+        document = Path(document_path).read_text()
+        orjson.loads(document)
     except OSError as exc:
         print(f"orderhook: cannot read {document_path}: {exc.strerror}", file=sys.stderr)
         return 1
-    except orjson.JSONDecodeError as exc:
+    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
         print(f"orderhook: {document_path} is not valid JSON: {exc}", file=sys.stderr)
         return 1
     try:
-        print("true" if test_expression(expression, document) else "false")
+        print("true" if asyncio.run(_test_in_sandbox(expression, document)) else "false")
     except ExpressionError as exc:
         print(f"orderhook: expression does not compile: {exc}", file=sys.stderr)
         return 2

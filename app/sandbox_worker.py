@@ -1,0 +1,58 @@
+"""The sandbox's worker process (`python -m app.sandbox_worker`): see app/sandbox.py.
+
+It caps its own address space before it imports jsonatapy (whose allocator would otherwise
+reserve 1 GiB up front), asks to be killed with its parent, then answers one request per line
+on stdin, one answer per line on stdout, until stdin closes. An allocation past the cap aborts
+the process: the gateway sees the pipe close and answers that the memory limit was hit.
+
+Only the standard library is imported at the top: everything else after the limits are set.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import resource
+import signal
+import sys
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+# Past the gateway's deadline, in case the gateway itself is gone: CPU seconds per request.
+CPU_BACKSTOP_S = 5
+
+
+def limit_memory(max_bytes: int) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+
+
+def die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: stdin closing still ends the loop
+        pass
+
+
+def limit_cpu_for_one_request() -> None:
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    soft = math.ceil(used.ru_utime + used.ru_stime) + CPU_BACKSTOP_S
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))
+
+
+def main() -> int:
+    limit_memory(int(sys.argv[1]))
+    die_with_parent()
+    import orjson  # after the memory limit, on purpose
+
+    from app.sandbox import answer
+
+    for line in sys.stdin.buffer:
+        limit_cpu_for_one_request()
+        request: dict[str, Any] = orjson.loads(line)
+        sys.stdout.buffer.write(orjson.dumps(answer(request)) + b"\n")
+        sys.stdout.buffer.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
