@@ -24,12 +24,15 @@ from starlette.datastructures import Secret
 from app.errors import BadRequest, ConfigError
 from app.events import check_account
 from app.filters import (
+    EVALUATION_TIMEOUT_MS,
+    MAX_JSONATA_TIMEOUT_MS,
     EveryEvent,
     Expression,
     ExpressionError,
     Filter,
     FromOrders,
     FromWorkflow,
+    Limits,
     compile_expression,
 )
 from app.retry import DEFAULT_RETRY_SCHEDULE_S
@@ -143,6 +146,8 @@ class _SubscriptionFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
 class _DeliveryFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     router_claim_idle_s: float = DEFAULT_ROUTER_CLAIM_IDLE_S
+    # One evaluation of a filter or transform; also the longest it may hold the event loop.
+    jsonata_timeout_ms: int = EVALUATION_TIMEOUT_MS
 
 
 class _OpsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -274,7 +279,9 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
     _check_limits(parsed, where)
     return Settings(
         sources=tuple(_resolve_source(s, i, where, env) for i, s in enumerate(parsed.sources)),
-        subscriptions=_resolve_subscriptions(parsed.subscriptions, where, env),
+        subscriptions=_resolve_subscriptions(
+            parsed.subscriptions, where, env, Limits(parsed.delivery.jsonata_timeout_ms)
+        ),
         allow_networks=_networks(parsed.allow_networks, where),
         router_claim_idle_s=parsed.delivery.router_claim_idle_s,
         redis_url=env.get("REDIS_URL") or None,
@@ -367,6 +374,11 @@ def _check_limits(parsed: _ConfigFile, where: str) -> None:
         ),
         (parsed.ops.sign_in_failures_total >= 1, "ops.sign_in_failures_total", "an integer >= 1"),
         (parsed.delivery.router_claim_idle_s > 0, "delivery.router_claim_idle_s", "a number > 0"),
+        (
+            1 <= parsed.delivery.jsonata_timeout_ms <= MAX_JSONATA_TIMEOUT_MS,
+            "delivery.jsonata_timeout_ms",
+            f"an integer from 1 to {MAX_JSONATA_TIMEOUT_MS}",
+        ),
         (_valid_prefix(parsed.store.key_prefix), "store.key_prefix", "[A-Za-z0-9:_-]{1,64}"),
     ]
     for ok, key, expected in checks:
@@ -443,10 +455,11 @@ def _from_env(name: str | None, key: str, where: str, env: Mapping[str, str]) ->
 
 
 def _resolve_subscriptions(
-    subs: list[_SubscriptionFile], where: str, env: Mapping[str, str]
+    subs: list[_SubscriptionFile], where: str, env: Mapping[str, str], limits: Limits
 ) -> tuple[Subscription, ...]:
     resolved = tuple(
-        _resolve_subscription(s, f"subscriptions[{i}]", where, env) for i, s in enumerate(subs)
+        _resolve_subscription(s, f"subscriptions[{i}]", where, env, limits)
+        for i, s in enumerate(subs)
     )
     ids = [s.id for s in resolved]
     for sub_id in ids:
@@ -456,7 +469,7 @@ def _resolve_subscriptions(
 
 
 def _resolve_subscription(
-    sub: _SubscriptionFile, key: str, where: str, env: Mapping[str, str]
+    sub: _SubscriptionFile, key: str, where: str, env: Mapping[str, str], limits: Limits
 ) -> Subscription:
     def fail(field_: str, expected: str) -> ConfigError:
         return ConfigError(f"config {where}: `{key}.{field_}` {expected}")
@@ -464,7 +477,7 @@ def _resolve_subscription(
     if not _SUBSCRIPTION_ID.match(sub.id):
         raise fail("id", "must match [a-z0-9-]+ (at most 64 characters)")
     if sub.mode == "pull":
-        return _resolve_pull(sub, fail, env)
+        return _resolve_pull(sub, fail, env, limits)
     url = sub.url or ""
     if (wrong := _url_problem(url)) is not None:
         raise fail("url", wrong)  # never the URL itself: it may carry a credential
@@ -477,8 +490,8 @@ def _resolve_subscription(
         id=sub.id,
         url=url,
         secrets=_subscription_secrets(sub, fail, env),
-        filter=_compile_filter(sub.filter, fail),
-        transform=_compile(sub.transform, "transform", fail) if sub.transform else None,
+        filter=_compile_filter(sub.filter, fail, limits),
+        transform=_compile(sub.transform, "transform", fail, limits) if sub.transform else None,
         retry_schedule_s=tuple(float(d) for d in schedule),
         timeout_s=sub.timeout,
         accounts=frozenset(sub.accounts) if sub.accounts is not None else None,
@@ -538,7 +551,10 @@ def _breaker(sub: _SubscriptionFile, fail: Callable[[str, str], ConfigError]) ->
 
 
 def _resolve_pull(
-    sub: _SubscriptionFile, fail: Callable[[str, str], ConfigError], env: Mapping[str, str]
+    sub: _SubscriptionFile,
+    fail: Callable[[str, str], ConfigError],
+    env: Mapping[str, str],
+    limits: Limits,
 ) -> Subscription:
     """A Feed v3-style subscription: consumers take its events with GET /feed/{id}."""
     if sub.url is not None:
@@ -558,8 +574,8 @@ def _resolve_pull(
         id=sub.id,
         url="",
         secrets=(),
-        filter=_compile_filter(sub.filter, fail),
-        transform=_compile(sub.transform, "transform", fail) if sub.transform else None,
+        filter=_compile_filter(sub.filter, fail, limits),
+        transform=_compile(sub.transform, "transform", fail, limits) if sub.transform else None,
         accounts=frozenset(sub.accounts) if sub.accounts is not None else None,
         mode="pull",
         token=Secret(token),
@@ -588,17 +604,21 @@ def _subscription_secrets(
 
 
 def _compile_filter(
-    spec: _FromWorkflowFile | _FromOrdersFile | None, fail: Callable[[str, str], ConfigError]
+    spec: _FromWorkflowFile | _FromOrdersFile | None,
+    fail: Callable[[str, str], ConfigError],
+    limits: Limits,
 ) -> Filter:
     if spec is None:
         return EveryEvent()
     if isinstance(spec, _FromWorkflowFile):
         return FromWorkflow(frozenset(spec.status))
-    return FromOrders(_compile(spec.expression, "filter.expression", fail))
+    return FromOrders(_compile(spec.expression, "filter.expression", fail, limits))
 
 
-def _compile(source: str, field_: str, fail: Callable[[str, str], ConfigError]) -> Expression:
+def _compile(
+    source: str, field_: str, fail: Callable[[str, str], ConfigError], limits: Limits
+) -> Expression:
     try:
-        return compile_expression(source)
+        return compile_expression(source, limits)
     except ExpressionError as exc:
         raise fail(field_, f"is not valid JSONata: {exc}") from None

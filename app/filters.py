@@ -18,10 +18,17 @@ import jsonatapy
 # Every expression the gateway compiles: longer ones are refused before jsonatapy sees them.
 MAX_EXPRESSION_CHARS = 8 * 1024
 # Filters and transforms from the config run in the gateway process, on the event loop, with
-# these limits (jsonatapy's own guardrails). 25 ms is 100 times the slowest documented VTEX
-# filter on a real order (0.25 ms) and half the /healthz latency budget; the router lets the
-# loop run between entries, so one filter that always hits it slows routing but cannot stall it.
+# these limits (jsonatapy's own guardrails). The time limit is also the longest one evaluation
+# holds the loop; the router lets the loop run between entries, so a filter that always hits it
+# slows routing but cannot stall it. 25 ms: VTEX's documented filters take microseconds on a
+# hook's order document and up to ~20 ms on an enriched order of 200 items (the regex one);
+# `[delivery] jsonata_timeout_ms` raises it for larger orders (a filter over its limit is a
+# non-match).
 EVALUATION_TIMEOUT_MS = 25
+MAX_JSONATA_TIMEOUT_MS = 1000
+# A caller that evaluated for a while pauses this long: enough for the requests waiting on the
+# loop to get through the several turns each needs (`sleep(0)` gives them one).
+EVALUATION_PAUSE_S = 0.001
 MAX_CALL_DEPTH = 500  # nested function calls; a recursive helper over an order needs tens
 MAX_SEQUENCE_LENGTH = 100_000  # items in one intermediate sequence ([1..N], items[...], **)
 MAX_MESSAGE_CHARS = 500  # of an error message kept (it may quote the document)

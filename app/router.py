@@ -22,7 +22,7 @@ import orjson
 from app.config import Settings, Subscription
 from app.errors import StoreUnavailable
 from app.events import order_key, order_position
-from app.filters import EvaluationError, order_document
+from app.filters import EVALUATION_PAUSE_S, EvaluationError, order_document
 from app.lifecycle import sleep_unless
 from app.store.deliveries import Claimed, DeliveryStore, Planned, Routed
 from app.vtex.enrich import Enricher
@@ -33,8 +33,8 @@ READ_COUNT = 200
 READ_BLOCK_MS = 1000
 DEFERRED_RETRY_MS = 10
 RETRY_AFTER_STORE_ERROR_S = 1.0
-# Planning a batch lets the event loop run after this long: each filter may take up to its
-# time limit (app/filters.py EVALUATION_TIMEOUT_MS) on each entry.
+# Planning a batch lets the event loop run (EVALUATION_PAUSE_S) after this long: each filter
+# may take up to its time limit (EVALUATION_TIMEOUT_MS) on each entry.
 PLAN_SLICE_S = 0.005
 
 
@@ -162,7 +162,7 @@ class Router:
                 # the batch's other entries go on (its deliveries are planned one by one)
                 log.exception("ingest entry %s could not be read; left pending", entry_id)
             if time.monotonic() >= slice_ends:
-                await asyncio.sleep(0)
+                await asyncio.sleep(EVALUATION_PAUSE_S)
                 slice_ends = time.monotonic() + PLAN_SLICE_S
         return routed
 

@@ -1,7 +1,8 @@
 """The sandbox's worker process (`python -m app.sandbox_worker`): see app/sandbox.py.
 
 It caps its own address space before it imports jsonatapy (whose allocator would otherwise
-reserve 1 GiB up front), asks to be killed with its parent, then answers one request per line
+reserve 1 GiB up front), asks to be killed with its parent, lowers its CPU priority below the
+gateway's, then answers one request per line
 on stdin, one answer per line on stdout, until stdin closes. An allocation past the cap aborts
 the process: the gateway sees the pipe close and answers that the memory limit was hit.
 
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import resource
 import signal
 import sys
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
+# Below the gateway's CPU priority: an expression that burns a core yields it to the gateway.
+NICENESS = 10
 # Past the gateway's deadline, in case the gateway itself is gone: CPU seconds per request.
 CPU_BACKSTOP_S = 5
 
@@ -42,6 +46,7 @@ def limit_cpu_for_one_request() -> None:
 def main() -> int:
     limit_memory(int(sys.argv[1]))
     die_with_parent()
+    os.nice(NICENESS)
     import orjson  # after the memory limit, on purpose
 
     from app.sandbox import answer
