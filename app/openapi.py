@@ -45,6 +45,7 @@ THROTTLED: Schema = {
     "headers": {"Retry-After": {"schema": {"type": "string", "pattern": r"^\d+$"}}},
 }
 CROSS_ORIGIN = error("from another origin, or signed in by cookie without an Origin header")
+TOO_LARGE = error("the body is over this route's limit (the error says which)")
 
 BEARER_ERRORS: dict[str, Schema] = {
     "401": error("missing or invalid token"),
@@ -382,6 +383,7 @@ def _endpoints() -> dict[str, Schema]:
                     ),
                     "400": error("neither or both of `subscription` and `ids`"),
                     "404": error("no such subscription"),
+                    "413": TOO_LARGE,
                     **BEARER_ERRORS,
                 },
                 security=admin,
@@ -417,6 +419,7 @@ def _endpoints() -> dict[str, Schema]:
                         {"type": "object", "required": ["deleted"]}, "the entry is gone"
                     ),
                     "404": error("no such entry"),
+                    "413": TOO_LARGE,
                     **BEARER_ERRORS,
                 },
                 security=admin,
@@ -498,7 +501,7 @@ def _endpoints() -> dict[str, Schema]:
             )
         },
         "/ops/logout": {
-            "post": operation("Sign out of the dashboard", {"303": SEE_OTHER}),
+            "post": operation("Sign out of the dashboard", {"303": SEE_OTHER, "413": TOO_LARGE}),
         },
         "/ops/replay": {
             "post": operation(
@@ -565,6 +568,7 @@ def _endpoints() -> dict[str, Schema]:
                     "400": error("not {handles: [...]}, or too many handles"),
                     "401": error("missing or invalid bearer token for this subscription"),
                     "404": error("no such pull subscription"),
+                    "413": TOO_LARGE,
                     "503": UNAVAILABLE,
                 },
                 security=feed,
@@ -601,7 +605,32 @@ def _endpoints() -> dict[str, Schema]:
                         },
                         "bad body, or the expression does not compile or fails",
                     ),
+                    "413": TOO_LARGE,
+                    "422": json_body(
+                        {
+                            "allOf": [ref("Error")],
+                            "properties": {
+                                "limit": {
+                                    "enum": [
+                                        "expression length",
+                                        "time",
+                                        "call depth",
+                                        "sequence length",
+                                        "memory",
+                                    ]
+                                },
+                                "message": {"type": "string"},
+                                "position": {"type": ["integer", "null"]},
+                            },
+                            "required": ["limit"],
+                        },
+                        "a limit stopped the expression: `limit` says which",
+                    ),
                     **BEARER_ERRORS,
+                    "503": {
+                        **UNAVAILABLE,
+                        **error("every JSONata worker stayed busy; try again later"),
+                    },
                 },
                 security=admin,
                 body=json_body(
