@@ -10,6 +10,7 @@ non-match (for a filter) or a failed transform: counted and logged by the caller
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +27,10 @@ MAX_EXPRESSION_CHARS = 8 * 1024
 # non-match).
 EVALUATION_TIMEOUT_MS = 25
 MAX_JSONATA_TIMEOUT_MS = 1000
-# A caller that evaluated for a while pauses this long: enough for the requests waiting on the
-# loop to get through the several turns each needs (`sleep(0)` gives them one).
+# A caller evaluating in a loop (the router, a feed take) pauses for EVALUATION_PAUSE_S after
+# each EVALUATION_SLICE_S of work: long enough for the requests waiting on the event loop to get
+# through the several turns each needs (`sleep(0)` would give them one).
+EVALUATION_SLICE_S = 0.005
 EVALUATION_PAUSE_S = 0.001
 MAX_CALL_DEPTH = 500  # nested function calls; a recursive helper over an order needs tens
 MAX_SEQUENCE_LENGTH = 100_000  # items in one intermediate sequence ([1..N], items[...], **)
@@ -98,6 +101,21 @@ class Expression:
             return self.compiled.evaluate(document)  # within self.limits, set at compile time
         except Exception as exc:  # jsonatapy raises ValueError, but a Rust panic is not one
             raise evaluation_error(str(exc), self.limits) from exc
+
+
+class Slices:
+    """Tells a loop of evaluations when it has worked for EVALUATION_SLICE_S (and starts the
+    next slice): then it should pause for EVALUATION_PAUSE_S."""
+
+    def __init__(self) -> None:
+        self._ends = time.monotonic() + EVALUATION_SLICE_S
+
+    def over(self) -> bool:
+        now = time.monotonic()
+        if now < self._ends:
+            return False
+        self._ends = now + EVALUATION_SLICE_S
+        return True
 
 
 def evaluation_error(message: str, limits: Limits) -> EvaluationError:

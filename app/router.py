@@ -22,7 +22,7 @@ import orjson
 from app.config import Settings, Subscription
 from app.errors import StoreUnavailable
 from app.events import order_key, order_position
-from app.filters import EVALUATION_PAUSE_S, EvaluationError, order_document
+from app.filters import EVALUATION_PAUSE_S, EvaluationError, Slices, order_document
 from app.lifecycle import sleep_unless
 from app.store.deliveries import Claimed, DeliveryStore, Planned, Routed
 from app.vtex.enrich import Enricher
@@ -33,9 +33,6 @@ READ_COUNT = 200
 READ_BLOCK_MS = 1000
 DEFERRED_RETRY_MS = 10
 RETRY_AFTER_STORE_ERROR_S = 1.0
-# Planning a batch lets the event loop run (EVALUATION_PAUSE_S) after this long: each filter
-# may take up to its time limit (EVALUATION_TIMEOUT_MS) on each entry.
-PLAN_SLICE_S = 0.005
 
 
 def delivery_id(event_id: str, subscription_id: str) -> str:
@@ -153,17 +150,18 @@ class Router:
             await self.deliveries.count({f"{sub}:filter_errors": n for sub, n in errors.items()})
 
     async def _plan_all(self, entries: Sequence[tuple[str, bytes]]) -> list[Routed]:
+        """Plan each entry, letting the event loop run now and then: a filter may take its
+        whole time limit on each entry."""
         routed = []
-        slice_ends = time.monotonic() + PLAN_SLICE_S
+        slices = Slices()
         for entry_id, raw in entries:
             try:
                 routed.append(self.plan(entry_id, raw))
             except Exception:  # not an event this gateway wrote: left pending, logged, and
                 # the batch's other entries go on (its deliveries are planned one by one)
                 log.exception("ingest entry %s could not be read; left pending", entry_id)
-            if time.monotonic() >= slice_ends:
+            if slices.over():
                 await asyncio.sleep(EVALUATION_PAUSE_S)
-                slice_ends = time.monotonic() + PLAN_SLICE_S
         return routed
 
     def plan(self, entry_id: str, raw: bytes) -> Routed:

@@ -155,10 +155,10 @@ class Sandbox:
 def _died(status: int) -> EvaluationError:
     if status == -signal.SIGXCPU:
         return EvaluationError("stopped at the CPU time limit: the worker was killed", "time")
-    log.warning("a JSONata worker died (exit status %s): counted as the memory limit", status)
+    log.warning("a JSONata worker died (exit status %s): answered as the memory limit", status)
     return EvaluationError(
-        f"stopped at the memory limit ({WORKER_MEMORY_BYTES // 2**20} MiB): the worker "
-        "ran out of memory and was replaced",
+        f"stopped at the memory limit ({WORKER_MEMORY_BYTES // 2**20} MiB): the worker ran out "
+        "of memory (or crashed) and was replaced",
         "memory",
     )
 
