@@ -4,8 +4,11 @@
 - `FromOrders`: a JSONata expression over the order document matches when it yields `true`.
 - No filter: every event (VTEX's hook without a filter notifies every status change).
 
-Expressions are compiled once, at start-up, by jsonatapy. One that fails at run time is a
-non-match (for a filter) or a failed transform: counted and logged by the caller, never a crash.
+Expressions are compiled once, at start-up, by jsonatapy, and evaluated within limits (time,
+call depth, sequence length: `Limits`); one longer than MAX_EXPRESSION_CHARS is refused. One that
+fails at run time, or runs into a limit, is a non-match (for a filter) or a failed transform:
+counted and logged by the caller, never a crash. Expressions from callers the gateway does not
+trust are evaluated in app/sandbox.py's worker processes, never here.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from app.store.keys import Keys
 from tests.conftest import AUTH, Gateway, gateway_config, notification
 from tests.relaying import ADMIN, SECRET, hook, subscription
 from tests.subscribers import Sink
+from tests.test_vtex_jsonata import ORDER, jsonata_cli
 
 PATH = "/api/orders/expressions/jsonata"
 OPS = {"Authorization": "Bearer ops-token"}
@@ -385,3 +386,13 @@ def test_config_sets_the_time_limit_of_filters_and_transforms(tmp_path: Path) ->
         assert time.perf_counter() - started >= limit_ms / 1000
     with pytest.raises(ConfigError, match="delivery.jsonata_timeout_ms` must be an integer from 1"):
         load_settings(config_with_filter(tmp_path, HOSTILE_FILTER, "jsonata_timeout_ms = 0"), {})
+
+
+def test_cli_stops_a_hostile_expression_at_a_limit() -> None:
+    started = time.perf_counter()
+    result = jsonata_cli(RECURSIVE, "--document", str(ORDER))
+    assert time.perf_counter() - started < ANSWER_WITHIN_S + 2  # and the start of Python
+    assert result.returncode == 1
+    assert "stopped at the time limit" in result.stderr
+    padded = jsonata_cli(PADDED, "--document", str(ORDER))
+    assert (padded.returncode, "memory limit" in padded.stderr) == (1, True)
