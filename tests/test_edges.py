@@ -369,7 +369,7 @@ STARTS = {
     "idle": b"",
     "half-sent headers": b"POST /hooks/vtex HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty",
     "trickled /ops/login body": (
-        b"POST /ops/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n"
+        b"POST /ops/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4000\r\n"
         b"Content-Type: application/x-www-form-urlencoded\r\n\r\ntoken="
     ),
 }

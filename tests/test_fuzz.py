@@ -788,7 +788,7 @@ BASE_CONFIG: dict[str, Any] = {
     },
     "server": {"header_timeout_s": 10, "keep_alive_s": 5, "max_connections_per_client": 256},
     "ingest": {"max_body_bytes": 65536, "dedupe_window_s": 3600, "body_timeout_s": 10},
-    "delivery": {"router_claim_idle_s": 30},
+    "delivery": {"router_claim_idle_s": 30, "jsonata_timeout_ms": 25},
     "ops": {
         "log_retention_s": 86400,
         "session_max_age_s": 43200,
