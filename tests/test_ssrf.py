@@ -113,8 +113,8 @@ _watching = False
 def _audit(event: str, args: tuple[Any, ...]) -> None:
     """Every socket connect while a test watches: one to anywhere but loopback is recorded
     and stopped (so not even a SYN leaves this machine, whatever the code under test does)."""
-    if _watching and event == "socket.connect":
-        host = str(args[1][0]) if isinstance(args[1], tuple) else ""
+    if _watching and event == "socket.connect" and isinstance(args[1], tuple):  # not AF_UNIX
+        host = str(args[1][0])
         if not (host.startswith("127.") or host == "::1"):
             connects.append(args[1])
             raise PermissionError(f"test: no connection to {host} may leave loopback")
