@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +26,7 @@ from app.lifecycle import sleep_unless
 from app.logs import log_event
 from app.redaction import describe, redirect_origin, scrub
 from app.retry import Dead, Delivered, Gone, Outcome, Retry, decide, parse_retry_after
+from app.sandbox import TRANSFORM, ConfigExpressions, SandboxBusy, Verdict
 from app.signing import signature_headers
 from app.ssrf import Refused
 from app.store.batcher import Batcher
@@ -39,6 +40,7 @@ MAX_RESPONSE_READ = 64 * 1024
 LOGGED_BODY = 4096
 USER_AGENT = "orderhook/0.1"
 SETTLE_LINGER_S = 0.005
+TRANSFORM_BATCH = 16  # attempts whose transforms share one round trip to the worker
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,51 @@ def _latency_ms(event: dict[str, Any]) -> int:
 
 
 def build_body(sub: Subscription, event: dict[str, Any]) -> bytes:
-    """The CloudEvent the subscriber receives; its data is the transform's result, if any."""
+    """The CloudEvent the subscriber receives; its data is the transform's result, if any
+    (evaluated here, in this process: push deliveries use Transforms' worker instead)."""
     if sub.transform is None:
         data = default_data(event)
     else:
         data = sub.transform.evaluate(order_document(event))
     return orjson.dumps(cloudevent(event, data))
+
+
+class Transforms:
+    """The push subscriptions' transforms, evaluated in a worker pool of their own (a transform
+    that allocates without bound kills its worker, not the gateway). Attempts waiting at the
+    same time share one round trip."""
+
+    def __init__(self, subscriptions: Iterable[Subscription]) -> None:
+        expressions = {TRANSFORM + s.id: s.transform for s in subscriptions if s.transform}
+        self.pool = ConfigExpressions(expressions) if expressions else None
+        self.batcher: Batcher[tuple[str, bytes], Verdict] = Batcher(
+            self._evaluate, name="transform", max_batch=TRANSFORM_BATCH
+        )
+
+    async def body(self, sub: Subscription, event: dict[str, Any], event_json: bytes) -> bytes:
+        """build_body's CloudEvent, its transform run in the pool: EvaluationError if it
+        failed or hit a limit, SandboxBusy (or OSError) if the pool could not run it."""
+        if sub.transform is None or self.pool is None:
+            return build_body(sub, event)
+        data = await self.batcher.submit((TRANSFORM + sub.id, event_json))
+        if isinstance(data, EvaluationError):
+            raise data
+        return orjson.dumps(cloudevent(event, data))
+
+    async def _evaluate(self, items: Sequence[tuple[str, bytes]]) -> list[Verdict]:
+        if self.pool is None:  # not called: body() only submits when there is a pool
+            raise RuntimeError("no transforms to evaluate")
+        rows = await self.pool.evaluate([([name], event) for name, event in items])
+        return [row[0] for row in rows]
+
+    def start(self) -> None:
+        if self.pool is not None:
+            self.batcher.start()
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.batcher.close()
+            await self.pool.close()
 
 
 class SubscriptionWorker:
@@ -77,8 +118,10 @@ class SubscriptionWorker:
         deliveries: DeliveryStore,
         session: aiohttp.ClientSession,
         settler: Batcher[Settlement, bool],
+        transforms: Transforms,
     ) -> None:
         self.sub = sub
+        self.transforms = transforms
         self.deliveries = deliveries
         self.session = session
         self.settler = settler
@@ -157,11 +200,14 @@ class SubscriptionWorker:
     async def _attempt(self, item: Claimed) -> None:
         event = orjson.loads(item.event_json)
         try:
-            body = build_body(self.sub, event)
+            body = await self.transforms.body(self.sub, event, item.event_json)
         except (EvaluationError, orjson.JSONEncodeError) as exc:  # dead: no retry can help
             what = "transform failed" if isinstance(exc, EvaluationError) else "not JSON-writable"
             result = PostResult(None, f"{what}: {exc}", None, b"", 0)
             await self._settle(item, event, Dead(), result)
+            return
+        except (SandboxBusy, OSError) as exc:  # its lease expires and it is tried again
+            log.warning("subscription %s: transform not run (%s); retried", self.sub.id, exc)
             return
         result = await self._post(event["id"], body)
         attempts = item.attempts + 1
@@ -317,8 +363,11 @@ class Deliverer:
         self.settler: Batcher[Settlement, bool] = Batcher(
             deliveries.settle, name="settle", linger_s=SETTLE_LINGER_S
         )
+        subscriptions = list(subscriptions)
+        self.transforms = Transforms(subscriptions)
         self.workers = {
-            s.id: SubscriptionWorker(s, deliveries, session, self.settler) for s in subscriptions
+            s.id: SubscriptionWorker(s, deliveries, session, self.settler, self.transforms)
+            for s in subscriptions
         }
         self._stopping = asyncio.Event()
 
@@ -337,6 +386,7 @@ class Deliverer:
 
     async def run(self) -> None:
         self.settler.start()
+        self.transforms.start()
         async with asyncio.TaskGroup() as group:
             for worker in self.workers.values():
                 group.create_task(worker.run())
@@ -358,3 +408,4 @@ class Deliverer:
         self._stopping.set()
         await asyncio.gather(*(w.stop(grace_s) for w in self.workers.values()))
         await self.settler.close()
+        await self.transforms.close()

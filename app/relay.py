@@ -78,6 +78,8 @@ class Relay:
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("relay task failed", exc_info=task.exception())
+        if self._tasks:
+            await self.router.close()  # the filters' worker
         if self._session is not None:
             with contextlib.suppress(Exception):
                 await self._session.close()

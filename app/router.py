@@ -22,8 +22,16 @@ import orjson
 from app.config import Settings, Subscription
 from app.errors import StoreUnavailable
 from app.events import order_key, order_position
-from app.filters import EVALUATION_PAUSE_S, EvaluationError, Slices, order_document
+from app.filters import (
+    EVALUATION_PAUSE_S,
+    EvaluationError,
+    Expression,
+    FromOrders,
+    Slices,
+    order_document,
+)
 from app.lifecycle import sleep_unless
+from app.sandbox import FILTER, ConfigExpressions, Job, SandboxBusy, Verdict
 from app.store.deliveries import Claimed, DeliveryStore, Planned, Routed
 from app.vtex.enrich import Enricher
 
@@ -33,6 +41,14 @@ READ_COUNT = 200
 READ_BLOCK_MS = 1000
 DEFERRED_RETRY_MS = 10
 RETRY_AFTER_STORE_ERROR_S = 1.0
+# The filters' worker busy or failing to start: the batch waits this long, this many times,
+# then stays pending (claimed again later); never routed without its filters.
+FILTERS_RETRY_S = 0.5
+FILTERS_ATTEMPTS = 10
+
+
+class FiltersUnavailable(Exception):
+    """The filters' worker pool could not evaluate a batch: its entries stay pending."""
 
 
 def delivery_id(event_id: str, subscription_id: str) -> str:
@@ -44,19 +60,46 @@ def matching(
     subscriptions: Sequence[Subscription],
     event: dict[str, Any],
     on_error: Callable[[Subscription, EvaluationError], None],
+    verdicts: dict[str, Verdict] | None = None,
 ) -> list[Subscription]:
-    """The subscriptions that want this event; a filter failing at run time is a non-match."""
+    """The subscriptions that want this event; a filter failing at run time is a non-match.
+    `verdicts`: the FromOrders filters' answers, by subscription, from the worker pool (without
+    them, FromOrders filters are evaluated here, in this process)."""
     document = order_document(event)
     matched = []
     for sub in subscriptions:
         if not sub.wants_account(event["account"]):
             continue
         try:
-            if sub.filter.matches(event, document):
+            if _matches(sub, event, document, verdicts):
                 matched.append(sub)
         except EvaluationError as exc:
             on_error(sub, exc)
     return matched
+
+
+def _matches(
+    sub: Subscription,
+    event: dict[str, Any],
+    document: dict[str, Any],
+    verdicts: dict[str, Verdict] | None,
+) -> bool:
+    if verdicts is None or not isinstance(sub.filter, FromOrders):
+        return sub.filter.matches(event, document)
+    verdict = verdicts[sub.id]
+    if isinstance(verdict, EvaluationError):
+        raise verdict
+    return verdict is True
+
+
+def filter_pool(subscriptions: Sequence[Subscription]) -> ConfigExpressions | None:
+    """The worker pool of the subscriptions' FromOrders filters (None: there are none)."""
+    expressions: dict[str, Expression] = {
+        FILTER + s.id: s.filter.expression
+        for s in subscriptions
+        if isinstance(s.filter, FromOrders)
+    }
+    return ConfigExpressions(expressions) if expressions else None
 
 
 class Dispatch(Protocol):
@@ -87,6 +130,7 @@ class Router:
         self.dispatch = dispatch
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._filter_errors: Counter[str] = Counter()
+        self.filters = filter_pool(self.subscriptions)
         # Entries routed after their order's earlier ones, which another process still holds.
         self._deferred: list[tuple[str, bytes]] = []
 
@@ -110,7 +154,7 @@ class Router:
                     await self.route(
                         await self.deliveries.read_new(self.consumer, READ_COUNT, block_ms)
                     )
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, FiltersUnavailable) as exc:
                 log.warning("router: %s", exc)
             except Exception:  # e.g. the stream or group deleted under us: set up again
                 log.exception("router error")
@@ -150,23 +194,70 @@ class Router:
             await self.deliveries.count({f"{sub}:filter_errors": n for sub, n in errors.items()})
 
     async def _plan_all(self, entries: Sequence[tuple[str, bytes]]) -> list[Routed]:
-        """Plan each entry, letting the event loop run now and then: a filter may take its
-        whole time limit on each entry."""
-        routed = []
-        slices = Slices()
+        """Plan each entry: the batch's FromOrders filters in one round trip to their worker
+        pool (awaited: the event loop runs meanwhile), the rest here."""
+        events = []
         for entry_id, raw in entries:
             try:
-                routed.append(self.plan(entry_id, raw))
+                event = orjson.loads(raw)
+                events.append((entry_id, raw, event, self._pool_filters(event)))
             except Exception:  # not an event this gateway wrote: left pending, logged, and
                 # the batch's other entries go on (its deliveries are planned one by one)
                 log.exception("ingest entry %s could not be read; left pending", entry_id)
+        verdicts = await self._verdicts([(names, raw) for _, raw, _, names in events])
+        routed = []
+        slices = Slices()  # without a pool, filters are evaluated here: let others run
+        for (entry_id, raw, event, names), answers in zip(events, verdicts, strict=True):
+            try:
+                pairs = zip(names, answers, strict=True)
+                found = {name.removeprefix(FILTER): v for name, v in pairs}
+                routed.append(self.plan(entry_id, raw, event, found))
+            except Exception:
+                log.exception("ingest entry %s could not be planned; left pending", entry_id)
             if slices.over():
                 await asyncio.sleep(EVALUATION_PAUSE_S)
         return routed
 
-    def plan(self, entry_id: str, raw: bytes) -> Routed:
-        event = orjson.loads(raw)
-        subs = matching(self.subscriptions, event, self._filter_failed)
+    def _pool_filters(self, event: dict[str, Any]) -> list[str]:
+        """The names of the pool's filters this event is to be tried against."""
+        order_document(event)  # an event without the fields filters read: refused here
+        if self.filters is None:
+            return []
+        return [
+            FILTER + s.id
+            for s in self.subscriptions
+            if isinstance(s.filter, FromOrders) and s.wants_account(event["account"])
+        ]
+
+    async def _verdicts(self, jobs: list[Job]) -> list[list[Verdict]]:
+        """The filters' answers, per job; waits (bounded) for a busy or restarting pool."""
+        wanted = [job for job in jobs if job[0]]
+        if self.filters is None or not wanted:
+            return [[] for _ in jobs]
+        for _ in range(FILTERS_ATTEMPTS):
+            try:
+                answers = iter(await self.filters.evaluate(wanted))
+                return [next(answers) if names else [] for names, _ in jobs]
+            except (SandboxBusy, OSError) as exc:
+                log.warning("router: filters' worker unavailable (%s); waiting", exc)
+                await asyncio.sleep(FILTERS_RETRY_S)
+        raise FiltersUnavailable(
+            f"the filters' worker stayed unavailable for {FILTERS_ATTEMPTS} tries; "
+            f"{len(jobs)} entries left pending"
+        )
+
+    def plan(
+        self,
+        entry_id: str,
+        raw: bytes,
+        event: dict[str, Any] | None = None,
+        verdicts: dict[str, Verdict] | None = None,
+    ) -> Routed:
+        """`verdicts`: the pool's answers for this event's FromOrders filters, by subscription."""
+        event = orjson.loads(raw) if event is None else event
+        if self.filters is None:
+            verdicts = None  # every filter evaluated here
+        subs = matching(self.subscriptions, event, self._filter_failed, verdicts)
         planned = [self._planned(event, sub) for sub in subs]
         return Routed(entry_id, event, raw, planned)
 
@@ -217,6 +308,10 @@ class Router:
         for sub, count in reserved.items():
             self.dispatch.hand_over(sub, items[sub], count)
         self.dispatch.wake(queued)
+
+    async def close(self) -> None:
+        if self.filters is not None:
+            await self.filters.close()
 
     def _filter_failed(self, sub: Subscription, exc: EvaluationError) -> None:
         log.warning("filter of subscription %s failed, counted as no match: %s", sub.id, exc)

@@ -24,19 +24,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import signal
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
 from app.filters import (
     EvaluationError,
+    Expression,
     ExpressionError,
     Limits,
     check_length,
     compile_expression,
+    order_document,
 )
 
 log = logging.getLogger("orderhook.sandbox")
@@ -49,6 +54,15 @@ SANDBOX_LIMITS = Limits(timeout_ms=1000)
 DEADLINE_S = 3.0
 QUEUE_WAIT_S = 1.0
 ANSWER_MAX_BYTES = 64 * 1024  # one answer line; messages are cut to MAX_MESSAGE_CHARS
+# The config's filters and transforms: one worker for the router (it sends one batch at a time),
+# one for transforms. Their answers carry transforms' results: each within MAX_RESULT_BYTES.
+CONFIG_WORKERS = 1
+MAX_RESULT_BYTES = 4 * 1024 * 1024
+CONFIG_ANSWER_MAX_BYTES = 64 * 1024 * 1024
+FILTER, TRANSFORM = "filter:", "transform:"  # the prefixes of expression names
+
+Job = tuple[Sequence[str], bytes]  # expression names, an event (JSON)
+Verdict = Any  # True/False (a filter), a value (a transform) or an EvaluationError
 
 
 class SandboxBusy(Exception):
@@ -60,7 +74,7 @@ class _Worker:
         self.process = process
 
     @classmethod
-    async def start(cls) -> _Worker:
+    async def start(cls, answer_max_bytes: int) -> _Worker:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -69,7 +83,7 @@ class _Worker:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,  # a Rust abort's message: the answer says it
-            limit=ANSWER_MAX_BYTES,
+            limit=answer_max_bytes,
         )
         return cls(process)
 
@@ -97,16 +111,31 @@ class _Worker:
 
 
 class Sandbox:
-    def __init__(self, workers: int = WORKERS) -> None:
+    """A pool of at most `workers` worker processes. A worker started by the pool is first sent
+    `preamble` (if any: config expressions to compile) before its first request."""
+
+    def __init__(
+        self,
+        workers: int = WORKERS,
+        preamble: bytes | None = None,
+        answer_max_bytes: int = ANSWER_MAX_BYTES,
+    ) -> None:
+        self._answer_max_bytes = answer_max_bytes
         self._slots = asyncio.Semaphore(workers)
         self._idle: list[_Worker] = []
         self._running: set[_Worker] = set()
+        self._preamble = preamble
 
     async def test(self, expression: str, document: str) -> bool:
         """True when `expression` yields `true` on `document` (JSON text); ExpressionError,
         EvaluationError (`limit` set when a limit stopped it) or SandboxBusy otherwise."""
         check_length(expression)
         request = orjson.dumps({"expression": expression, "document": document}) + b"\n"
+        return _result(await self.ask(request))
+
+    async def ask(self, request: bytes, deadline_s: float = DEADLINE_S) -> dict[str, Any]:
+        """A worker's answer to one request line; SandboxBusy if no worker was free within
+        QUEUE_WAIT_S, EvaluationError (time or memory) if the worker was killed or died."""
         try:
             await asyncio.wait_for(self._slots.acquire(), QUEUE_WAIT_S)
         except TimeoutError:
@@ -114,19 +143,22 @@ class Sandbox:
                 f"every JSONata worker stayed busy for {QUEUE_WAIT_S:g} s; try again"
             ) from None
         try:
-            return _result(await self._ask(request))
+            return await self._ask(request, deadline_s)
         finally:
             self._slots.release()
 
-    async def _ask(self, request: bytes) -> dict[str, Any]:
+    async def _ask(self, request: bytes, deadline_s: float) -> dict[str, Any]:
+        fresh = not self._idle
         worker = self._idle.pop() if self._idle else await self._start()
         try:
-            async with asyncio.timeout(DEADLINE_S):
-                reply = await worker.ask(request)
+            async with asyncio.timeout(deadline_s + (DEADLINE_S if fresh else 0)):
+                reply = await self._load(worker) if fresh else {}
+                if reply is not None:
+                    reply = await worker.ask(request)
         except TimeoutError:
             await self._discard(worker)
             raise EvaluationError(
-                f"stopped at the time limit ({DEADLINE_S:g} s): the worker was killed", "time"
+                f"stopped at the time limit ({deadline_s:g} s): the worker was killed", "time"
             ) from None
         except BaseException:  # cancelled: a worker whose answer was not read is of no use
             await self._discard(worker)
@@ -136,8 +168,15 @@ class Sandbox:
         self._idle.append(worker)
         return reply
 
+    async def _load(self, worker: _Worker) -> dict[str, Any] | None:
+        """A fresh worker compiles the preamble's expressions (None: it died doing so)."""
+        if self._preamble is None:
+            return {}
+        reply = await worker.ask(self._preamble)
+        return None if reply is None or "error" in reply else reply
+
     async def _start(self) -> _Worker:
-        worker = await _Worker.start()
+        worker = await _Worker.start(self._answer_max_bytes)
         self._running.add(worker)
         return worker
 
@@ -150,6 +189,69 @@ class Sandbox:
     async def close(self) -> None:
         for worker in list(self._running):
             await self._discard(worker)
+
+
+class ConfigExpressions:
+    """The config's FromOrders filters and transforms, evaluated in a pool of its own (apart
+    from the test endpoint's, so hostile test requests cannot starve routing or delivery).
+
+    Each worker compiles every expression once, when it starts (with the config's Limits); a
+    request then names the expressions to run on each event: `{"run": [[names, event], ...]}`,
+    answered `{"results": [[verdict, ...], ...]}`. A filter's verdict is `{"match": bool}`, a
+    transform's `{"value": ...}`, a failure `{"error", "limit"}`. A worker that dies or is
+    killed during a batch takes nobody else's answer with it: the batch is evaluated again one
+    expression at a time, on fresh workers, and only the one that killed it fails.
+    """
+
+    def __init__(self, expressions: dict[str, Expression], workers: int = CONFIG_WORKERS) -> None:
+        self.names = frozenset(expressions)
+        self._per_evaluation_s = max(
+            (e.limits.timeout_ms / 1000 for e in expressions.values()), default=0.0
+        )
+        load = {name: _spec(e) for name, e in expressions.items()}
+        preamble = orjson.dumps({"load": load}) + b"\n"
+        self._pool = Sandbox(workers, preamble, CONFIG_ANSWER_MAX_BYTES)
+
+    async def evaluate(self, jobs: Sequence[Job]) -> list[list[Verdict]]:
+        """Per job (expression names, the event as JSON), per name: True/False for a filter,
+        the value for a transform, or the EvaluationError. SandboxBusy: try again later."""
+        try:
+            return await self._run(jobs)
+        except EvaluationError as exc:  # the worker died or was killed
+            if sum(len(names) for names, _ in jobs) == 1:
+                return [[exc]]
+        return [[await self._alone(name, event) for name in names] for names, event in jobs]
+
+    async def _alone(self, name: str, event: bytes) -> Verdict:
+        try:
+            [[verdict]] = await self._run([([name], event)])
+        except EvaluationError as exc:
+            log.warning("expression %s killed its worker: %s", name, exc)
+            return exc
+        return verdict
+
+    async def _run(self, jobs: Sequence[Job]) -> list[list[Verdict]]:
+        count = sum(len(names) for names, _ in jobs)
+        budget_s = DEADLINE_S + 2 * count * self._per_evaluation_s
+        request = {
+            "run": [[list(names), orjson.Fragment(event)] for names, event in jobs],
+            "cpu_s": math.ceil(budget_s),
+        }
+        reply = await self._pool.ask(orjson.dumps(request) + b"\n", budget_s)
+        return [[_verdict(v) for v in row] for row in reply["results"]]
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+def _spec(expression: Expression) -> dict[str, Any]:
+    return {"source": expression.source, "limits": dataclasses.asdict(expression.limits)}
+
+
+def _verdict(answer: dict[str, Any]) -> Verdict:
+    if "error" in answer:
+        return EvaluationError(answer["error"], answer.get("limit"))
+    return answer["match"] if "match" in answer else answer.get("value")
 
 
 def _died(status: int) -> EvaluationError:
@@ -172,7 +274,47 @@ def _result(answer: dict[str, Any]) -> bool:
 
 
 def answer(request: dict[str, Any]) -> dict[str, Any]:
-    """In the worker: compile and evaluate one request, within SANDBOX_LIMITS."""
+    """In the worker: the answer to one request line."""
+    if "load" in request:
+        return _load(request["load"])
+    if "run" in request:
+        return {"results": [_run(names, event) for names, event in request["run"]]}
+    return _test(request)
+
+
+_LOADED: dict[str, Expression] = {}  # in a config pool's worker: its expressions, by name
+
+
+def _load(specs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    try:
+        for name, spec in specs.items():
+            _LOADED[name] = compile_expression(spec["source"], Limits(**spec["limits"]))
+    except ExpressionError as exc:  # the gateway compiled them already: not expected
+        return {"error": "compile", "message": exc.message}
+    return {"loaded": len(_LOADED)}
+
+
+def _run(names: list[str], event: dict[str, Any]) -> list[dict[str, Any]]:
+    document = order_document(event)
+    return [_evaluate(name, document) for name in names]
+
+
+def _evaluate(name: str, document: dict[str, Any]) -> dict[str, Any]:
+    try:
+        value = _LOADED[name].evaluate(document)
+        if name.startswith(FILTER):
+            return {"match": value is True}
+        if len(encoded := orjson.dumps(value)) > MAX_RESULT_BYTES:
+            return {"error": f"the result is over {MAX_RESULT_BYTES} bytes", "limit": "memory"}
+        return {"value": orjson.Fragment(encoded)}
+    except EvaluationError as exc:
+        return {"error": str(exc), "limit": exc.limit}
+    except (MemoryError, orjson.JSONEncodeError) as exc:
+        return {"error": f"stopped at the memory limit: {type(exc).__name__}", "limit": "memory"}
+
+
+def _test(request: dict[str, Any]) -> dict[str, Any]:
+    """Compile and evaluate one expression sent by the test endpoint, within SANDBOX_LIMITS."""
     try:
         expression = compile_expression(request["expression"], SANDBOX_LIMITS)
         result = expression.evaluate(orjson.loads(request["document"]))

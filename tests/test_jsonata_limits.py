@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import psutil
 import pytest
 
@@ -36,7 +37,7 @@ from app.filters import (
 from app.sandbox import DEADLINE_S
 from app.store.keys import Keys
 from tests.conftest import AUTH, Gateway, gateway_config, notification
-from tests.relaying import ADMIN, SECRET, hook, subscription
+from tests.relaying import ADMIN, SECRET, hook, subscription, until
 from tests.subscribers import Sink
 from tests.test_vtex_jsonata import ORDER, jsonata_cli
 
@@ -396,3 +397,129 @@ def test_cli_stops_a_hostile_expression_at_a_limit() -> None:
     assert "stopped at the time limit" in result.stderr
     padded = jsonata_cli(PADDED, "--document", str(ORDER))
     assert (padded.returncode, "memory limit" in padded.stderr) == (1, True)
+
+
+# A filter fed by the event: `$pad` to the number in the order id allocates that many characters
+# in one step of one built-in, which no time limit interrupts (1e8: ~500 MB).
+PAD_FROM_ORDER = '$length($pad("x", $number($substringBefore($substring(orderId, 1), "a")))) > 120'
+BOMB_ORDER = "v100000000atmc-01"
+PAD_500_MB = "$length($pad(orderId, 100000000)) > 0"
+WORKFLOW_FILTER = '{ type = "FromWorkflow", status = ["ready-for-handling"] }'
+
+
+def pad_filter(expression: str) -> str:
+    return f"{{ type = \"FromOrders\", expression = '{expression}' }}"
+
+
+def rss_while(process: psutil.Process, work: Any) -> tuple[int, int, Any]:
+    """The process's RSS before, its peak while `work` (a coroutine) runs, and work's result."""
+    baseline = process.memory_info().rss
+    peak = baseline
+    done = False
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done:
+            peak = max(peak, process.memory_info().rss)
+            await asyncio.sleep(0.005)
+
+    async def both() -> Any:
+        nonlocal done
+        sampler = asyncio.create_task(sample())
+        try:
+            return await work
+        finally:
+            done = True
+            await sampler
+
+    result = asyncio.run(both())
+    return baseline, peak, result
+
+
+@pytest.mark.timeout(120)
+def test_config_filter_that_allocates_without_bound_does_not_take_the_gateways_memory(
+    redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    events = 12
+    with Sink() as sink:
+        subs = (
+            subscription(sink, "hostile", filter=pad_filter(PAD_500_MB))
+            + subscription(sink, "workflow", filter=WORKFLOW_FILTER)
+            + subscription(sink, "plain")
+        )
+        process = start_gateway(tmp_path, keys, redis_url, subs)
+        try:
+            assert process.proc is not None
+            gateway = psutil.Process(process.proc.pid)
+
+            async def post_events(first: int, end: int) -> dict[str, int]:
+                async with httpx.AsyncClient(base_url=process.url, timeout=10) as client:
+                    for n in range(first, end):
+                        order = f"v{7227774000 + n}atmc-01"
+                        r = await client.post(
+                            "/hooks/vtex", json=notification(OrderId=order), headers=AUTH
+                        )
+                        assert r.status_code == 200
+                await sink.wait_for("/plain", end, timeout=60)
+                await sink.wait_for("/workflow", end, timeout=10)
+                return await filter_errors(process.url, end)
+
+            asyncio.run(post_events(0, 1))  # warmed up: the first event's costs are not counted
+            baseline, peak, errors = rss_while(gateway, post_events(1, events))
+        finally:
+            stop_for_good(process)
+    assert (peak - baseline) / 2**20 < 60, (baseline / 2**20, peak / 2**20)
+    assert len(sink.at("/plain")) == len(sink.at("/workflow")) == events
+    assert sink.at("/hostile") == []
+    assert errors == {"hostile": events, "workflow": 0, "plain": 0}
+    log = (tmp_path / "gateway.log").read_text()
+    assert "filter of subscription hostile failed, counted as no match" in log
+    assert "memory limit" in log
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_config_filter_that_kills_its_worker_fails_only_the_event_that_did(
+    gateway: Any, sink: Sink
+) -> None:
+    orders = [f"v{100 + n}atmc-01" for n in range(49)]
+    orders.insert(20, BOMB_ORDER)  # one event in the batch blows the filter's memory up
+    # posted while no subscription exists: they wait in the stream, then are routed in one batch
+    async with gateway("") as client:
+        for order in orders:
+            await hook(client, OrderId=order)
+    subs = subscription(sink, "filtered", filter=pad_filter(PAD_FROM_ORDER))
+    subs += subscription(sink, "plain")
+    async with gateway(subs) as client:
+        await sink.wait_for("/plain", len(orders), timeout=30)
+        wanted = [o for o in orders if o != BOMB_ORDER and int(o[1:4]) > 120]
+        received = await sink.wait_for("/filtered", len(wanted), timeout=30)
+        await asyncio.sleep(0.3)  # no more come
+        stats = (await client.get("/ops/stats", headers=OPS)).json()
+    got = sorted(orjson.loads(r.body)["data"]["orderId"] for r in sink.at("/filtered"))
+    assert len(received) == len(wanted) == 28
+    assert got == sorted(wanted)
+    errors = {s["id"]: s["filterErrors"] for s in stats["subscriptions"]}
+    assert errors == {"filtered": 1, "plain": 0}
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_config_transform_that_allocates_without_bound_dead_letters_that_delivery_only(
+    gateway: Any, sink: Sink
+) -> None:
+    transform = "'$pad(orderId, 100000000)'"
+    subs = subscription(sink, "erp", transform=transform) + subscription(sink, "plain")
+    subs += subscription(sink, "light", transform="'{\"order\": orderId}'")
+    async with gateway(subs) as client:
+        await hook(client, OrderId="v5227774100atmc-01")
+        await sink.wait_for("/plain", 1)
+        await sink.wait_for("/light", 1)
+        dlq = await until(
+            lambda: client.get("/admin/dlq", headers=ADMIN), lambda r: bool(r.json()["items"])
+        )
+    items = dlq.json()["items"]
+    assert [i["subscription"] for i in items] == ["erp"], items
+    assert "transform failed: stopped at the memory limit" in str(items)
+    assert sink.at("/erp") == []
+    assert orjson.loads(sink.at("/light")[0].body)["data"] == {"order": "v5227774100atmc-01"}
