@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import math
 import signal
@@ -53,6 +54,8 @@ SANDBOX_LIMITS = Limits(timeout_ms=1000)
 # the worker is killed. Above SANDBOX_LIMITS.timeout_ms, which answers more precisely.
 DEADLINE_S = 3.0
 QUEUE_WAIT_S = 1.0
+PIPE_BYTES = 1024 * 1024  # Linux's default maximum (fs.pipe-max-size) for an unprivileged user
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 ANSWER_MAX_BYTES = 64 * 1024  # one answer line; messages are cut to MAX_MESSAGE_CHARS
 # The config's filters and transforms: one worker for the router (it sends one batch at a time),
 # one for transforms. Their answers carry transforms' results: each within MAX_RESULT_BYTES.
@@ -85,6 +88,10 @@ class _Worker:
             stderr=asyncio.subprocess.DEVNULL,  # a Rust abort's message: the answer says it
             limit=answer_max_bytes,
         )
+        for stream in (process.stdin, process.stdout):  # a batch in few writes, not 64 KiB each
+            with contextlib.suppress(OSError, AttributeError, ValueError):
+                pipe = stream.transport.get_extra_info("pipe")  # type: ignore[union-attr]
+                fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
         return cls(process)
 
     async def ask(self, request: bytes) -> dict[str, Any] | None:
@@ -148,13 +155,10 @@ class Sandbox:
             self._slots.release()
 
     async def _ask(self, request: bytes, deadline_s: float) -> dict[str, Any]:
-        fresh = not self._idle
-        worker = self._idle.pop() if self._idle else await self._start()
+        worker = self._idle.pop() if self._idle else await self._ready(await self._start())
         try:
-            async with asyncio.timeout(deadline_s + (DEADLINE_S if fresh else 0)):
-                reply = await self._load(worker) if fresh else {}
-                if reply is not None:
-                    reply = await worker.ask(request)
+            async with asyncio.timeout(deadline_s):
+                reply = await worker.ask(request)
         except TimeoutError:
             await self._discard(worker)
             raise EvaluationError(
@@ -168,12 +172,23 @@ class Sandbox:
         self._idle.append(worker)
         return reply
 
-    async def _load(self, worker: _Worker) -> dict[str, Any] | None:
-        """A fresh worker compiles the preamble's expressions (None: it died doing so)."""
+    async def _ready(self, worker: _Worker) -> _Worker:
+        """A fresh worker, once it has compiled the preamble's expressions. One that cannot is
+        no answer about any request: SandboxBusy (try again later)."""
         if self._preamble is None:
-            return {}
-        reply = await worker.ask(self._preamble)
-        return None if reply is None or "error" in reply else reply
+            return worker
+        try:
+            async with asyncio.timeout(DEADLINE_S):
+                reply = await worker.ask(self._preamble)
+        except TimeoutError:
+            reply = None
+        except BaseException:
+            await self._discard(worker)
+            raise
+        if reply is None or "error" in reply:
+            status = await self._discard(worker)
+            raise SandboxBusy(f"a JSONata worker could not start (exit status {status})")
+        return worker
 
     async def _start(self) -> _Worker:
         worker = await _Worker.start(self._answer_max_bytes)
