@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 from app.filters import (
+    MAX_MESSAGE_CHARS,
     EvaluationError,
     Expression,
     ExpressionError,
@@ -310,7 +311,10 @@ def _load(specs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _run(names: list[str], event: dict[str, Any]) -> list[dict[str, Any]]:
-    document = order_document(event)
+    try:
+        document = order_document(event)
+    except (KeyError, TypeError) as exc:  # not an event the gateway wrote
+        return [{"error": f"not an order event: {exc!r}"[:MAX_MESSAGE_CHARS]} for _ in names]
     return [_evaluate(name, document) for name in names]
 
 

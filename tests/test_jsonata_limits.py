@@ -31,10 +31,11 @@ from app.filters import (
     EVALUATION_TIMEOUT_MS,
     MAX_EXPRESSION_CHARS,
     EvaluationError,
+    Expression,
     compile_expression,
     error_position,
 )
-from app.sandbox import DEADLINE_S
+from app.sandbox import DEADLINE_S, ConfigExpressions, SandboxBusy
 from app.store.keys import Keys
 from tests.conftest import AUTH, Gateway, gateway_config, notification
 from tests.relaying import ADMIN, SECRET, hook, subscription, until
@@ -341,8 +342,7 @@ def test_hostile_filter_is_bounded_and_other_subscriptions_keep_routing(
     assert sink.at("/hostile") == []
     assert errors == {"hostile": accepted, "plain": 0}
     assert set(background.hook_statuses) == {200}
-    # In the gateway's process, one evaluation holds the loop up to its time limit; between
-    # entries the router lets it run: /healthz waits about one evaluation, never a stall.
+    # The filter runs in the filters' worker process: the gateway's loop waits for nothing.
     assert statistics.median(background.health_s) < 2 * EVALUATION_TIMEOUT_MS / 1000
     assert background.p99() < HOSTILE_FILTER_HEALTH_P99_S, sorted(background.health_s)[-5:]
 
@@ -524,3 +524,18 @@ async def test_config_transform_that_allocates_without_bound_dead_letters_that_d
     assert "transform failed: stopped at the memory limit" in str(items)
     assert sink.at("/erp") == []
     assert orjson.loads(sink.at("/light")[0].body)["data"] == {"order": "v5227774100atmc-01"}
+
+
+@pytest.mark.anyio
+async def test_config_filters_worker_that_cannot_start_is_try_again_not_a_filter_error() -> None:
+    """A worker that dies before it has compiled the config's expressions says nothing about
+    any event: the router is told to try again (its batch stays pending), no filter fails."""
+    broken = Expression("status = (", compiled=None)  # what the worker cannot compile
+    pool = ConfigExpressions({"filter:erp": broken})
+    fields = ("orderId", "state", "domain", "lastState", "lastChange", "currentChange", "account")
+    event = orjson.dumps(dict.fromkeys(fields, "x"))
+    try:
+        with pytest.raises(SandboxBusy, match="could not start"):
+            await pool.evaluate([(["filter:erp"], event)])
+    finally:
+        await pool.close()
