@@ -8,7 +8,9 @@ Expressions are compiled once, at start-up, by jsonatapy, and evaluated within l
 call depth, sequence length: `Limits`); one longer than MAX_EXPRESSION_CHARS is refused. One that
 fails at run time, or runs into a limit, is a non-match (for a filter) or a failed transform:
 counted and logged by the caller, never a crash. Expressions from callers the gateway does not
-trust are evaluated in app/sandbox.py's worker processes, never here.
+trust are evaluated in app/sandbox.py's worker processes, never here; so are the config's
+FromOrders filters (the router) and push transforms (delivery), whose workers compile them once
+(app/sandbox.py's ConfigExpressions). A pull subscription's transform runs here.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ import jsonatapy
 
 # Every expression the gateway compiles: longer ones are refused before jsonatapy sees them.
 MAX_EXPRESSION_CHARS = 8 * 1024
-# Filters and transforms from the config run in the gateway process, on the event loop, with
-# these limits (jsonatapy's own guardrails). The time limit is also the longest one evaluation
-# holds the loop; the router lets the loop run between entries, so a filter that always hits it
-# slows routing but cannot stall it. 25 ms: VTEX's documented filters take microseconds on a
-# hook's order document and up to ~20 ms on an enriched order of 200 items (the regex one);
-# `[delivery] jsonata_timeout_ms` raises it for larger orders (a filter over its limit is a
-# non-match).
+# Filters and transforms from the config are evaluated with these limits (jsonatapy's own
+# guardrails), in a worker process capped in memory (app/sandbox.py); where one is evaluated in
+# the gateway's process (a pull subscription's transform), the time limit is also the longest
+# it holds the loop, and callers in a loop let the loop run between evaluations. 25 ms: VTEX's
+# documented filters take microseconds on a hook's order document and up to ~20 ms on an
+# enriched order of 200 items (the regex one); `[delivery] jsonata_timeout_ms` raises it for
+# larger orders (a filter over its limit is a non-match).
 EVALUATION_TIMEOUT_MS = 25
 MAX_JSONATA_TIMEOUT_MS = 1000
 # A caller evaluating in a loop (the router, a feed take) pauses for EVALUATION_PAUSE_S after

@@ -1,4 +1,5 @@
-"""JSONata from callers the gateway does not trust, run in worker processes it can kill.
+"""JSONata from callers the gateway does not trust, and the config's filters and transforms,
+run in worker processes it can kill.
 
 The test endpoint (`POST /api/orders/expressions/jsonata`, open to the read-only ops role) and
 `orderhook jsonata test` compile and evaluate whatever expression they are given. None of that
@@ -15,6 +16,9 @@ step that its time limit does not interrupt. Each request goes to a worker proce
 
 A worker that died is replaced by the next request. At most WORKERS requests run at once; one
 that finds no worker free within QUEUE_WAIT_S gets SandboxBusy (503: try again).
+
+The config's FromOrders filters and push transforms go to pools of their own (ConfigExpressions:
+one for the router, one for delivery), whose workers compile them once when they start.
 
 The protocol, one JSON object per line each way: {"expression", "document" (JSON text)} ->
 {"result": bool}, or {"error": "compile" | "evaluation", "message", "limit", "position"}.
