@@ -219,8 +219,8 @@ class Router:
         return routed
 
     def _pool_filters(self, event: dict[str, Any]) -> list[str]:
-        """The names of the pool's filters this event is to be tried against."""
-        order_document(event)  # an event without the fields filters read: refused here
+        """The names of the pool's filters this event is to be tried against (an event without
+        the fields filters read is answered with an error, then refused by `plan`)."""
         if self.filters is None:
             return []
         return [
