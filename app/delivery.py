@@ -74,9 +74,9 @@ def build_body(sub: Subscription, event: dict[str, Any]) -> bytes:
 
 
 class Transforms:
-    """The push subscriptions' transforms, evaluated in a worker pool of their own (a transform
-    that allocates without bound kills its worker, not the gateway). Attempts waiting at the
-    same time share one round trip."""
+    """The subscriptions' transforms (push and pull), evaluated in a worker pool of their own
+    (a transform that allocates without bound kills its worker, not the gateway). Attempts
+    waiting at the same time share one round trip."""
 
     def __init__(self, subscriptions: Iterable[Subscription]) -> None:
         expressions = {TRANSFORM + s.id: s.transform for s in subscriptions if s.transform}
@@ -356,6 +356,7 @@ class Deliverer:
         subscriptions: Iterable[Subscription],
         deliveries: DeliveryStore,
         session: aiohttp.ClientSession,
+        transforms: Transforms,
     ) -> None:
         self.deliveries = deliveries
         # The subscriber has its event by now: recording the outcome can wait a moment and
@@ -364,7 +365,7 @@ class Deliverer:
             deliveries.settle, name="settle", linger_s=SETTLE_LINGER_S
         )
         subscriptions = list(subscriptions)
-        self.transforms = Transforms(subscriptions)
+        self.transforms = transforms  # started and closed here
         self.workers = {
             s.id: SubscriptionWorker(s, deliveries, session, self.settler, self.transforms)
             for s in subscriptions

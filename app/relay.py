@@ -14,7 +14,7 @@ import aiohttp
 
 from app import logs
 from app.config import Settings
-from app.delivery import Deliverer
+from app.delivery import Deliverer, Transforms
 from app.router import Router
 from app.ssrf import GuardedConnector
 from app.store.client import Store, open_store
@@ -44,7 +44,8 @@ class Relay:
         )
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
         push = [s for s in self.settings.subscriptions if s.mode == "push"]
-        self.deliverer = Deliverer(push, self.deliveries, self._session)
+        self.transforms = Transforms(self.settings.subscriptions)  # the feed's too
+        self.deliverer = Deliverer(push, self.deliveries, self._session, self.transforms)
         enricher = None
         if any(s.enrich for s in self.settings.sources):
             enricher = Enricher(self.settings, self.deliveries.store, self._session)

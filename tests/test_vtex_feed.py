@@ -93,3 +93,24 @@ async def test_feed_errors(gateway: Gateway) -> None:
         assert r.status_code == 400
         r = await client.post("/feed/pull/commit", json={"handles": ["junk!"]}, headers=FEED)
         assert r.json() == {"committed": 0}
+
+
+async def test_pull_transforms_run_in_the_transform_pool_and_a_memory_bomb_stays_there(
+    gateway: Gateway,
+) -> None:
+    """12.12: a pull subscription's transform ran in the gateway, bounded in time only; now it
+    runs in the transforms' worker pool: one that allocates without bound reaches the memory
+    limit there, and the consumer still gets its event untransformed, with the reason."""
+    subs = PULL.format(retention=60).replace("filter = ", "transform = '{\"order\": orderId}'\n#")
+    bomb = subs.replace('id = "pull"', 'id = "bomb"').replace("feed-token", "bomb-token")
+    bomb = bomb.replace("'{\"order\": orderId}'", "'$pad(orderId, 100000000)'")
+    async with gateway(subs + bomb) as client:
+        await hook(client, OrderId="v5227774100atmc-01")
+        await asyncio.sleep(0.3)  # routed
+        light = await take(client)
+        r = await client.get("/feed/bomb?maxlot=10", headers={"Authorization": "Bearer bomb-token"})
+    assert light[0]["event"]["data"] == {"order": "v5227774100atmc-01"}
+    assert r.status_code == 200, r.text
+    [item] = r.json()
+    assert "memory limit" in item["event"]["transformerror"]
+    assert item["event"]["data"]["orderId"] == "v5227774100atmc-01"  # untransformed

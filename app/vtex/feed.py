@@ -8,9 +8,9 @@ come back; items older than the retention are dropped and counted.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
+import logging
 from typing import Any
 
 import orjson
@@ -19,14 +19,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.config import Settings, Subscription
-from app.delivery import build_body
+from app.delivery import Transforms
 from app.errors import BadRequest, NotFound, Unauthorized
 from app.events import cloudevent, default_data
-from app.filters import EVALUATION_PAUSE_S, EvaluationError, Slices
-from app.http import json_response
+from app.filters import EvaluationError
+from app.http import RETRY_AFTER_S, json_response
 from app.ops.access import bearer_token, matches
 from app.params import int_param
+from app.sandbox import SandboxBusy
 from app.store.deliveries import DeliveryStore
+
+log = logging.getLogger("orderhook.feed")
 
 MAX_LOT = 10  # as in VTEX
 DEFAULT_LOT = 1
@@ -48,9 +51,14 @@ def decode_handle(handle: str) -> str | None:
         return None
 
 
-def feed_item(sub: Subscription, event: dict[str, Any], handle: str) -> dict[str, Any]:
+async def feed_item(
+    transforms: Transforms, sub: Subscription, event_json: bytes, handle: str
+) -> dict[str, Any]:
+    """One item as VTEX's feed gives it, with the CloudEvent (transformed in the transforms'
+    worker pool); SandboxBusy or OSError when the pool cannot run the transform now."""
+    event = orjson.loads(event_json)
     try:
-        cloud = orjson.loads(build_body(sub, event))
+        cloud = orjson.loads(await transforms.body(sub, event, event_json))
     except EvaluationError as exc:  # the consumer still gets its event, untransformed
         cloud = {**cloudevent(event, default_data(event)), "transformerror": str(exc)}
     return {
@@ -86,13 +94,19 @@ class Feed:
         items, hidden_until = await deliveries.feed_take(
             sub.id, maxlot, sub.visibility_timeout_s, sub.retention_s
         )
-        taken = []
-        slices = Slices()  # a transform may take its whole time limit: let others run
-        for delivery_id, event in items:
-            handle = encode_handle(delivery_id, hidden_until)
-            taken.append(feed_item(sub, orjson.loads(event), handle))
-            if slices.over():
-                await asyncio.sleep(EVALUATION_PAUSE_S)
+        transforms: Transforms = request.app.state.relay.transforms
+        try:
+            taken = [
+                await feed_item(transforms, sub, event, encode_handle(delivery_id, hidden_until))
+                for delivery_id, event in items
+            ]
+        except (SandboxBusy, OSError) as exc:  # the items come back after the visibility timeout
+            log.warning("feed %s: transforms unavailable: %s", sub.id, exc)
+            return json_response(
+                {"error": "transforms are busy; try again later"},
+                503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         return json_response(taken)
 
     async def commit(self, request: Request) -> Response:
