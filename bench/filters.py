@@ -8,9 +8,9 @@ Planning: one 200-entry batch through `Router._plan_all` with 3 subscriptions (o
 filter, one FromWorkflow, one without a filter), for events as a hook carries them and for
 events enriched with a full VTEX order (tests/data). Wall time per batch, and the gateway
 process's own CPU time ("CPU": what the event loop spends; the worker's is not counted).
-"before" is main's app/router.py (loaded from `git show main:app/router.py`, every filter
-evaluated in the gateway's process); "after" is this tree's (FromOrders filters in one round
-trip to their worker). The two run interleaved, `--rounds` times `--batches` batches each;
+"before" is app/router.py at `--baseline` (default BASELINE_REV, the last commit whose router
+evaluated every filter in the gateway's process; loaded with `git show`); "after" is this
+tree's (FromOrders filters in one round trip to their worker). The two run interleaved, `--rounds` times `--batches` batches each;
 medians are printed per batch.
 
 Transforms: the CloudEvent body of one delivery attempt, built in-process (`build_body`, main)
@@ -46,14 +46,18 @@ BATCH = 200
 CONCURRENT = 64
 
 
-def main_router() -> ModuleType:
+# The last commit whose router evaluated FromOrders filters in the gateway's own process.
+BASELINE_REV = "f35ffeb"
+
+
+def main_router(rev: str = BASELINE_REV) -> ModuleType:
     source = subprocess.run(
-        ["git", "show", "main:app/router.py"], cwd=ROOT, capture_output=True, check=True
+        ["git", "show", f"{rev}:app/router.py"], cwd=ROOT, capture_output=True, check=True
     ).stdout
     spec = importlib.util.spec_from_loader("router_on_main", loader=None)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
-    exec(compile(source, "main:app/router.py", "exec"), module.__dict__)  # noqa: S102
+    exec(compile(source, f"{rev}:app/router.py", "exec"), module.__dict__)  # noqa: S102
     return module
 
 
@@ -103,9 +107,9 @@ async def time_batches(
     return wall, cpu
 
 
-async def planning(rounds: int, batches: int) -> None:
+async def planning(rounds: int, batches: int, baseline: str) -> None:
     settings = Settings(subscriptions=subscriptions())
-    before = router(main_router().Router, settings)
+    before = router(main_router(baseline).Router, settings)
     after = Router(settings, None, None, None)  # type: ignore[arg-type]
     for enriched in (False, True):
         batch = entries(enriched)
@@ -165,9 +169,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--baseline", default=BASELINE_REV, help="the router to compare with")
     args = parser.parse_args()
-    print(f"Python {sys.version.split()[0]}; before = main's app/router.py, after = this tree")
-    asyncio.run(planning(args.rounds, args.batches))
+    print(
+        f"Python {sys.version.split()[0]}; "
+        f"before = {args.baseline}:app/router.py, after = this tree"
+    )
+    asyncio.run(planning(args.rounds, args.batches, args.baseline))
     asyncio.run(transforms(args.rounds))
     return 0
 
