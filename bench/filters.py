@@ -10,8 +10,8 @@ events enriched with a full VTEX order (tests/data). Wall time per batch, and th
 process's own CPU time ("CPU": what the event loop spends; the worker's is not counted).
 "before" is app/router.py at `--baseline` (default BASELINE_REV, the last commit whose router
 evaluated every filter in the gateway's process; loaded with `git show`); "after" is this
-tree's (FromOrders filters in one round trip to their worker). The two run interleaved, `--rounds` times `--batches` batches each;
-medians are printed per batch.
+tree's (FromOrders filters in one round trip to their worker). The two run interleaved,
+`--rounds` times `--batches` batches each; medians are printed per batch.
 
 Transforms: the CloudEvent body of one delivery attempt, built in-process (`build_body`, main)
 and through `Transforms.body` (the pool): one attempt alone, and 64 attempts at once (they share
