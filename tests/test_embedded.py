@@ -3,7 +3,10 @@ stopped (exit 1) when it cannot be; a torn append-only file reported at start-up
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -127,3 +130,31 @@ def test_torn_aof_tail_is_reported_at_start(tmp_path: Path) -> None:
     [warning] = [line for line in gateway.log.read_text().splitlines() if "torn write" in line]
     assert " WARNING orderhook.store embedded redis: the append-only file " in warning
     assert "redis.log" in warning
+
+
+def test_ctrl_c_stops_the_gateway_and_its_redis_without_a_restart(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals the whole foreground process group. The embedded
+    redis-server was in it: it died first, and the watcher logged an ERROR and restarted it
+    mid-shutdown. It now has its own session; the gateway stops it."""
+    gateway = embedded_gateway(tmp_path)
+    command = [sys.executable, "-m", "app.cli", "serve", "--config", str(gateway.config)]
+    command += ["--port", str(gateway.port)]
+    with gateway.log.open("ab") as out:
+        proc = subprocess.Popen(
+            command, env=gateway.env, stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+        gateway.proc = proc
+        deadline = time.monotonic() + 20
+        while not redis_children(gateway) or httpx.get(gateway.url + "/readyz").status_code != 200:
+            assert time.monotonic() < deadline, gateway.log.read_text()
+            time.sleep(0.1)
+        redis = only_redis(gateway)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C
+        assert proc.wait(30) == 0
+        gone(redis)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = gateway.log.read_text()
+    assert "restarting" not in log and "ERROR" not in log, log

@@ -123,6 +123,9 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            # its own process group: a terminal's Ctrl-C (or a group's SIGTERM) reaches the
+            # gateway, which stops its server itself, not the server first (a "death" restarted)
+            start_new_session=True,
             pass_fds=() if self._lock_fd is None else (self._lock_fd,),
         )
         self._started_at = time.monotonic()
