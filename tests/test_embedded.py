@@ -132,6 +132,14 @@ def test_torn_aof_tail_is_reported_at_start(tmp_path: Path) -> None:
     assert "redis.log" in warning
 
 
+def ready(gateway: Gateway) -> bool:
+    try:
+        answer = httpx.get(gateway.url + "/readyz", timeout=1)
+    except httpx.TransportError:
+        return False
+    return answer.status_code == 200 and bool(redis_children(gateway))
+
+
 def test_ctrl_c_stops_the_gateway_and_its_redis_without_a_restart(tmp_path: Path) -> None:
     """A terminal's Ctrl-C signals the whole foreground process group. The embedded
     redis-server was in it: it died first, and the watcher logged an ERROR and restarted it
@@ -146,7 +154,7 @@ def test_ctrl_c_stops_the_gateway_and_its_redis_without_a_restart(tmp_path: Path
     try:
         gateway.proc = proc
         deadline = time.monotonic() + 20
-        while not redis_children(gateway) or httpx.get(gateway.url + "/readyz").status_code != 200:
+        while not ready(gateway):
             assert time.monotonic() < deadline, gateway.log.read_text()
             time.sleep(0.1)
         redis = only_redis(gateway)
@@ -156,5 +164,6 @@ def test_ctrl_c_stops_the_gateway_and_its_redis_without_a_restart(tmp_path: Path
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
     log = gateway.log.read_text()
     assert "restarting" not in log and "ERROR" not in log, log
