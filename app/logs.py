@@ -17,36 +17,21 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
-import re
 import sys
 from typing import Any, BinaryIO, TextIO
 
 import orjson
 
+from app.errors import one_line
 from app.events import utc_now_iso
 
 FLUSH_EVERY_S = 0.5
 LINE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
-# C0 and C1 controls and DEL, the Unicode line and paragraph separators, and the bidi controls
-# that make a line display as something else.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def one_line(text: str) -> str:
-    """`text` with each unsafe character written as an escape: `\\n`, `\\x1b`, `\\u2028`."""
-    return _UNSAFE.sub(_escape, text)
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    code = ord(char)
-    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-
 
 class OneLineFormatter(logging.Formatter):
-    """The plain-text format, each record on exactly one line."""
+    """The plain-text format, each record on exactly one line (app.errors.one_line: the same
+    escaping as the config errors' messages)."""
 
     def format(self, record: logging.LogRecord) -> str:
         return one_line(super().format(record))
