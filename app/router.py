@@ -247,16 +247,10 @@ class Router:
         )
 
     def plan(
-        self,
-        entry_id: str,
-        raw: bytes,
-        event: dict[str, Any] | None = None,
-        verdicts: dict[str, Verdict] | None = None,
+        self, entry_id: str, raw: bytes, event: dict[str, Any], verdicts: dict[str, Verdict]
     ) -> Routed:
-        """`verdicts`: the pool's answers for this event's FromOrders filters, by subscription."""
-        event = orjson.loads(raw) if event is None else event
-        if self.filters is None:
-            verdicts = None  # every filter evaluated here
+        """`verdicts`: the pool's answers for this event's FromOrders filters, by subscription
+        (the pool holds every FromOrders filter; the others are evaluated here)."""
         subs = matching(self.subscriptions, event, self._filter_failed, verdicts)
         planned = [self._planned(event, sub) for sub in subs]
         return Routed(entry_id, event, raw, planned)
