@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
 import httpx
+
+from app.durations import human_duration, human_ms, with_age
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT = httpx.Timeout(10.0)
@@ -138,13 +141,13 @@ def print_status(stats: dict[str, Any], out: TextIO) -> None:
             "queued",
             "in flight",
             "dead",
-            "oldest (s)",
-            "p99 ms",
+            "oldest waiting",
+            "p99 (5 min)",
             "last error",
         ]
     ]
+    now = time.time()
     for s in stats["subscriptions"]:
-        age = s["oldestUndeliveredAgeS"]
         rows.append(
             [
                 s["id"],
@@ -154,9 +157,9 @@ def print_status(stats: dict[str, Any], out: TextIO) -> None:
                 s["queued"],
                 s["inFlight"],
                 s["deadLetters"],
-                None if age is None else round(age),
-                s["latency"]["p99Ms"],
-                s["lastError"],
+                human_duration(s["oldestUndeliveredAgeS"]),
+                human_ms(s["latency"]["p99Ms"]),
+                with_age(s["lastError"], s.get("lastErrorAt"), now),
             ]
         )
     table(rows, out)

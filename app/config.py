@@ -58,6 +58,7 @@ DEFAULT_LOG_RETENTION_S = 7 * 24 * 3600
 DEFAULT_SESSION_MAX_AGE_S = 12 * 3600
 DEFAULT_SIGN_IN_FAILURES_PER_CLIENT = 10
 DEFAULT_SIGN_IN_FAILURES_TOTAL = 300
+DEFAULT_DASHBOARD_REFRESH_S = 5.0
 DEFAULT_VISIBILITY_TIMEOUT_S = 240.0  # VTEX Feed v3's default
 DEFAULT_PULL_RETENTION_S = 4 * 24 * 3600.0  # VTEX Feed v3: 4 to 14 days
 MAX_PULL_RETENTION_S = 14 * 24 * 3600.0
@@ -155,6 +156,7 @@ class _OpsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     session_max_age_s: int = DEFAULT_SESSION_MAX_AGE_S  # a dashboard sign-in lasts this long
     sign_in_failures_per_client: int = DEFAULT_SIGN_IN_FAILURES_PER_CLIENT  # per window ...
     sign_in_failures_total: int = DEFAULT_SIGN_IN_FAILURES_TOTAL  # ... then 429 till it ends
+    dashboard_refresh_s: float = DEFAULT_DASHBOARD_REFRESH_S  # while no one types in it
 
 
 class _ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -252,6 +254,7 @@ class Settings:
     session_max_age_s: int = DEFAULT_SESSION_MAX_AGE_S
     sign_in_failures_per_client: int = DEFAULT_SIGN_IN_FAILURES_PER_CLIENT
     sign_in_failures_total: int = DEFAULT_SIGN_IN_FAILURES_TOTAL
+    dashboard_refresh_s: float = DEFAULT_DASHBOARD_REFRESH_S
     vtex_base_url: str = DEFAULT_VTEX_BASE_URL
     public_url: str | None = None
     vtex_max_requests_per_minute: int = 6000
@@ -292,6 +295,7 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
         session_max_age_s=parsed.ops.session_max_age_s,
         sign_in_failures_per_client=parsed.ops.sign_in_failures_per_client,
         sign_in_failures_total=parsed.ops.sign_in_failures_total,
+        dashboard_refresh_s=parsed.ops.dashboard_refresh_s,
         vtex_base_url=parsed.vtex.base_url,
         public_url=parsed.vtex.public_url,
         vtex_max_requests_per_minute=parsed.vtex.max_requests_per_minute,
@@ -373,6 +377,11 @@ def _check_limits(parsed: _ConfigFile, where: str) -> None:
             "an integer >= 1",
         ),
         (parsed.ops.sign_in_failures_total >= 1, "ops.sign_in_failures_total", "an integer >= 1"),
+        (
+            1 <= parsed.ops.dashboard_refresh_s <= 3600,
+            "ops.dashboard_refresh_s",
+            "a number of seconds from 1 to 3600",
+        ),
         (parsed.delivery.router_claim_idle_s > 0, "delivery.router_claim_idle_s", "a number > 0"),
         (
             1 <= parsed.delivery.jsonata_timeout_ms <= MAX_JSONATA_TIMEOUT_MS,

@@ -339,7 +339,9 @@ async def test_dashboard_and_api_answers_carry_security_headers(
     for r in answers:
         csp = r.headers["content-security-policy"]
         assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp, r.request.url
-        assert "script-src" not in csp and "unsafe-inline" not in csp
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        script_src = csp.split("script-src ")[1].split(";")[0]  # the refresh script, by its hash
+        assert script_src.startswith("'sha256-") and " " not in script_src
         assert r.headers["x-frame-options"] == "DENY"
         assert r.headers["x-content-type-options"] == "nosniff"
     assert "style-src 'sha256-" in answers[1].headers["content-security-policy"]

@@ -1,9 +1,14 @@
-"""`GET /ops`: the dashboard, rendered here as one HTML page: no build step, no CDN, no script.
+"""`GET /ops`: the dashboard, rendered here as one HTML page: no build step, no CDN.
 
 Everything that comes from an event or a subscriber (order ids, errors, response bodies) goes
-through `html.escape`; the page refreshes itself every few seconds. Its Content-Security-Policy
-allows this page's one stylesheet (by its hash), forms posting to this origin, and nothing else:
-no script, no frame, no other resource.
+through `html.escape`. The page refreshes itself every few seconds, but not while someone uses
+its forms: one inline script (REFRESH_SCRIPT) reloads it only when no field has the focus or a
+value typed into it; without script, a meta refresh does (on the page without search results).
+Its Content-Security-Policy allows this page's one stylesheet and that one script, each by its
+SHA-256 hash, forms posting to this origin, and nothing else: no other script (an injected
+`<script>` or `onclick` does not run; 'unsafe-inline' is never allowed), no frame, no other
+resource. The hash rather than a script file under 'self': 'self' would let any script this
+origin serves run, a hash only these bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-REFRESH_S = 5
+from app.config import DEFAULT_DASHBOARD_REFRESH_S
+from app.durations import NONE, human_duration, human_ms, with_age
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
@@ -27,10 +33,30 @@ tr.ok{background:#e8f6e8}tr.warn{background:#fff4d6}tr.bad{background:#fde2e1}
 form.inline{display:inline}button{cursor:pointer}code{font-size:12px}
 .bar{fill:#4a7bd0}.axis{stroke:#bbb}.error{color:#b00}
 """
-_STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
+# Reload every `data-refresh-s` seconds, unless a field has the focus or differs from what the
+# page was served with (someone is typing a search, or typed one and clicked elsewhere).
+REFRESH_SCRIPT = """
+(function () {
+  var every = Number(document.currentScript.dataset.refreshS) * 1000;
+  function busy() {
+    var active = document.activeElement;
+    if (active && active.matches("input:not([type=hidden]), textarea, select")) return true;
+    return Array.prototype.some.call(document.querySelectorAll("input, textarea"), function (f) {
+      return f.value !== f.defaultValue || f.checked !== f.defaultChecked;
+    });
+  }
+  setInterval(function () { if (!busy()) location.reload(); }, every);
+})();
+"""
+
+
+def _sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
 CONTENT_SECURITY_POLICY = (
-    f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
+    f"default-src 'none'; style-src {_sha256(STYLE)}; script-src {_sha256(REFRESH_SCRIPT)}; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
 
@@ -38,29 +64,35 @@ def _e(value: Any) -> str:
     return "" if value is None else escape(str(value))
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 RECENT_ERROR_S = 300
+BACKLOG_WARN_S = 60
+
+
+def failing(sub: dict[str, Any], now: float) -> bool:
+    """Its latest error is under RECENT_ERROR_S old and no delivery has succeeded since: an
+    error that a success followed is history (shown with its age), not a warning."""
+    error_at, delivered_at = sub["lastErrorAt"], sub.get("lastDeliveredAt")
+    if error_at is None or now - error_at >= RECENT_ERROR_S:
+        return False
+    return delivered_at is None or error_at > delivered_at
 
 
 def health_class(sub: dict[str, Any], now: float | None = None) -> str:
-    """red: disabled or dead letters waiting; amber: a backlog over a minute old or an error
-    in the last 5 minutes; green: fine."""
+    """red: disabled or dead letters waiting; amber: a backlog over a minute old, or failing
+    (`failing`); green: fine."""
     if sub["state"] != "enabled" or sub["deadLetters"] > 0:
         return "bad"
     now = time.time() if now is None else now
-    recent_error = sub["lastErrorAt"] is not None and now - sub["lastErrorAt"] < RECENT_ERROR_S
-    if (sub["oldestUndeliveredAgeS"] or 0) > 60 or recent_error:
+    if (sub["oldestUndeliveredAgeS"] or 0) > BACKLOG_WARN_S or failing(sub, now):
         return "warn"
     return "ok"
+
+
+def latency_cell(latency: dict[str, Any]) -> str:
+    """p50 / p95 / p99 in human units, or "—" when nothing was delivered in the window."""
+    if not latency["count"]:
+        return f'<span title="no deliveries in the last 5 min">{NONE}</span>'
+    return " / ".join(human_ms(latency[key]) for key in ("p50Ms", "p95Ms", "p99Ms"))
 
 
 def chart(per_minute: list[tuple[int, int]], width: int = 600, height: int = 80) -> str:
@@ -85,9 +117,8 @@ def chart(per_minute: list[tuple[int, int]], width: int = 600, height: int = 80)
 
 
 def subscriptions_table(subs: list[dict[str, Any]], can_replay: bool) -> str:
-    rows = []
+    rows, now = [], time.time()
     for sub in subs:
-        latency = sub["latency"]
         replay = (
             f'<form class="inline" method="post" action="/ops/replay">'
             f'<input type="hidden" name="subscription" value="{_e(sub["id"])}">'
@@ -105,14 +136,15 @@ def subscriptions_table(subs: list[dict[str, Any]], can_replay: bool) -> str:
             f'<td class="num">{sub["queued"]}{_aside(sub["held"], "held for their order")}</td>'
             f'<td class="num">{sub["inFlight"]}</td>'
             f'<td class="num">{sub["deadLetters"]}</td>'
-            f"<td>{_age(sub['oldestUndeliveredAgeS'])}</td>"
-            f"<td>{_e(latency['p50Ms'])} / {_e(latency['p95Ms'])} / {_e(latency['p99Ms'])}</td>"
-            f"<td>{_e(sub['lastError'])}</td><td>{replay}</td></tr>"
+            f"<td>{human_duration(sub['oldestUndeliveredAgeS'])}</td>"
+            f"<td>{latency_cell(sub['latency'])}</td>"
+            f"<td>{_e(with_age(sub['lastError'], sub['lastErrorAt'], now))}</td>"
+            f"<td>{replay}</td></tr>"
         )
     head = (
         "<tr><th>subscription</th><th>state</th><th>delivered</th><th>retried</th>"
         "<th>queued</th><th>in flight</th><th>dead letters</th><th>oldest waiting</th>"
-        "<th>latency p50/p95/p99 ms (5 min)</th><th>last error</th><th></th></tr>"
+        "<th>latency p50 / p95 / p99 (5 min)</th><th>last error</th><th></th></tr>"
     )
     return f'<table id="subscriptions">{head}{"".join(rows)}</table>'
 
@@ -144,12 +176,12 @@ def attempts_table(attempts: list[dict[str, Any]], table_id: str = "attempts") -
     rows = "".join(
         f"<tr><td>{_e(a['at'])}</td><td>{_e(a['subscription'])}</td><td>{_e(a['orderId'])}</td>"
         f"<td>{_e(a['outcome'])}</td><td>{_e(a['status'])}</td><td class='num'>"
-        f"{_e(a['durationMs'])}</td><td>{_e(a['error'])}</td></tr>"
+        f"{human_ms(a['durationMs'])}</td><td>{_e(a['error'])}</td></tr>"
         for a in attempts
     )
     head = (
         "<tr><th>time (UTC)</th><th>subscription</th><th>order</th><th>outcome</th>"
-        "<th>status</th><th>ms</th><th>error</th></tr>"
+        "<th>status</th><th>took</th><th>error</th></tr>"
     )
     return f'<table id="{table_id}">{head}{rows}</table>'
 
@@ -181,11 +213,12 @@ def page(
     role: str,
     order_id: str | None = None,
     found: list[dict[str, Any]] | None = None,
+    refresh_s: float = DEFAULT_DASHBOARD_REFRESH_S,
 ) -> str:
     ingest = stats["ingest"]
     rejected = sum(ingest["rejected"].values())
-    refresh = "" if order_id else f'<meta http-equiv="refresh" content="{REFRESH_S}">'
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">{refresh}
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+{refresher(refresh_s, with_fallback=order_id is None)}
 <title>orderhook</title><style>{STYLE}</style></head><body>
 <h1>orderhook <span class="muted">— signed in as {_e(role)}</span>
 <form class="inline" method="post" action="/ops/logout"><button>Sign out</button></form></h1>
@@ -198,6 +231,16 @@ def page(
 <h2>Find an order</h2>{search_section(order_id, found or [])}
 <h2>Last {len(attempts)} delivery attempts</h2>{attempts_table(attempts)}
 </body></html>"""
+
+
+def refresher(refresh_s: float, with_fallback: bool) -> str:
+    """The refresh script, and for browsers without script a meta refresh (left out on a page
+    of search results: it would wipe the next search as it is typed)."""
+    fallback = f'<noscript><meta http-equiv="refresh" content="{refresh_s:g}"></noscript>'
+    return (
+        f'<script data-refresh-s="{refresh_s:g}">{REFRESH_SCRIPT}</script>'
+        f"{fallback if with_fallback else ''}"
+    )
 
 
 def login_page(error: str | None = None) -> str:

@@ -1,19 +1,39 @@
-"""`GET /metrics`: the stats in Prometheus text format, written by prometheus-client."""
+"""`GET /metrics`: the stats in Prometheus text format, written by prometheus-client.
+
+Every figure is read from Redis at each scrape, so each is true across the gateway's processes
+and restarts; the latency histogram's counters are cumulative there (app/store/latency.py), so
+`rate()` and `histogram_quantile()` aggregate them across subscriptions and gateways.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from app.config import Settings
+from app.ops import stats as ops_stats
+from app.store.deliveries import DeliveryStore, OpsQueries
+from app.store.latency import histogram
+
+MEDIA_TYPE = "text/plain; version=0.0.4"
 
 
 class _Snapshot:
-    """A collector over one stats snapshot (the stats are read from Redis per scrape)."""
+    """A collector over one stats snapshot and the latency histograms' fields, by
+    subscription (both read from Redis per scrape)."""
 
-    def __init__(self, stats: dict[str, Any]) -> None:
+    def __init__(self, stats: dict[str, Any], latencies: Mapping[str, dict[str, int]]) -> None:
         self.stats = stats
+        self.latencies = latencies
 
     def collect(self) -> Iterator[Metric]:
         ingest = self.stats["ingest"]
@@ -52,11 +72,6 @@ class _Snapshot:
             "Age of the oldest undelivered event",
             labels=["subscription"],
         )
-        latency = GaugeMetricFamily(
-            "orderhook_delivery_latency_seconds",
-            "From receipt to delivery, last 5 minutes",
-            labels=["subscription", "quantile"],
-        )
         filter_errors = CounterMetricFamily(
             "orderhook_filter_errors", "Filters failing at run time", labels=["subscription"]
         )
@@ -73,16 +88,38 @@ class _Snapshot:
                 family.add_metric([sid], sub[key])
             enabled.add_metric([sid], 1 if sub["state"] == "enabled" else 0)
             oldest.add_metric([sid], sub["oldestUndeliveredAgeS"] or 0)
-            for quantile, key in (("0.5", "p50Ms"), ("0.95", "p95Ms"), ("0.99", "p99Ms")):
-                value = sub["latency"][key]
-                latency.add_metric([sid, quantile], (value or 0) / 1000)
             filter_errors.add_metric([sid], sub["filterErrors"])
         yield outcomes
         yield from gauges.values()
-        yield from (enabled, oldest, latency, filter_errors)
+        yield from (enabled, oldest, filter_errors)
+        yield self._latency(subs)
+
+    def _latency(self, subs: list[dict[str, Any]]) -> Metric:
+        family = HistogramMetricFamily(
+            "orderhook_delivery_latency_seconds",
+            "From receipt to delivery (deliveries replayed from the dead-letter queue left out)",
+            labels=["subscription"],
+        )
+        for sub in subs:
+            h = histogram(self.latencies.get(sub["id"], {}))
+            buckets = [(_le(bound), n) for bound, n in h.buckets]
+            family.add_metric([sub["id"]], buckets, h.sum_s)
+        return family
 
 
-def render(stats: dict[str, Any]) -> bytes:
+def _le(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else str(bound)
+
+
+def render(stats: dict[str, Any], latencies: Mapping[str, dict[str, int]]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(stats))
+    registry.register(_Snapshot(stats, latencies))
     return generate_latest(registry)
+
+
+async def scrape(settings: Settings, deliveries: DeliveryStore) -> bytes:
+    """The whole `/metrics` answer, read now."""
+    snapshot = await ops_stats.collect(settings, deliveries)
+    queries = OpsQueries(deliveries)
+    latencies = {s.id: await queries.latency_histogram(s.id) for s in settings.subscriptions}
+    return render(snapshot, latencies)

@@ -57,8 +57,8 @@ class Ops:
 
     async def metrics(self, request: Request) -> Response:
         require(request, self.settings, "ops")
-        snapshot = await stats.collect(self.settings, self._deliveries(request))
-        return Response(metrics.render(snapshot), media_type="text/plain; version=0.0.4")
+        body = await metrics.scrape(self.settings, self._deliveries(request))
+        return Response(body, media_type=metrics.MEDIA_TYPE)
 
     async def dashboard(self, request: Request) -> Response:
         if self.settings.admin_token is None and self.settings.ops_token is None:
@@ -85,6 +85,7 @@ class Ops:
             role,
             order_id,
             found,
+            self.settings.dashboard_refresh_s,
         )
         return HTMLResponse(html)
 

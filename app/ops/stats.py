@@ -23,6 +23,8 @@ def percentile(values: Sequence[int], q: float) -> int | None:
 
 
 def latency_summary(samples: Sequence[tuple[int, int]], now_ms: int) -> dict[str, Any]:
+    """Percentiles (ms) of the deliveries in the last LATENCY_WINDOW_S; None for each when
+    there were none (never 0)."""
     recent = [value for at, value in samples if now_ms - at <= LATENCY_WINDOW_S * 1000]
     return {
         "count": len(recent),
@@ -41,6 +43,10 @@ def ingest_totals(counters: dict[str, int]) -> dict[str, Any]:
         "duplicates": duplicates,
         "rejected": rejected,
     }
+
+
+def _seconds(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000
 
 
 async def collect(settings: Settings, deliveries: DeliveryStore) -> dict[str, Any]:
@@ -65,7 +71,8 @@ async def collect(settings: Settings, deliveries: DeliveryStore) -> dict[str, An
                 "oldestUndeliveredAgeS": None if oldest is None else max(0, now_ms - oldest) / 1000,
                 "latency": latency_summary(health["latencies"], now_ms),
                 "lastError": health["lastError"],
-                "lastErrorAt": health["lastErrorMs"] and health["lastErrorMs"] / 1000,
+                "lastErrorAt": _seconds(health["lastErrorMs"]),
+                "lastDeliveredAt": _seconds(health["lastDeliveredMs"]),
             }
         )
     return {

@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 from app.events import POSITION_TICKS_DIGITS
 from app.store.client import Store, load_script
 from app.store.keys import Keys
+from app.store.latency import bucket_field
 
 REPLAY_CHUNK = 500
 DEFAULT_LOG_RETENTION_S = 7 * 24 * 3600
@@ -215,6 +216,7 @@ class DeliveryStore:
                 o.event_id,
                 o.record.decode(),
                 o.latency_ms,
+                bucket_field(o.latency_ms),
             ]
             for o in outcomes
         ]
@@ -348,16 +350,17 @@ class OpsQueries:
         return [(m, int(v or 0)) for m, v in zip(span, values, strict=True)]
 
     async def health(self, sub: str) -> dict[str, Any]:
-        """Oldest undelivered delivery's creation (ms), recent latencies, last error."""
+        """Oldest undelivered delivery's creation (ms), recent latencies, last error and last
+        success (ms)."""
 
         async def read() -> list[Any]:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.zrange(self.keys.pending_age(sub), 0, 0, withscores=True)
                 pipe.lrange(self.keys.latencies(sub), 0, -1)
-                pipe.hmget(self.keys.state(sub), "lastError", "lastErrorMs")
+                pipe.hmget(self.keys.state(sub), "lastError", "lastErrorMs", "lastDeliveredMs")
                 return list(await pipe.execute())
 
-        oldest, latencies, (last_error, last_error_ms) = await self.store.guard(read)
+        oldest, latencies, (last_error, error_ms, delivered_ms) = await self.store.guard(read)
         samples = []
         for raw in latencies:
             at, _, value = _text(raw).partition(":")
@@ -366,8 +369,14 @@ class OpsQueries:
             "oldestMs": int(oldest[0][1]) if oldest else None,
             "latencies": samples,
             "lastError": _text(last_error) if last_error else None,
-            "lastErrorMs": int(last_error_ms) if last_error_ms else None,
+            "lastErrorMs": int(error_ms) if error_ms else None,
+            "lastDeliveredMs": int(delivered_ms) if delivered_ms else None,
         }
+
+    async def latency_histogram(self, sub: str) -> dict[str, int]:
+        """The fields of the subscription's latency histogram (app/store/latency.py)."""
+        raw = await self.store.guard(partial(self.client.hgetall, self.keys.latency_histogram(sub)))
+        return {_text(k): int(v) for k, v in raw.items()}
 
     async def recent_attempts(self, count: int) -> list[dict[str, Any]]:
         rows = await self.store.guard(

@@ -59,8 +59,13 @@ class Keys:
         return f"{self.tag}:s:{sub}:age"
 
     def latencies(self, sub: str) -> str:
-        """A list of "<ms>:<latency ms>" of the latest deliveries, newest first."""
+        """A list of "<ms>:<latency ms>" of the latest deliveries, newest first (replayed
+        dead letters left out)."""
         return f"{self.tag}:s:{sub}:lat"
+
+    def latency_histogram(self, sub: str) -> str:
+        """A hash: cumulative counts of delivery latencies per bucket (app/store/latency.py)."""
+        return f"{self.tag}:s:{sub}:lath"
 
     def vtex_rate(self, account: str, minute: int) -> str:
         """Get Order requests to one account in one minute, counted across processes."""

@@ -10,13 +10,14 @@ for i = 3, #ARGV do
     local key = tag .. ':d:' .. ARGV[i]
     local sub = redis.call('HGET', key, 'sub')
     if sub and redis.call('ZREM', tag .. ':s:' .. sub .. ':dlq', ARGV[i]) == 1 then
-        redis.call('HSET', key, 'attempts', 0)
+        -- replayed: an ordered one is sent whatever drop_stale says (order.lua); settle.lua
+        -- leaves its time in the dead-letter queue out of the latency figures
+        redis.call('HSET', key, 'attempts', 0, 'replayed', '1')
         redis.call('HDEL', key, 'deadMs')
         local ordered = redis.call('HMGET', key, 'ord', 'pos')
-        if ordered[1] then -- back in its order's line, sent whatever drop_stale says
+        if ordered[1] then -- back in its order's line
             local base = tag .. ':s:' .. sub
             redis.call('SREM', base .. ':od:' .. ordered[1], ARGV[i])
-            redis.call('HSET', key, 'replayed', '1')
             redis.call('ZADD', base .. ':o:' .. ordered[1], 0, ordered[2])
             order_release(tag, sub, ordered[1], tonumber(now), '', 0)
         else

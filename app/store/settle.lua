@@ -4,8 +4,9 @@
 -- ARGV[1]  the key tag (every key below is built from it: one hash slot)
 -- ARGV[2]  now, ms
 -- ARGV[3]  JSON: [[subscription, delivery id, outcome, due ms, status, error, event id,
---          attempt record JSON, latency ms], ...]
---          outcome: delivered | retry | dead | gone; status and error are "" when none
+--          attempt record JSON, latency ms, latency bucket field], ...]
+--          outcome: delivered | retry | dead | gone; status and error are "" when none;
+--          the bucket field is app/store/latency.py's for this latency
 -- ARGV[4]  the delivery log's retention, in seconds
 -- ARGV[5]  JSON: per subscription, its breaker {threshold, base cooldown ms, max cooldown ms,
 --          disable after ms}
@@ -16,7 +17,10 @@
 -- A delivery no longer in flight nor ready was taken over by another process (its lease had
 -- expired): that process settles it, this one changes nothing. Returns 1 per outcome recorded,
 -- 0 per outcome skipped. Logs are capped lists: 100 attempts an event, 200 in the recent list,
--- 1000 latencies a subscription. A per-order delivery delivered or dead lets its order's next
+-- 1000 latencies a subscription; a delivery counts in the latency histogram (a hash of
+-- bucket counts and `sumMs`) and that list unless it was replayed out of the dead-letter queue
+-- (its time there is not the gateway's). A delivery sets `lastDeliveredMs` in the subscription's
+-- state, next to `lastErrorMs`. A per-order delivery delivered or dead lets its order's next
 -- one go (order.lua); a retried one holds its order back.
 local tag, now, retention = ARGV[1], tonumber(ARGV[2]), ARGV[4]
 local breakers = cjson.decode(ARGV[5])
@@ -40,6 +44,12 @@ local function failed(state, sub, err)
         redis.call('HINCRBY', KEYS[1], sub .. ':breaker_opened', 1)
     end
 end
+local function delivered_in(base, latency, bucket)
+    redis.call('LPUSH', base .. ':lat', now .. ':' .. latency)
+    redis.call('LTRIM', base .. ':lat', 0, 999)
+    redis.call('HINCRBY', base .. ':lath', bucket, 1)
+    redis.call('HINCRBY', base .. ':lath', 'sumMs', latency)
+end
 for i, o in ipairs(cjson.decode(ARGV[3])) do
     local sub, id, outcome, due, status, err = o[1], o[2], o[3], o[4], o[5], o[6]
     local base = tag .. ':s:' .. sub
@@ -53,13 +63,15 @@ for i, o in ipairs(cjson.decode(ARGV[3])) do
         redis.call('EXPIRE', log, retention)
         redis.call('LPUSH', tag .. ':attempts', o[8])
         redis.call('LTRIM', tag .. ':attempts', 0, 199)
-        local ordered = redis.call('HMGET', key, 'ord', 'pos')
+        local ordered = redis.call('HMGET', key, 'ord', 'pos', 'replayed')
         if outcome == 'delivered' then
             state_reset_breaker(base .. ':state')
+            redis.call('HSET', base .. ':state', 'lastDeliveredMs', now)
             redis.call('DEL', key)
             redis.call('ZREM', base .. ':age', id)
-            redis.call('LPUSH', base .. ':lat', now .. ':' .. o[9])
-            redis.call('LTRIM', base .. ':lat', 0, 999)
+            if not ordered[3] then
+                delivered_in(base, o[9], o[10])
+            end
             redis.call('HINCRBY', KEYS[1], sub .. ':delivered', 1)
             if ordered[1] then
                 order_settled(tag, sub, id, o[7], ordered[1], ordered[2], true, now, retention)

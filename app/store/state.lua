@@ -6,6 +6,7 @@
 --   failingSinceMs               the first failure since the last success (disable_after counts
 --                                from it)
 --   lastError, lastErrorMs       the latest failure, for people
+--   lastDeliveredMs              the latest success (settle.lua)
 --   tokens, tokensAtMs           the max_per_second token bucket (claim.lua)
 
 -- Forget the failures: the breaker closes and the failing time starts afresh.
