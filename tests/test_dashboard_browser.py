@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Page, sync_playwright
 
 from app.store.keys import Keys
 from tests.conftest import AUTH, CONFIG_TOML, Gateway, notification
@@ -90,3 +93,68 @@ def test_dashboard_shows_deliveries_and_dead_letters_and_replays(
             assert replayed.headers["webhook-id"] == sink.at("/wms")[1].headers["webhook-id"]
         finally:
             gateway.stop()
+
+
+REFRESH_S = 1  # the dashboard's refresh, shortened for these tests ([ops] dashboard_refresh_s)
+
+
+@contextmanager
+def signed_in(
+    redis_url: str, keys: Keys, tmp_path: Path, javascript: bool = True
+) -> Iterator[Page]:
+    """A dashboard refreshing every REFRESH_S, open and signed in as admin in Chromium."""
+    with Sink() as sink:
+        path = config(tmp_path, keys.prefix, sink)
+        path.write_text(path.read_text() + f"\n[ops]\ndashboard_refresh_s = {REFRESH_S}\n")
+        env = {**os.environ, "REDIS_URL": redis_url, "ORDERHOOK_ADMIN_TOKEN": "admin-token"}
+        gateway = Gateway(path, env, tmp_path / "gw.log").start()
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_page(java_script_enabled=javascript)
+                console: list[str] = []
+                page.on("console", lambda message: console.append(message.text))
+                page.goto(gateway.url + "/ops")
+                page.fill("#token", "admin-token")
+                page.click("#login")
+                page.wait_for_selector("#subscriptions")
+                page.wait_for_load_state()
+                yield page
+                browser.close()
+            assert not [m for m in console if "Content Security Policy" in m], console
+        finally:
+            gateway.stop()
+
+
+def test_typing_an_order_id_survives_the_refresh(
+    redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """The 5-second refresh wiped the search box while someone typed in it."""
+    with signed_in(redis_url, keys, tmp_path) as page:
+        page.wait_for_event("load", timeout=REFRESH_S * 3000)  # idle: it refreshes
+        assert page.evaluate("performance.getEntriesByType('navigation')[0].type") == "reload"
+        loads: list[str] = []
+        page.on("load", lambda _: loads.append(page.url))
+        box = page.locator('input[name="orderId"]')
+        box.click()
+        started = time.monotonic()
+        box.press_sequentially("v52277740atmc-01", delay=200)  # over 3 refresh periods
+        assert time.monotonic() - started > 2 * REFRESH_S
+        assert box.input_value() == "v52277740atmc-01" and not loads
+        page.click("h1")  # elsewhere: the box keeps what was typed, so no refresh yet
+        page.wait_for_timeout(REFRESH_S * 2500)
+        assert box.input_value() == "v52277740atmc-01" and not loads
+        box.press("End")
+        box.press("Enter")  # the search: its results refresh while no one types again
+        page.wait_for_selector("#search")
+        page.wait_for_event("load", timeout=REFRESH_S * 3000)
+        assert "orderId=v52277740atmc-01" in page.url
+        assert page.locator('input[name="orderId"]').input_value() == "v52277740atmc-01"
+
+
+def test_without_script_the_dashboard_still_refreshes(
+    redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    with signed_in(redis_url, keys, tmp_path, javascript=False) as page:
+        page.wait_for_event("load", timeout=REFRESH_S * 3000)  # the <noscript> meta refresh
+        assert page.locator("#subscriptions").count() == 1
