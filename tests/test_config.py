@@ -90,6 +90,7 @@ def test_orderhook_config_environment_variable_names_the_file(tmp_path: Path) ->
             "Expected `int`, got `str` - at `$.ingest.max_body_bytes`",
         ),
         ("[ingest]\nmax_body_bytes = 10", "`ingest.max_body_bytes` must be an integer >= 1024"),
+        ("[ops]\ndashboard_refresh_s = 0", "`ops.dashboard_refresh_s` must be a number of"),
         ('[store]\nkey_prefix = "a b"', "`store.key_prefix` must be"),
         ('[[sources]]\naccount = "a"\nauth_header = "h"', "exactly one of `auth_token` or"),
         (

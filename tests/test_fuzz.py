@@ -794,6 +794,7 @@ BASE_CONFIG: dict[str, Any] = {
         "session_max_age_s": 43200,
         "sign_in_failures_per_client": 10,
         "sign_in_failures_total": 300,
+        "dashboard_refresh_s": 5,
     },
     "vtex": {
         "base_url": "https://{account}.vtexcommercestable.com.br",
