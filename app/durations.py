@@ -1,9 +1,9 @@
 """Durations as people read them: `340 ms`, `2.5 s`, `15 min`, `1.2 h` (the dashboard's and
 `orderhook status`'s one formatter).
 
-Each figure takes the largest unit it fills at least once, with one decimal below 10 unless it
-is 0 (whole milliseconds) and none above; nothing is ever shown as `60 s` or `1000 ms`: a figure that
-rounds up to the next unit is shown in it.
+Each figure takes the largest unit it fills at least once, with one decimal below 10 unless
+that is 0 (milliseconds always whole) and none above; nothing reads `60 s` or `1000 ms`: a
+figure that rounds up to the next unit is shown in that unit.
 """
 
 from __future__ import annotations
