@@ -1,5 +1,6 @@
-"""Durations as people read them: `340 ms`, `2.5 s`, `15 min`, `1.2 h` (the dashboard's and
-`orderhook status`'s one formatter).
+"""Durations as people read them: `340 ms`, `2.5 s`, `15 min`, `1.2 h`, `3 d` (the dashboard's
+and `orderhook status`'s one formatter). Days only from 48 h on: "36 h" reads better than
+"1.5 d" for the age of a backlog.
 
 Each figure takes the largest unit it fills at least once, with one decimal below 10 unless
 that is 0 (milliseconds always whole) and none above; nothing reads `60 s` or `1000 ms`: a
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 NONE = "—"
 # (unit, its size in seconds, the figure from which the next unit takes over)
-_UNITS = (("ms", 0.001, 1000.0), ("s", 1.0, 60.0), ("min", 60.0, 60.0))
+_UNITS = (("ms", 0.001, 1000.0), ("s", 1.0, 60.0), ("min", 60.0, 60.0), ("h", 3600.0, 48.0))
 
 
 def _figure(value: float, unit: str) -> str:
@@ -28,7 +29,7 @@ def human_duration(seconds: float | None) -> str:
         figure = _figure(seconds / size, unit)
         if float(figure) < next_at:
             return f"{figure} {unit}"
-    return f"{_figure(seconds / 3600, 'h')} h"
+    return f"{_figure(seconds / 86400, 'd')} d"
 
 
 def human_ms(ms: float | None) -> str:

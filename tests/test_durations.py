@@ -26,7 +26,10 @@ from app.durations import human_duration, human_ms, with_age
         (888.346, "15 min"),
         (3570, "1 h"),
         (4320, "1.2 h"),
-        (360_000, "100 h"),
+        (36 * 3600, "36 h"),
+        (172_799, "2 d"),  # not "48 h"
+        (7 * 86400, "7 d"),
+        (400 * 86400, "400 d"),
     ],
 )
 def test_human_duration(seconds: float | None, shown: str) -> None:
@@ -59,6 +62,6 @@ def test_status_shows_human_units_and_the_last_errors_age() -> None:
     print_status({"ingest": ingest, "subscriptions": [sub, empty]}, out)
     wms = next(line for line in out.getvalue().splitlines() if line.startswith("wms"))
     assert "1.6 min" in wms and "15 min" in wms and "888346" not in wms
-    assert "HTTP 500, " in wms and " h ago" in wms
+    assert "HTTP 500, " in wms and " d ago" in wms
     erp = next(line for line in out.getvalue().splitlines() if line.startswith("erp"))
     assert "—" in erp
