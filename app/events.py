@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import orjson
 
@@ -250,8 +251,32 @@ CLOUDEVENT_TYPE = "vtex.order.status-changed"
 
 
 def event_source(account: str) -> str:
-    """A URI naming the VTEX account: its API host."""
-    return f"https://{account}.vtexcommercestable.com.br"
+    """A URI naming the VTEX account: its API host. Ingest takes only host labels as accounts,
+    but an event kept by an older gateway may hold any text (`my store`): whatever is not a
+    label's is percent-encoded, so `source` is always an RFC 3986 URI."""
+    label = account if _ACCOUNT.match(account) else quote(account, safe="")
+    return f"https://{label}.vtexcommercestable.com.br"
+
+
+# What a CloudEvents String must not hold (spec, "Type System"): controls, surrogates and
+# noncharacters. `%` is one too here: ingest refuses it in order ids, so an escape is unambiguous.
+_NOT_CLOUDEVENT_TEXT = re.compile(
+    "[%\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(chr(plane << 16 | 0xFFFE) + chr(plane << 16 | 0xFFFF) for plane in range(17))
+    + "]"
+)
+
+
+def cloudevent_text(value: str) -> str:
+    """`value` as a CloudEvents String: each character a String must not hold percent-encoded
+    as UTF-8 (`%EF%BF%BF` for U+FFFF); any other text unchanged."""
+    if _NOT_CLOUDEVENT_TEXT.search(value) is None:
+        return value
+    return _NOT_CLOUDEVENT_TEXT.sub(_escaped, value)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return quote(match.group().encode("utf-8", "surrogatepass"), safe="")
 
 
 def default_data(event: dict[str, Any]) -> dict[str, Any]:
@@ -324,7 +349,7 @@ def cloudevent(event: dict[str, Any], data: Any) -> dict[str, Any]:
         "id": event["id"],
         "source": event_source(event["account"]),
         "type": CLOUDEVENT_TYPE,
-        "subject": event["orderId"],
+        "subject": cloudevent_text(event["orderId"]),
         "time": occurrence_time(event),
         "datacontenttype": "application/json",
         "data": data,
