@@ -26,14 +26,18 @@ _NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
 _OPTIONAL_TEXT = ("Domain", "State", "LastState", "LastChange", "CurrentChange")
 _CHANGE_TIMES = ("CurrentChange", "LastChange")
 
-# VTEX account names are host name labels (the account's API host is built from one).
-_ACCOUNT = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+# VTEX account names are host name labels (the account's API host is built from one). The
+# patterns here are written for Python's `re` and ECMA-262 alike: the OpenAPI document uses them.
+ACCOUNT_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_ACCOUNT = re.compile(rf"\A{ACCOUNT_LABEL}\Z")
 MAX_ORDER_ID_CHARS = 128
 # An order id is one path segment of VTEX's API and a part of log lines and Redis keys: no
 # separators, no percent escapes, no whitespace, no control or format characters.
-_ORDER_ID_REFUSED = re.compile(
-    r"[/\\?#%\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\ufeff]"
+# Whitespace is spelled out (Python's `\s` and ECMA's differ).
+ORDER_ID_REFUSED_CHARS = (
+    r"/\\?#%\x00-\x20\x7f-\xa0\xad\u1680\u2000-\u200f\u2028-\u202f\u205f\u3000\ufeff"
 )
+_ORDER_ID_REFUSED = re.compile(f"[{ORDER_ID_REFUSED_CHARS}]")
 # A change time may run ahead of the gateway's clock by this much (VTEX's clock, or ours, off):
 # a time further ahead would make every later state of its order look stale.
 MAX_CLOCK_AHEAD_S = 24 * 3600
@@ -287,7 +291,8 @@ def default_data(event: dict[str, Any]) -> dict[str, Any]:
 # RFC 3339 date-times; the offset's hours and minutes in range (datetime.fromisoformat would
 # take "+05:60" as +06:00, which RFC 3339 readers of the CloudEvent's `time` refuse).
 _ISO = re.compile(
-    r"\A(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)\Z", re.I
+    r"\A(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)\Z",
+    re.I | re.ASCII,
 )
 TICKS_PER_S = 10_000_000  # VTEX times carry 7 decimals: 100 ns ticks
 

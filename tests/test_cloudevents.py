@@ -11,6 +11,7 @@ passes there), `subject`, `id` and `type` against the spec's String type.
 from __future__ import annotations
 
 import asyncio
+import re
 import unicodedata
 import uuid
 from typing import Any
@@ -47,6 +48,10 @@ from tests.conftest import notification
 
 PUSH = Subscription(id="push", url="https://example.com/hook", secrets=())
 PULL = Subscription(id="pull", url="", secrets=(), mode="pull")
+# RFC 3339's date-time (section 5.6): ASCII digits only; `t` and `z` may be lower case.
+RFC_3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 STRUCTURED = {"content-type": "application/cloudevents+json"}
 _URI = (
     validators.Validator()
@@ -107,6 +112,7 @@ def assert_valid_cloudevent(event: dict[str, Any]) -> None:
         for name in ("id", "source", "type", "subject"):
             assert is_cloudevents_string(attributes[name]), (name, attributes[name])
         assert parsed.get_time() is not None and parsed.get_time().tzinfo is not None
+        assert RFC_3339.fullmatch(orjson.loads(body)["time"]), orjson.loads(body)["time"]
         # passed on in binary mode: every attribute survives the ce-* headers
         binary = to_binary_event(parsed)
         assert from_http_event(binary).get_attributes() == attributes
@@ -153,6 +159,14 @@ def test_any_order_id_ingest_accepts_is_a_cloudevents_subject(order: str) -> Non
     event = _accepted_or_none(notification(OrderId=order))
     if event is not None:
         assert_valid_cloudevent(event)
+
+
+# Any digit Python's `\d` reads (١ is ARABIC-INDIC ONE) was taken in a change time's fraction, and
+# went out as the CloudEvent's `time`, which RFC 3339 readers refuse.
+@pytest.mark.parametrize("change", ["2019-08-14T17:12:48.\u0661Z", "2019-08-14T17:12:48.1\uff11Z"])
+def test_a_change_time_with_other_digits_is_refused(change: str) -> None:
+    with pytest.raises(BadRequest):
+        accepted(notification(CurrentChange=change))
 
 
 @settings(max_examples=200, deadline=None)
