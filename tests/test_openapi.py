@@ -9,15 +9,18 @@ headers and schema.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS as ALL_CHECKS
 from schemathesis.checks import is_check_class, load_all_checks
@@ -25,10 +28,12 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from starlette.routing import Route
 
 from app.config import load_settings
-from app.events import MAX_CLOCK_AHEAD_S, TICKS_PER_S, iso_ticks
-from app.openapi import document
+from app.errors import BadRequest
+from app.events import MAX_CLOCK_AHEAD_S, TICKS_PER_S, iso_ticks, parse_body
+from app.openapi import SCHEMAS, document
 from app.server import create_app
 from app.vtex.jsonata import PATH as JSONATA_PATH
+from tests import strategies
 from tests.conftest import AUTH, HEADER, TOKEN, Gateway, gateway_config, notification
 from tests.relaying import SECRET
 from tests.subscribers import Reply, Sink
@@ -190,3 +195,62 @@ def test_the_hook_header_is_the_configured_one(api: Gateway) -> None:
     doc = httpx.get(api.url + "/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
     assert doc["components"]["securitySchemes"]["hookAuth"]["name"].lower() == HEADER.lower()
+
+
+def test_replay_refuses_a_field_it_does_not_know(api: Gateway) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    r = httpx.post(api.url + "/admin/dlq/replay", json={"ids": [], "id": "x"}, headers=admin)
+    assert r.status_code == 400 and "unknown field 'id'" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("form", "status"), [({}, 400), ({"subscription": ""}, 400), ({"subscription": "nope"}, 404)]
+)
+def test_dashboard_replay_without_a_known_subscription_is_refused(
+    api: Gateway, form: dict[str, str], status: int
+) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    r = httpx.post(api.url + "/ops/replay", data=form, headers=admin)
+    assert r.status_code == status and r.json()["error"]
+
+
+def _pattern(name: str, *path: str) -> re.Pattern[str]:
+    schema = SCHEMAS[name]
+    for key in path:
+        schema = schema["properties"][key]
+    return re.compile(schema["pattern"])
+
+
+def _ingest_takes(field: str, value: str) -> bool:
+    doc = notification(**{field: value}) if field != "Account" else notification()
+    if field == "Account":
+        doc["Origin"] = {"Account": value}
+    try:
+        parse_body(orjson.dumps(doc))
+    except BadRequest:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(max_size=12) | st.sampled_from([".", "..", "a\n", "x" * 129]))
+def test_the_documents_order_id_and_account_are_what_ingest_takes(value: str) -> None:
+    order_id = _pattern("Notification", "OrderId")
+    account = _pattern("Notification", "Origin", "Account")
+    assert bool(order_id.search(value) and len(value) <= 128 and "\n" not in value) == (
+        _ingest_takes("OrderId", value)
+    )
+    assert bool(account.search(value) and "\n" not in value) == _ingest_takes("Account", value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=strategies.change_times
+    | st.text(max_size=30)
+    | st.from_regex(_pattern("Notification", "LastChange").pattern, fullmatch=True)
+)
+def test_the_documents_change_time_is_what_ingest_takes(value: str) -> None:
+    documented = bool(_pattern("Notification", "LastChange").search(value)) and "\n" not in value
+    if documented and (iso_ticks(value) or 0) > time.time() * TICKS_PER_S:
+        return  # ahead of the clock: a rule of time the pattern does not hold
+    assert documented == _ingest_takes("LastChange", value)
