@@ -70,6 +70,9 @@ class Admin:
     async def replay(self, request: Request) -> Response:
         deliveries = self._deliveries(request)
         body = await _json_object(request)
+        unknown = sorted(set(body) - {"subscription", "ids"})
+        if unknown:
+            raise BadRequest(f"unknown field {unknown[0]!a}: give either subscription or ids")
         if "subscription" in body and "ids" not in body:
             replayed = await deliveries.replay_subscription(self._known(body["subscription"]))
         elif "ids" in body and "subscription" not in body:

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import orjson
 
@@ -25,14 +26,18 @@ _NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
 _OPTIONAL_TEXT = ("Domain", "State", "LastState", "LastChange", "CurrentChange")
 _CHANGE_TIMES = ("CurrentChange", "LastChange")
 
-# VTEX account names are host name labels (the account's API host is built from one).
-_ACCOUNT = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+# VTEX account names are host name labels (the account's API host is built from one). The
+# patterns here are written for Python's `re` and ECMA-262 alike: the OpenAPI document uses them.
+ACCOUNT_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_ACCOUNT = re.compile(rf"\A{ACCOUNT_LABEL}\Z")
 MAX_ORDER_ID_CHARS = 128
 # An order id is one path segment of VTEX's API and a part of log lines and Redis keys: no
 # separators, no percent escapes, no whitespace, no control or format characters.
-_ORDER_ID_REFUSED = re.compile(
-    r"[/\\?#%\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\ufeff]"
+# Whitespace is spelled out (Python's `\s` and ECMA's differ).
+ORDER_ID_REFUSED_CHARS = (
+    r"/\\?#%\x00-\x20\x7f-\xa0\xad\u1680\u2000-\u200f\u2028-\u202f\u205f\u3000\ufeff"
 )
+_ORDER_ID_REFUSED = re.compile(f"[{ORDER_ID_REFUSED_CHARS}]")
 # A change time may run ahead of the gateway's clock by this much (VTEX's clock, or ours, off):
 # a time further ahead would make every later state of its order look stale.
 MAX_CLOCK_AHEAD_S = 24 * 3600
@@ -250,8 +255,32 @@ CLOUDEVENT_TYPE = "vtex.order.status-changed"
 
 
 def event_source(account: str) -> str:
-    """A URI naming the VTEX account: its API host."""
-    return f"https://{account}.vtexcommercestable.com.br"
+    """A URI naming the VTEX account: its API host. Ingest takes only host labels as accounts,
+    but an event kept by an older gateway may hold any text (`my store`): whatever is not a
+    label's is percent-encoded, so `source` is always an RFC 3986 URI."""
+    label = account if _ACCOUNT.match(account) else quote(account, safe="")
+    return f"https://{label}.vtexcommercestable.com.br"
+
+
+# What a CloudEvents String must not hold (spec, "Type System"): controls, surrogates and
+# noncharacters. `%` is one too here: ingest refuses it in order ids, so an escape is unambiguous.
+_NOT_CLOUDEVENT_TEXT = re.compile(
+    "[%\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(chr(plane << 16 | 0xFFFE) + chr(plane << 16 | 0xFFFF) for plane in range(17))
+    + "]"
+)
+
+
+def cloudevent_text(value: str) -> str:
+    """`value` as a CloudEvents String: each character a String must not hold percent-encoded
+    as UTF-8 (`%EF%BF%BF` for U+FFFF); any other text unchanged."""
+    if _NOT_CLOUDEVENT_TEXT.search(value) is None:
+        return value
+    return _NOT_CLOUDEVENT_TEXT.sub(_escaped, value)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return quote(match.group().encode("utf-8", "surrogatepass"), safe="")
 
 
 def default_data(event: dict[str, Any]) -> dict[str, Any]:
@@ -262,7 +291,8 @@ def default_data(event: dict[str, Any]) -> dict[str, Any]:
 # RFC 3339 date-times; the offset's hours and minutes in range (datetime.fromisoformat would
 # take "+05:60" as +06:00, which RFC 3339 readers of the CloudEvent's `time` refuse).
 _ISO = re.compile(
-    r"\A(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)\Z", re.I
+    r"\A(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)\Z",
+    re.I | re.ASCII,
 )
 TICKS_PER_S = 10_000_000  # VTEX times carry 7 decimals: 100 ns ticks
 
@@ -324,7 +354,7 @@ def cloudevent(event: dict[str, Any], data: Any) -> dict[str, Any]:
         "id": event["id"],
         "source": event_source(event["account"]),
         "type": CLOUDEVENT_TYPE,
-        "subject": event["orderId"],
+        "subject": cloudevent_text(event["orderId"]),
         "time": occurrence_time(event),
         "datacontenttype": "application/json",
         "data": data,

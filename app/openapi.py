@@ -14,13 +14,48 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app import __version__
+from app.admin import MAX_OFFSET, MAX_PAGE
 from app.config import Settings
+from app.events import (
+    ACCOUNT_LABEL,
+    MAX_BODY_DEPTH,
+    MAX_ORDER_ID_CHARS,
+    MAX_SAFE_NUMBER,
+    ORDER_ID_REFUSED_CHARS,
+)
 from app.http import json_response
+from app.ops.routes import MAX_FORM_FIELDS
 from app.vtex.feed import MAX_HANDLES, MAX_LOT
 
 Schema = dict[str, Any]
 
 NULLABLE_TEXT: Schema = {"type": ["string", "null"]}
+
+# The patterns below are read by ECMA-262 (JSON Schema) and Python's `re` alike.
+_YEAR = r"(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+_LEAP_YEAR = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_DAY = (
+    r"(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+    r"|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+)
+_HOUR_MINUTE = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]"
+_TIME = rf"[Tt]{_HOUR_MINUTE}:[0-5][0-9](?:\.[0-9]+)?(?:[Zz]|[+-]{_HOUR_MINUTE})"
+CHANGE_TIME: Schema = {
+    "type": ["string", "null"],
+    "pattern": f"^(?:{_YEAR}-{_DAY}|{_LEAP_YEAR}-02-29){_TIME}$",
+    "description": "an RFC 3339 date-time (app.events.iso_ticks), at most 24 h ahead of the "
+    "gateway's clock (a rule of time, not of form: the pattern cannot say it)",
+}
+# I-JSON (RFC 7493): every number anywhere in a notification within ±(2^53 - 1), as ingest checks
+# (app.events._check_numbers); nested at most MAX_BODY_DEPTH levels, which no schema here counts.
+I_JSON: Schema = {
+    "description": f"any JSON value; numbers within ±{MAX_SAFE_NUMBER}, nesting at most "
+    f"{MAX_BODY_DEPTH} levels",
+    "minimum": -MAX_SAFE_NUMBER,
+    "maximum": MAX_SAFE_NUMBER,
+    "items": {"$ref": "#/components/schemas/IJson"},
+    "additionalProperties": {"$ref": "#/components/schemas/IJson"},
+}
 
 
 def ref(name: str) -> Schema:
@@ -59,29 +94,47 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["error"],
         "properties": {"error": {"type": "string", "description": "what is wrong"}},
     },
+    "IJson": I_JSON,
     "Notification": {
         "description": "VTEX's order hook notification (extra fields are kept as they are)",
         "type": "object",
         "required": ["OrderId", "Origin"],
         "properties": {
             "Domain": NULLABLE_TEXT,
-            "OrderId": {"type": "string", "minLength": 1},
+            "OrderId": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_ORDER_ID_CHARS,
+                "pattern": f"^(?!\\.\\.?$)[^{ORDER_ID_REFUSED_CHARS}]+$",
+                "description": "one path segment: no separators, `%`, whitespace, control or "
+                "format characters; not `.` or `..`",
+            },
             "State": NULLABLE_TEXT,
             "LastState": NULLABLE_TEXT,
-            "LastChange": NULLABLE_TEXT,
-            "CurrentChange": NULLABLE_TEXT,
+            "LastChange": CHANGE_TIME,
+            "CurrentChange": CHANGE_TIME,
             "Origin": {
                 "type": "object",
                 "required": ["Account"],
-                "properties": {"Account": {"type": "string"}, "Key": NULLABLE_TEXT},
+                "properties": {
+                    "Account": {
+                        "type": "string",
+                        "pattern": f"^{ACCOUNT_LABEL}$",
+                        "description": "a VTEX account name: a host name label",
+                    },
+                    "Key": NULLABLE_TEXT,
+                },
+                "additionalProperties": ref("IJson"),
             },
         },
+        "additionalProperties": ref("IJson"),
     },
     "Ping": {
         "description": "sent by VTEX when a hook is saved",
         "type": "object",
         "required": ["hookConfig"],
         "properties": {"hookConfig": {"const": "ping"}},
+        "additionalProperties": ref("IJson"),
     },
     "Event": {
         "description": "an accepted notification as the gateway keeps it",
@@ -234,8 +287,15 @@ def param(name: str, where: str, schema: Schema, required: bool = False) -> Sche
     return {"name": name, "in": where, "required": required or where == "path", "schema": schema}
 
 
-def form(properties: dict[str, Schema]) -> Schema:
-    schema = {"type": "object", "properties": properties}
+def form(properties: dict[str, Schema], required: tuple[str, ...] = ()) -> Schema:
+    """A dashboard form: text fields, at most MAX_FORM_FIELDS of them (app.ops.routes._form)."""
+    schema = {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": {"type": "string"},
+        "maxProperties": MAX_FORM_FIELDS,
+        "required": list(required),
+    }
     return {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": schema}}}
 
 
@@ -288,7 +348,7 @@ def _endpoints() -> dict[str, Schema]:
                     "required": True,
                     "content": {
                         "application/json": {
-                            "schema": {"oneOf": [ref("Notification"), ref("Ping")]}
+                            "schema": {"anyOf": [ref("Ping"), ref("Notification")]}
                         }
                     },
                 },
@@ -364,8 +424,10 @@ def _endpoints() -> dict[str, Schema]:
                 security=admin,
                 parameters=[
                     param("subscription", "query", {"type": "string"}),
-                    param("offset", "query", {"type": "integer", "minimum": 0}),
-                    param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 500}),
+                    param(
+                        "offset", "query", {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}
+                    ),
+                    param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}),
                 ],
             )
         },
@@ -381,7 +443,7 @@ def _endpoints() -> dict[str, Schema]:
                         },
                         "how many were queued again",
                     ),
-                    "400": error("neither or both of `subscription` and `ids`"),
+                    "400": error("neither or both of `subscription` and `ids`, or another field"),
                     "404": error("no such subscription"),
                     "413": TOO_LARGE,
                     **BEARER_ERRORS,
@@ -445,7 +507,9 @@ def _endpoints() -> dict[str, Schema]:
                     **BEARER_ERRORS,
                 },
                 security=admin,
-                parameters=[param("orderId", "query", {"type": "string"}, required=True)],
+                parameters=[
+                    param("orderId", "query", {"type": "string", "minLength": 1}, required=True)
+                ],
             )
         },
         "/admin/events/{id}": {
@@ -508,12 +572,13 @@ def _endpoints() -> dict[str, Schema]:
                 "Replay a subscription's dead letters from the dashboard",
                 {
                     "303": SEE_OTHER,
-                    "400": error("the form has too many fields"),
+                    "400": error("no `subscription` field, or the form has too many fields"),
+                    "404": error("no such subscription"),
                     "413": error("the form is too large"),
                     **BEARER_ERRORS,
                 },
                 security=admin,
-                body=form({"subscription": {"type": "string"}}),
+                body=form({"subscription": {"type": "string", "minLength": 1}}, ("subscription",)),
             )
         },
         "/ops/stats": {
@@ -638,8 +703,13 @@ def _endpoints() -> dict[str, Schema]:
                         "type": "object",
                         "required": ["Expression", "Document"],
                         "properties": {
-                            "Expression": {"type": "string"},
-                            "Document": {"type": "string", "description": "the order, as JSON"},
+                            "Expression": {"type": "string", "minLength": 1},
+                            "Document": {
+                                "type": "string",
+                                "minLength": 1,
+                                "contentMediaType": "application/json",
+                                "description": "the order, as JSON text (400 when it is not)",
+                            },
                         },
                     },
                     "the expression and the order",

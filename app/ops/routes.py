@@ -10,7 +10,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from app.config import Settings
-from app.errors import BadRequest, Forbidden, PayloadTooLarge
+from app.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from app.http import json_response
 from app.ops import dashboard, metrics, stats
 from app.ops.access import (
@@ -116,9 +116,12 @@ class Ops:
 
     async def replay(self, request: Request) -> Response:
         allowed(await self._role(request), self.settings, "admin")
-        sub = (await _form(request)).get("subscription", "")
-        if sub in {s.id for s in self.settings.subscriptions}:
-            await self._deliveries(request).replay_subscription(sub)
+        sub = (await _form(request)).get("subscription")
+        if not sub:
+            raise BadRequest("the form has no `subscription` field")
+        if sub not in {s.id for s in self.settings.subscriptions}:
+            raise NotFound(f"no subscription {sub[:100]!a}")
+        await self._deliveries(request).replay_subscription(sub)
         return RedirectResponse("/ops", 303)
 
     def routes(self) -> list[Route]:

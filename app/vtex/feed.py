@@ -21,7 +21,7 @@ from starlette.routing import Route
 from app.config import Settings, Subscription
 from app.delivery import Transforms
 from app.errors import BadRequest, NotFound, Unauthorized
-from app.events import cloudevent, default_data
+from app.events import cloudevent, cloudevent_text, default_data
 from app.filters import EvaluationError
 from app.http import RETRY_AFTER_S, json_response
 from app.ops.access import bearer_token, matches
@@ -60,7 +60,10 @@ async def feed_item(
     try:
         cloud = orjson.loads(await transforms.body(sub, event, event_json))
     except EvaluationError as exc:  # the consumer still gets its event, untransformed
-        cloud = {**cloudevent(event, default_data(event)), "transformerror": str(exc)}
+        cloud = {
+            **cloudevent(event, default_data(event)),
+            "transformerror": cloudevent_text(str(exc)),
+        }
     return {
         "eventId": event["id"],
         "handle": handle,
