@@ -27,9 +27,10 @@ from app.store.deliveries import DeliveryStore, Planned, Routed
 from app.store.keys import Keys
 from tests.conftest import AUTH, CONFIG_TOML, notification
 from tests.conftest import Gateway as Process
-from tests.fake_vtex import APP_KEY, APP_TOKEN, FakeVtex
+from tests.fake_vtex import FakeVtex
 from tests.relaying import ADMIN, Gateway, body, hook, subscription, until
 from tests.subscribers import Reply, Sink
+from tests.test_vtex_enrich import CREDENTIALS, ENRICH, SOURCE
 
 pytestmark = pytest.mark.anyio
 
@@ -206,26 +207,13 @@ async def test_enriched_orders_fire_once_and_every_time_with_disable(
     gateway: Gateway, sink: Sink, vtex: FakeVtex
 ) -> None:
     """`value > 10000` reads the order from Get Order: every change of a big order matches."""
-    source = f"""
-[[sources]]
-account = "mystore"
-auth_header = "X-Enrich"
-auth_token = "enrich-token"
-app_key_env = "VTEX_APP_KEY"
-app_token_env = "VTEX_APP_TOKEN"
-enrich = true
-
-[vtex]
-base_url = "{vtex.base_url}"
-"""
+    source = SOURCE + f'enrich = true\n\n[vtex]\nbase_url = "{vtex.base_url}"\n'
     vtex.order_values["small-2"] = 500
-    headers = {"X-Enrich": "enrich-token", "Content-Type": "application/json"}
-    credentials = {"VTEX_APP_KEY": APP_KEY, "VTEX_APP_TOKEN": APP_TOKEN}
     subs = source + once_and_every(sink, "value > 10000")
-    async with gateway(subs, **credentials) as client:
+    async with gateway(subs, **CREDENTIALS) as client:
         for order, state in [("big-1", "handling"), ("small-2", "handling"), ("big-1", "invoiced")]:
             doc = notification(OrderId=order, State=state)
-            assert (await client.post("/hooks/vtex", json=doc, headers=headers)).status_code == 200
+            assert (await client.post("/hooks/vtex", json=doc, headers=ENRICH)).status_code == 200
             await asyncio.sleep(0.05)
         await settled(client, every=2, suppressed=1)
         await asyncio.sleep(0.2)
