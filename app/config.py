@@ -26,6 +26,7 @@ from app.events import check_account
 from app.filters import (
     EVALUATION_TIMEOUT_MS,
     MAX_JSONATA_TIMEOUT_MS,
+    SINGLE_FIRE_RETENTION_S,
     EveryEvent,
     Expression,
     ExpressionError,
@@ -110,13 +111,15 @@ class _FromWorkflowFile(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type", tag="FromWorkflow"
 ):
     status: list[str | None]
+    disableSingleFire: bool | None = None  # noqa: N815  (refused with VTEX's reason, not unknown)
 
 
 class _FromOrdersFile(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type", tag="FromOrders"
 ):
     expression: str
-    disableSingleFire: bool = False  # noqa: N815  (VTEX's name; accepted so filters port over)
+    disableSingleFire: bool = False  # noqa: N815  (VTEX's name and meaning: app/filters.py)
+    single_fire_retention_s: int = SINGLE_FIRE_RETENTION_S
 
 
 class _SubscriptionFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -620,8 +623,13 @@ def _compile_filter(
     if spec is None:
         return EveryEvent()
     if isinstance(spec, _FromWorkflowFile):
+        if spec.disableSingleFire is not None:
+            raise fail("filter.disableSingleFire", "is for FromOrders filters only (as in VTEX)")
         return FromWorkflow(frozenset(spec.status))
-    return FromOrders(_compile(spec.expression, "filter.expression", fail, limits))
+    if spec.single_fire_retention_s < 1:
+        raise fail("filter.single_fire_retention_s", "must be a positive number of seconds")
+    expression = _compile(spec.expression, "filter.expression", fail, limits)
+    return FromOrders(expression, 0 if spec.disableSingleFire else spec.single_fire_retention_s)
 
 
 def _compile(

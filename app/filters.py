@@ -1,7 +1,8 @@
 """VTEX's filter types, evaluated the way VTEX evaluates them, and JSONata transforms.
 
 - `FromWorkflow`: the event's state is one of the listed statuses.
-- `FromOrders`: a JSONata expression over the order document matches when it yields `true`.
+- `FromOrders`: a JSONata expression over the order document matches when it yields `true`;
+  unless `disableSingleFire`, only an order's first match is notified (single fire, below).
 - No filter: every event (VTEX's hook without a filter notifies every status change).
 
 Expressions are compiled once, at start-up, by jsonatapy, and evaluated within limits (time,
@@ -40,6 +41,12 @@ EVALUATION_PAUSE_S = 0.001
 MAX_CALL_DEPTH = 500  # nested function calls; a recursive helper over an order needs tens
 MAX_SEQUENCE_LENGTH = 100_000  # items in one intermediate sequence ([1..N], items[...], **)
 MAX_MESSAGE_CHARS = 500  # of an error message kept (it may quote the document)
+# Single fire (a FromOrders filter with `disableSingleFire: false`, VTEX's default): "If this
+# field is `false` orders will appear in the feed only once" (VTEX's Orders API reference). An
+# order's first match is remembered, per subscription, for as long as VTEX keeps the order: "You
+# can only access information from orders created in the last two years" (Get order). The
+# filter's `single_fire_retention_s` may shorten it, to bound the memory one key per order takes.
+SINGLE_FIRE_RETENTION_S = 2 * 365 * 24 * 3600
 
 # Errors that only say "the expression stopped too early": a prefix of a valid expression.
 _INCOMPLETE = ("S0207", "S0101", "S0203", "Unexpected end")
@@ -212,7 +219,11 @@ class FromWorkflow:
 
 @dataclass(frozen=True)
 class FromOrders:
+    """`single_fire_s`: how long an order's first match is remembered, so that its later matches
+    are not notified (single fire); 0 with `disableSingleFire`: every match is notified."""
+
     expression: Expression
+    single_fire_s: int = SINGLE_FIRE_RETENTION_S
 
     def matches(self, event: dict[str, Any], document: dict[str, Any]) -> bool:
         return self.expression.evaluate(document) is True
@@ -225,6 +236,12 @@ class EveryEvent:
 
 
 Filter = FromWorkflow | FromOrders | EveryEvent
+
+
+def single_fire_s(flt: Filter) -> int:
+    """How long an order's first match is remembered (0: every match is notified). Only
+    FromOrders filters fire once: VTEX takes `disableSingleFire` with them alone."""
+    return flt.single_fire_s if isinstance(flt, FromOrders) else 0
 
 
 def order_document(event: dict[str, Any]) -> dict[str, Any]:

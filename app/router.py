@@ -1,6 +1,9 @@
 """The router: reads the ingest stream through a consumer group, applies every subscription's
 filter, and creates the matching deliveries while acknowledging the entry, in one atomic step.
 
+A single-fire FromOrders filter (VTEX's default, without `disableSingleFire`) makes a delivery
+for an order's first match only: route.lua decides, atomically across processes.
+
 Several gateway processes share the stream through the group; entries a dead process read but
 never routed are taken over after `router_claim_idle_s` (XAUTOCLAIM).
 """
@@ -29,6 +32,7 @@ from app.filters import (
     FromOrders,
     Slices,
     order_document,
+    single_fire_s,
 )
 from app.lifecycle import sleep_unless
 from app.sandbox import FILTER, ConfigExpressions, Job, SandboxBusy, Verdict
@@ -260,6 +264,7 @@ class Router:
         """The delivery to create; one that cannot be planned carries its error, and route.lua
         dead-letters it with that reason (the event's other deliveries go on)."""
         planned = Planned(delivery_id(event["id"], sub.id), sub.id)
+        planned.single_fire_s = single_fire_s(sub.filter)  # route.lua decides: once per order
         if sub.ordered:
             try:
                 planned.ordered = [

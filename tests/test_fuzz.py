@@ -765,6 +765,7 @@ BASE_CONFIG: dict[str, Any] = {
                 "type": "FromOrders",
                 "expression": 'status = "invoiced"',
                 "disableSingleFire": False,
+                "single_fire_retention_s": 86400,
             },
             "transform": '{"id": orderId}',
             "ordering": "per-order",

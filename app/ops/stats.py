@@ -9,7 +9,7 @@ from typing import Any
 
 from app.config import Settings
 from app.redaction import shown_url
-from app.store.deliveries import DeliveryStore, OpsQueries
+from app.store.deliveries import SINGLE_FIRE_SUPPRESSED, DeliveryStore, OpsQueries
 
 LATENCY_WINDOW_S = 300
 
@@ -68,6 +68,7 @@ async def collect(settings: Settings, deliveries: DeliveryStore) -> dict[str, An
                 "deadLettered": counters.get(f"{sub.id}:dead", 0),
                 "stale": counters.get(f"{sub.id}:stale", 0),
                 "filterErrors": counters.get(f"{sub.id}:filter_errors", 0),
+                "singleFireSuppressed": counters.get(f"{sub.id}:{SINGLE_FIRE_SUPPRESSED}", 0),
                 "oldestUndeliveredAgeS": None if oldest is None else max(0, now_ms - oldest) / 1000,
                 "latency": latency_summary(health["latencies"], now_ms),
                 "lastError": health["lastError"],

@@ -16,13 +16,16 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
-from app.events import POSITION_TICKS_DIGITS
+from app.events import POSITION_TICKS_DIGITS, order_key
 from app.store.client import Store, load_script
 from app.store.keys import Keys
 from app.store.latency import bucket_field
 
 REPLAY_CHUNK = 500
 DEFAULT_LOG_RETENTION_S = 7 * 24 * 3600
+# The stats counter `<subscription>:single_fire_suppressed`: matches of an order that had fired
+# already for a single-fire subscription (route.lua counts them; no delivery is made).
+SINGLE_FIRE_SUPPRESSED = "single_fire_suppressed"
 
 
 def now_ms() -> int:
@@ -62,6 +65,8 @@ class Planned:
     ordered: list[Any] | int = 0
     # why the router could not plan it: route.lua dead-letters it at once with this reason
     error: str = ""
+    # single fire: how long its order's first match is remembered (0: every match is delivered)
+    single_fire_s: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,12 @@ class Routed:
 
 def shared_rules() -> str:
     """The rules the delivery scripts share: the constants of app/events.py they need, the
-    subscription state's rules (state.lua) and the per-order ones (order.lua)."""
-    constants = f"local POSITION_TICKS_DIGITS = {POSITION_TICKS_DIGITS}\n"
+    stats counters they name, the subscription state's rules (state.lua) and the per-order ones
+    (order.lua)."""
+    constants = (
+        f"local POSITION_TICKS_DIGITS = {POSITION_TICKS_DIGITS}\n"
+        f"local SINGLE_FIRE_SUPPRESSED = '{SINGLE_FIRE_SUPPRESSED}'\n"
+    )
     return constants + load_script("state.lua") + load_script("order.lua")
 
 
@@ -159,6 +168,7 @@ class DeliveryStore:
                     d.lease_until_ms,
                     d.ordered,
                     d.error,
+                    self._fired(d, r.event),
                 ]
                 for d in r.deliveries
             ]
@@ -174,6 +184,12 @@ class DeliveryStore:
         keys = [self.keys.ingest_stream]
         claimed, deferred = await self.store.script(self._route, keys, args)
         return {_text(i) for i in claimed}, {_text(i) for i in deferred}
+
+    def _fired(self, planned: Planned, event: dict[str, Any]) -> list[Any] | int:
+        """route.lua's `fired`: the order's fired key and its retention, for single fire."""
+        if not planned.single_fire_s:
+            return 0
+        return [self.keys.fired(planned.sub, order_key(event)), planned.single_fire_s]
 
     async def count(self, increments: dict[str, int]) -> None:
         """Add to the counters in the stats hash."""

@@ -106,6 +106,12 @@ class Keys:
         """A sorted set of dead-lettered deliveries, scored by when they died (ms)."""
         return f"{self.tag}:s:{sub}:dlq"
 
+    def fired(self, sub: str, order: str) -> str:
+        """Single fire: the id of the event with which an order (app/events.py's order_key)
+        first matched the subscription's filter; its later matches make no delivery. Expires
+        after the filter's single-fire retention, counted again from each later match."""
+        return f"{self.tag}:s:{sub}:fired:{order}"
+
     def state(self, sub: str) -> str:
         """A hash: `state` (enabled or disabled), `reason`, `changedMs`."""
         return f"{self.tag}:s:{sub}:state"

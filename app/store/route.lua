@@ -6,14 +6,16 @@
 -- ARGV[3]  the key tag, e.g. "{orderhook}": every key of this prefix starts with it
 -- ARGV[5]  the delivery log's retention, in seconds
 -- ARGV[4]  JSON: [[entry id, [[delivery id, subscription, event id, order id, event JSON,
---          lease expiry ms, ordered, error], ...], event id, order id, event JSON], ...]; a lease
---          expiry of 0 queues the delivery as ready, any other puts it straight in flight,
---          claimed by this process's own worker (unless the subscription is disabled or its
---          breaker is not closed: then it waits in the ready set). `ordered` is 0, or for a
+--          lease expiry ms, ordered, error, fired], ...], event id, order id, event JSON], ...];
+--          a lease expiry of 0 queues the delivery as ready, any other puts it straight in
+--          flight, claimed by this process's own worker (unless the subscription is disabled or
+--          its breaker is not closed: then it waits in the ready set). `ordered` is 0, or for a
 --          per-order subscription [order key, position, reorder window ms, drop stale 0|1]:
 --          the delivery waits its turn in its order (order.lua), in flight only if released
 --          at once. `error` is "" or why the router could not plan the delivery: it is
---          dead-lettered at once with that reason.
+--          dead-lettered at once with that reason. `fired` is 0, or for a single-fire filter
+--          (FromOrders without disableSingleFire) [the order's fired key (app/store/keys.py),
+--          its retention in seconds]: only the order's first matching event makes a delivery.
 --
 -- Total: a delivery that fails here (a malformed position, a bad value) is dead-lettered with
 -- the error as its reason, out of its order's line; the entry's other deliveries, the batch's
@@ -57,9 +59,31 @@ local function turn(entry_id)
     return true, key, math.max(routed, seq)
 end
 
--- Create one delivery: queued, in flight (returns true: claimed by this process) or in its
--- order's line. Raises on a value it cannot handle; route_failed then dead-letters it.
+-- Single fire: the order's first matching event for this subscription sets its fired key (SET
+-- NX: one script runs at a time, so two routers, a retried notification or a late earlier
+-- event cannot both fire); a later one finds it, renews its retention, and makes no delivery,
+-- counted as `<sub>:single_fire_suppressed`. Returns whether the delivery may be created.
+local function first_fire(d)
+    local fired = d[9]
+    if fired == 0 then
+        return true
+    end
+    if redis.call('SET', fired[1], d[3], 'NX', 'EX', fired[2]) then
+        return true
+    end
+    redis.call('EXPIRE', fired[1], fired[2])
+    redis.call('HINCRBY', tag .. ':stats', d[2] .. ':' .. SINGLE_FIRE_SUPPRESSED, 1)
+    return false
+end
+
+-- Create one delivery; returns 'claimed' (in flight, claimed by this process), 'queued' (ready,
+-- or in its order's line) or 'suppressed' (single fire: none made). Raises on a value it cannot
+-- handle; route_failed then dead-letters it (single fire decided first: a suppressed delivery
+-- is never dead-lettered, a first one that fails is, and its replay is the order's one fire).
 local function create(d, key)
+    if not first_fire(d) then
+        return 'suppressed'
+    end
     if d[8] ~= '' then
         error(d[8], 0)
     end
@@ -79,13 +103,16 @@ local function create(d, key)
         end
         redis.call('HSET', key, 'ord', ord, 'pos', pos, 'win', d[7][3], 'stale', d[7][4])
         redis.call('ZADD', base .. ':o:' .. ord, 0, pos)
-        return order_release(tag, d[2], ord, tonumber(now), d[1], lease) ~= nil
+        if order_release(tag, d[2], ord, tonumber(now), d[1], lease) ~= nil then
+            return 'claimed'
+        end
+        return 'queued'
     elseif lease > 0 then
         redis.call('ZADD', base .. ':inflight', lease, d[1])
-        return true
+        return 'claimed'
     end
     redis.call('ZADD', base .. ':ready', now, d[1])
-    return false
+    return 'queued'
 end
 
 -- A delivery `create` failed on: dead-lettered at once with the error as its reason (visible in
@@ -133,7 +160,7 @@ for _, entry in ipairs(cjson.decode(ARGV[4])) do
                 local ok, result = pcall(create, d, key)
                 if not ok then
                     route_failed(d, key, result)
-                elseif result then
+                elseif result == 'claimed' then
                     claimed[#claimed + 1] = d[1]
                 end
             end
