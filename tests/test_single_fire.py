@@ -101,11 +101,13 @@ async def test_an_order_matching_twice_is_sent_once_and_every_time_with_disable(
         await settled(client, every=4, suppressed=2)
         await asyncio.sleep(0.2)
         stats = await counters(client)
+        metrics = (await client.get("/metrics", headers=ADMIN)).text
     assert orders_of(sink, "/once") == {"sf-a": 1, "sf-b": 1}
     assert orders_of(sink, "/every") == {"sf-a": 2, "sf-b": 2}
     assert {r.headers["webhook-id"] for r in sink.at("/once")} == {first_a, first_b}
     assert stats["once"]["singleFireSuppressed"] == 2
     assert stats["every"]["singleFireSuppressed"] == 0
+    assert 'orderhook_single_fire_suppressed_total{subscription="once"} 2.0' in metrics
 
 
 async def test_duplicates_and_late_earlier_changes_do_not_fire_twice(

@@ -75,6 +75,11 @@ class _Snapshot:
         filter_errors = CounterMetricFamily(
             "orderhook_filter_errors", "Filters failing at run time", labels=["subscription"]
         )
+        single_fire = CounterMetricFamily(
+            "orderhook_single_fire_suppressed",
+            "Matching events not sent: their order had fired already (FromOrders single fire)",
+            labels=["subscription"],
+        )
         for sub in subs:
             sid = sub["id"]
             for outcome, key in (
@@ -89,9 +94,10 @@ class _Snapshot:
             enabled.add_metric([sid], 1 if sub["state"] == "enabled" else 0)
             oldest.add_metric([sid], sub["oldestUndeliveredAgeS"] or 0)
             filter_errors.add_metric([sid], sub["filterErrors"])
+            single_fire.add_metric([sid], sub["singleFireSuppressed"])
         yield outcomes
         yield from gauges.values()
-        yield from (enabled, oldest, filter_errors)
+        yield from (enabled, oldest, filter_errors, single_fire)
         yield self._latency(subs)
 
     def _latency(self, subs: list[dict[str, Any]]) -> Metric:
