@@ -79,11 +79,6 @@ def worker(args: argparse.Namespace) -> int:
             "orderhook: worker needs REDIS_URL: workers share the gateway's Redis", file=sys.stderr
         )
         return 2
-    if not settings.subscriptions:
-        print(
-            "orderhook: worker has nothing to do: no [[subscriptions]] configured", file=sys.stderr
-        )
-        return 2
     if _may_evict(settings, settings.redis_url):
         return 2
     tune_gc()

@@ -87,11 +87,20 @@ class Relay:
 
 
 async def run_worker(settings: Settings) -> None:
-    """`orderhook worker`: the relay alone, on the shared Redis, until SIGTERM or SIGINT."""
+    """`orderhook worker`: the relay alone, on the shared Redis, until SIGTERM or SIGINT.
+    With no subscription configured yet it waits for that signal (a deploy's worker group
+    stays up until its config brings subscriptions, then it is restarted with it)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if not settings.subscriptions:
+        log.warning(
+            "worker waiting for subscriptions: none is configured ([[subscriptions]]); "
+            "it idles until stopped, restart it with a config that has some"
+        )
+        await stop.wait()
+        return
     url = settings.redis_url or ""
     keys = Keys(settings.key_prefix)
     async with open_store(url, keys, settings.redis_timeout_s, settings.dedupe_window_s) as store:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
+import subprocess
+import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -13,9 +18,10 @@ import pytest
 from app.cli import GRACEFUL_SHUTDOWN_S, build_parser
 from app.config import load_settings
 from app.server import create_app
-from tests.conftest import Gateway
+from tests.conftest import Gateway, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+STAYS_UP_S = 3.0  # a crash-looping process (a config it refuses, nothing to do) is gone by then
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -138,3 +144,67 @@ def test_fly_deploys_safely_and_stops_within_its_kill_timeout() -> None:
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])
 def test_the_health_paths_answer_200_on_a_running_gateway(live: Gateway, path: str) -> None:
     assert httpx.get(live.url + path).status_code == 200
+
+
+def image_env(tmp_path: Path, redis_url: str) -> dict[str, str]:
+    """The environment of a machine deployed by fly.toml from the Dockerfile's image: its ENV
+    and fly.toml's [env], the secrets the README has `fly secrets set`, and the image's paths
+    mapped to this checkout (the config the image copies, a data directory of this test's)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORDERHOOK_", "REDIS_"))}
+    env.update({k: v for k, v in env_of().items() if k != "PATH"})
+    fly_env = fly()["env"]
+    assert isinstance(fly_env, dict)
+    env.update(fly_env)
+    copied = {
+        args.split()[-1]: args.split()[-2] for args in instructions("COPY") if "--from" not in args
+    }
+    env["ORDERHOOK_CONFIG"] = str(ROOT / copied[env["ORDERHOOK_CONFIG"]])
+    env["ORDERHOOK_DATA_DIR"] = str(tmp_path / "data")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    secrets = {"VTEX_HOOK_TOKEN": "t" * 48, "ORDERHOOK_ADMIN_TOKEN": "a" * 48}
+    return {**env, **secrets, "REDIS_URL": redis_url}
+
+
+def deployed_commands() -> dict[str, list[str]]:
+    """Every long-running command the deploy starts: fly.toml's process groups, the image's."""
+    processes = fly()["processes"]
+    assert isinstance(processes, dict)
+    commands = {f"fly {name}": shlex.split(command) for name, command in processes.items()}
+    commands["Dockerfile CMD"] = exec_form(instructions("CMD")[0])
+    return commands
+
+
+@pytest.mark.parametrize("name", sorted(deployed_commands()))
+def test_each_deployed_process_starts_stays_up_and_stops_with_0(
+    name: str, redis_url: str, tmp_path: Path
+) -> None:
+    command = deployed_commands()[name]
+    if command[1] == "serve":  # loopback and a free port here, instead of 0.0.0.0:8000
+        command += ["--host", "127.0.0.1", "--port", str(free_port())]
+    log = tmp_path / "process.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env=image_env(tmp_path, redis_url), stderr=out)
+    try:
+        time.sleep(STAYS_UP_S)
+        assert proc.poll() is None, f"{name} exited with {proc.returncode}: {log.read_text()}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if command[1] == "worker":
+        assert "worker waiting for subscriptions" in log.read_text()
+
+
+def test_the_release_command_passes_with_the_image_config(redis_url: str, tmp_path: Path) -> None:
+    release = fly()["deploy"]
+    assert isinstance(release, dict)
+    done = subprocess.run(
+        shlex.split(release["release_command"]),
+        env=image_env(tmp_path, redis_url),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
