@@ -17,10 +17,12 @@ import uvloop
 from app import cli_ops, logs
 from app.config import Settings, load_settings
 from app.connections import BoundedHttpProtocol
+from app.dev import fake_vtex
 from app.errors import ConfigError, StoreMayEvict, StoreUnavailable
 from app.lifecycle import raise_open_files_limit, tune_gc
 from app.relay import run_worker
 from app.server import create_app
+from app.signing import new_secret
 from app.store.client import open_store
 from app.store.embedded import EmbeddedRedis, store_lost
 from app.store.keys import Keys
@@ -59,7 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     tester.add_argument("--document", required=True, help="the order, a JSON file")
     worker = commands.add_parser("worker", help="run router and delivery only (needs REDIS_URL)")
     worker.add_argument("--config", help="TOML config file (default: $ORDERHOOK_CONFIG)")
+    secret = commands.add_parser("secret", help="signing secrets for subscriptions")
+    secret_commands = secret.add_subparsers(dest="secret_command", required=True)
+    secret_commands.add_parser("new", help="print a fresh whsec_ secret (Standard Webhooks)")
+    fake_vtex.add_commands(commands)
     return parser
+
+
+def secret(args: argparse.Namespace) -> int:
+    """`orderhook secret new`: a subscription's `secret`, to give its subscriber too."""
+    print(new_secret())
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> Settings | None:
@@ -219,6 +231,12 @@ def _exit_cleanly_on_stop_signals() -> None:
         signal.signal(sig, stop)
 
 
+def dev(args: argparse.Namespace) -> int:
+    """`orderhook dev fake-vtex`: in the foreground; SIGTERM or Ctrl-C ends it with 0."""
+    _exit_cleanly_on_stop_signals()
+    return fake_vtex.run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     logs.configure()
     args = build_parser().parse_args(argv)
@@ -226,7 +244,13 @@ def main(argv: list[str] | None = None) -> int:
         return hooks.run(args)
     if args.command == "jsonata":
         return cli_test(args.expression, args.document)
-    commands = {"serve": serve, "worker": worker, "check": check}
+    commands = {
+        "serve": serve,
+        "worker": worker,
+        "check": check,
+        "secret": secret,
+        "dev": dev,
+    }
     if args.command in commands:
         return commands[args.command](args)
     return cli_ops.run(args)

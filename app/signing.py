@@ -10,11 +10,18 @@ import base64
 import binascii
 import hashlib
 import hmac
+import secrets
 from collections.abc import Sequence
 
 SECRET_PREFIX = "whsec_"
 MIN_SECRET_BYTES = 24
 MAX_SECRET_BYTES = 64
+NEW_SECRET_BYTES = 32  # `orderhook secret new`: 256 bits, as HMAC-SHA256's key
+
+
+def new_secret() -> str:
+    """A fresh random secret, `whsec_` + base64 of NEW_SECRET_BYTES bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(NEW_SECRET_BYTES)).decode()
 
 
 def secret_key(secret: str) -> bytes:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,11 @@ import httpx
 import orjson
 import psutil
 import pytest
+import standardwebhooks
 
+from app.config import load_settings
+from app.dev.fake_vtex import APP_KEY, APP_TOKEN
+from app.signing import signature_headers
 from app.store.keys import Keys
 from tests.conftest import AUTH, Gateway, free_port, notification
 from tests.subscribers import Reply, Sink
@@ -155,3 +161,84 @@ def test_check_loads_the_config_and_pings_redis(redis_url: str, tmp_path: Path) 
     assert down.returncode == 2 and "Redis does not answer" in down.stderr
     path.write_text("[[sources]]\naccount = 1\n")
     assert check(redis_url).returncode == 2
+
+
+ROOT = Path(__file__).resolve().parent.parent
+# `python -m app.cli`, as a plain install runs it: neither pytest nor the tests importable
+PLAIN = (
+    "import sys; sys.modules['pytest'] = sys.modules['tests'] = None; "
+    "from app.cli import main; sys.exit(main())"
+)
+
+
+def plain(*args: str) -> list[str]:
+    return [sys.executable, "-c", PLAIN, *args]
+
+
+def test_secret_new_prints_a_secret_the_config_takes_and_standardwebhooks_verifies(
+    tmp_path: Path,
+) -> None:
+    made = [subprocess.run(plain("secret", "new"), capture_output=True, text=True, timeout=30)]
+    made.append(subprocess.run(plain("secret", "new"), capture_output=True, text=True, timeout=30))
+    assert [m.returncode for m in made] == [0, 0] and not any(m.stderr for m in made)
+    secrets = [m.stdout.removesuffix("\n") for m in made]
+    assert all(s.startswith("whsec_") and "\n" not in s for s in secrets)
+    assert secrets[0] != secrets[1]
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[[subscriptions]]\nid = "erp"\nurl = "https://erp.example.com/vtex"\n'
+        f'secret = "{secrets[0]}"\n'
+    )
+    (subscription,) = load_settings(path, {}).subscriptions
+    body = b'{"specversion": "1.0"}'
+    headers = signature_headers(subscription.signing_keys(), "msg_1", int(time.time()), body)
+    assert standardwebhooks.Webhook(secrets[0]).verify(body, headers) == {"specversion": "1.0"}
+    with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(secrets[1]).verify(body, headers)
+
+
+def test_fake_vtex_runs_from_the_plain_install_and_takes_the_readme_registration(
+    redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """README, "Trying it without VTEX": `orderhook dev fake-vtex`, the gateway on
+    examples/fake-vtex.toml (its ports changed to free ones), `vtex hook register`."""
+    vtex_port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "VTEX_HOOK_TOKEN": "change-me"}
+    env.update(VTEX_APP_KEY=APP_KEY, VTEX_APP_TOKEN=APP_TOKEN)
+    log = tmp_path / "fake.log"
+    with log.open("wb") as out:
+        fake = subprocess.Popen(
+            plain("dev", "fake-vtex", "--port", str(vtex_port)),
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    gateway = Gateway(tmp_path / "fake-vtex.toml", env, tmp_path / "gw.log")
+    example = ROOT.joinpath("examples", "fake-vtex.toml").read_text()
+    example = example.replace(":9000/", f":{vtex_port}/").replace(":8000", f":{gateway.port}")
+    gateway.config.write_text(f'{example}\n[store]\nkey_prefix = "{keys.prefix}"\n')
+    try:
+        gateway.start()
+
+        def hook(action: str) -> subprocess.CompletedProcess[str]:
+            command = ["vtex", "hook", action, "--account", "mystore"]
+            command += ["--config", str(gateway.config)]
+            return subprocess.run(
+                plain(*command), capture_output=True, text=True, env=env, timeout=30
+            )
+
+        registered = hook("register")
+        assert registered.returncode == 0, registered.stderr + log.read_text()
+        assert f"{gateway.url}/hooks/vtex" in hook("show").stdout
+        fake.send_signal(signal.SIGTERM)
+        assert fake.wait(15) == 0
+        printed = log.read_text()
+        assert f"fake VTEX on http://127.0.0.1:{vtex_port}/{{account}}" in printed
+        assert APP_KEY in printed and "hook of mystore saved" in printed
+        assert "Traceback" not in printed
+    finally:
+        gateway.stop()
+        if fake.poll() is None:
+            fake.kill()
+            fake.wait()

@@ -9,10 +9,10 @@ import pytest
 from starlette.datastructures import Secret
 
 from app.config import Source
+from app.dev.fake_vtex import APP_KEY, APP_TOKEN, FakeVtex
 from app.vtex.api import VtexApi, VtexRedirect, VtexTooLarge, VtexUnreachable
 from app.vtex.urls import FEED_PATH, HOOK_CONFIG_PATH, ORDER_PATH, VtexRefused
 from tests.conftest import free_port
-from tests.fake_vtex import APP_KEY, APP_TOKEN, FakeVtex
 
 pytestmark = pytest.mark.anyio
 

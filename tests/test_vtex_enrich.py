@@ -16,6 +16,7 @@ import pytest
 from starlette.datastructures import Secret
 
 from app.config import Settings, Source, load_settings
+from app.dev.fake_vtex import APP_KEY, APP_TOKEN, FakeVtex
 from app.errors import ConfigError
 from app.events import utc_now_iso
 from app.store.client import open_store
@@ -23,7 +24,6 @@ from app.store.keys import Keys
 from app.vtex.api import MAX_ORDER_BYTES
 from app.vtex.enrich import Enricher
 from tests.conftest import WILDCARD_HEADER, WILDCARD_TOKEN, notification
-from tests.fake_vtex import APP_KEY, APP_TOKEN, FakeVtex
 from tests.relaying import Gateway, body, subscription
 from tests.subscribers import Sink
 

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from app.dev.fake_vtex import APP_KEY, APP_TOKEN, FakeVtex
 from app.store.keys import Keys
 from tests.conftest import HEADER, TOKEN, Gateway
-from tests.fake_vtex import APP_KEY, APP_TOKEN, FakeVtex
 
 
 def write_config(tmp_path: Path, prefix: str, vtex: FakeVtex, public_url: str) -> Path:

@@ -1,0 +1,1 @@
+"""Tools for trying the gateway without a VTEX account: `orderhook dev ...`."""
