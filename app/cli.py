@@ -18,13 +18,13 @@ from app import cli_ops, logs
 from app.config import Settings, load_settings
 from app.connections import BoundedHttpProtocol
 from app.dev import fake_vtex
-from app.errors import ConfigError, StoreMayEvict, StoreUnavailable
+from app.errors import ConfigError, DataDirInUse, StoreMayEvict, StoreUnavailable
 from app.lifecycle import raise_open_files_limit, tune_gc
 from app.relay import run_worker
 from app.server import create_app
 from app.signing import new_secret
 from app.store.client import open_store
-from app.store.embedded import EmbeddedRedis, store_lost
+from app.store.embedded import EmbeddedRedis, claim_data_dir, store_lost
 from app.store.keys import Keys
 from app.vtex import hooks
 from app.vtex.jsonata import cli_test
@@ -108,6 +108,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("orderhook: --workers must be at least 1", file=sys.stderr)
         return 2
+    if settings.redis_url is None and _data_dir_in_use(settings):
+        return 2
     if args.workers > 1:
         return _serve_many(args, settings)
     if settings.redis_url is not None and _may_evict(settings, settings.redis_url):
@@ -178,6 +180,17 @@ async def _check_store(settings: Settings, url: str) -> None:
     ) as store:
         await store.ping()
         await store.check_eviction()
+
+
+def _data_dir_in_use(settings: Settings) -> bool:
+    """True, after one line on stderr, when another process holds the embedded store's data
+    directory; otherwise this process holds it from now on, for the store it starts."""
+    try:
+        asyncio.run(claim_data_dir(settings.data_dir))
+    except DataDirInUse as exc:
+        print(f"orderhook: {exc}", file=sys.stderr)
+        return True
+    return False
 
 
 def _may_evict(settings: Settings, url: str) -> bool:

@@ -3,8 +3,9 @@
 OrderhookError
 ├── ConfigError            the configuration is invalid (start-up refuses to go on)
 ├── StoreUnavailable       Redis cannot be reached, is not ready or is out of memory (HTTP 503)
-│   └── StoreMayEvict      Redis's maxmemory-policy is not noeviction: it may drop queued events
-│                          (HTTP 503; `orderhook serve` and `orderhook check` refuse it)
+│   ├── StoreMayEvict      Redis's maxmemory-policy is not noeviction: it may drop queued events
+│   │                      (HTTP 503; `orderhook serve` and `orderhook check` refuse it)
+│   └── DataDirInUse       the embedded store's data directory is another process's (exit 2)
 └── RequestError           the request is refused; carries its HTTP status
     ├── Unauthorized       401: no source's auth header matches, or the account is not allowed
     ├── BadRequest         400: invalid JSON, not an object, a missing or mistyped field
@@ -45,6 +46,11 @@ class StoreUnavailable(OrderhookError):
 
 class StoreMayEvict(StoreUnavailable):
     """Redis may evict keys (an accepted event, a dedupe mark): it cannot hold the queue."""
+
+
+class DataDirInUse(StoreUnavailable):
+    """Another process (a gateway, or the redis-server it left) holds the embedded store's data
+    directory: a second server on the same files would corrupt them."""
 
 
 class RequestError(OrderhookError):

