@@ -1074,7 +1074,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_in_workdir(run, parse_args(argv), "orderhook-bench-delivery-")
+    return run_in_workdir(run, parse_args(argv), "orderhook-bench-delivery-", needs_wrk=True)
 
 
 if __name__ == "__main__":

@@ -765,14 +765,30 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_in_workdir(run, args, "orderhook-bench-")
+    return run_in_workdir(run, args, "orderhook-bench-", needs_wrk=True)
+
+
+def wrk_missing() -> bool:
+    """True, after one line on stderr, when wrk is not on the PATH."""
+    if shutil.which("wrk") is not None:
+        return False
+    print(
+        "bench: wrk is not installed: apt-get install wrk (or put it on the PATH)", file=sys.stderr
+    )
+    return True
 
 
 def run_in_workdir(
-    run: Callable[[argparse.Namespace, Path], int], args: argparse.Namespace, prefix: str
+    run: Callable[[argparse.Namespace, Path], int],
+    args: argparse.Namespace,
+    prefix: str,
+    needs_wrk: bool = False,
 ) -> int:
     """Run a benchmark in a fresh temporary directory; exit statuses: 0 ok, 1 failed check,
-    2 could not run, 130 interrupted. The directory is kept (and named) unless all went well."""
+    2 could not run (wrk missing, when it `needs_wrk`, checked first), 130 interrupted. The
+    directory is kept (and named) unless all went well."""
+    if needs_wrk and wrk_missing():
+        return 2
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     status = 1
     try:

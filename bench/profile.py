@@ -204,7 +204,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_in_workdir(run, parse_args(argv), "orderhook-profile-")
+    args = parse_args(argv)
+    return run_in_workdir(run, args, "orderhook-profile-", needs_wrk=args.what == "ingest")
 
 
 if __name__ == "__main__":

@@ -217,7 +217,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_in_workdir(run, parse_args(argv), "orderhook-scaleout-")
+    return run_in_workdir(run, parse_args(argv), "orderhook-scaleout-", needs_wrk=True)
 
 
 if __name__ == "__main__":
