@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from app.config import load_settings
+from app.dev.fake_vtex import FakeVtex
 from app.events import normalize, order_key, parse_body, utc_now_iso
 from app.filters import SINGLE_FIRE_RETENTION_S, single_fire_s
 from app.store.client import open_store
@@ -27,7 +28,6 @@ from app.store.deliveries import DeliveryStore, Planned, Routed
 from app.store.keys import Keys
 from tests.conftest import AUTH, CONFIG_TOML, notification
 from tests.conftest import Gateway as Process
-from tests.fake_vtex import FakeVtex
 from tests.relaying import ADMIN, Gateway, body, hook, subscription, until
 from tests.subscribers import Reply, Sink
 from tests.test_vtex_enrich import CREDENTIALS, ENRICH, SOURCE
