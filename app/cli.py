@@ -14,7 +14,7 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from app import cli_ops, logs
+from app import cli_ops, logs, preflight
 from app.config import Settings, load_settings
 from app.connections import BoundedHttpProtocol
 from app.dev import fake_vtex
@@ -91,6 +91,8 @@ def worker(args: argparse.Namespace) -> int:
             "orderhook: worker needs REDIS_URL: workers share the gateway's Redis", file=sys.stderr
         )
         return 2
+    if preflight.refuses_start(settings):
+        return 2
     if _may_evict(settings, settings.redis_url):
         return 2
     tune_gc()
@@ -107,6 +109,8 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if args.workers < 1:
         print("orderhook: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if preflight.refuses_start(settings):
         return 2
     if settings.redis_url is None and _data_dir_in_use(settings):
         return 2
@@ -208,24 +212,31 @@ def _may_evict(settings: Settings, url: str) -> bool:
 
 
 def check(args: argparse.Namespace) -> int:
-    """Exit 0 when the config loads and the configured Redis answers and runs noeviction; 2
-    otherwise."""
+    """Exit 0 when the config loads, no subscription URL is one the SSRF guard refuses, and the
+    configured Redis answers and runs noeviction; 2 otherwise, after saying all that is wrong.
+    A subscription host that does not resolve now is a warning (DNS may answer later)."""
     settings = _settings(args)
     if settings is None:
         return 2
+    refused = preflight.check_urls(settings)
+    store_ok, store = _check_redis(settings)
+    config = f"config loads, but {refused} subscription URL(s) refused" if refused else "config ok"
+    print(f"orderhook: {config}{store}", file=sys.stderr if refused or not store_ok else sys.stdout)
+    return 2 if refused or not store_ok else 0
+
+
+def _check_redis(settings: Settings) -> tuple[bool, str]:
+    """`check`: whether Redis will do, and the words that say so (its address, never its
+    password)."""
     if settings.redis_url is None:
-        print("orderhook: config ok; REDIS_URL is unset: the embedded store will be used")
-        return 0
+        return True, "; REDIS_URL is unset: the embedded store will be used"
     try:
         asyncio.run(_check_store(settings, settings.redis_url))
     except StoreMayEvict as exc:
-        print(f"orderhook: config ok, but {exc}", file=sys.stderr)
-        return 2
+        return False, f", but {exc}"
     except StoreUnavailable as exc:
-        print(f"orderhook: config ok, but Redis does not answer: {exc}", file=sys.stderr)
-        return 2
-    print(f"orderhook: config ok, {len(settings.subscriptions)} subscription(s), Redis answers")
-    return 0
+        return False, f", but Redis does not answer: {exc}"
+    return True, f", {len(settings.subscriptions)} subscription(s), Redis answers"
 
 
 def _exit_cleanly_on_stop_signals() -> None:

@@ -47,6 +47,7 @@ DEFAULT_BODY_TIMEOUT_S = 10.0  # a hook body is a few hundred bytes; a trickle i
 DEFAULT_KEY_PREFIX = "orderhook"
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_REDIS_TIMEOUT_S = 2.0
+DEFAULT_UNREACHABLE_WARNING_S = 30.0  # `serve` warns this often while Redis does not answer
 DEFAULT_HEADER_TIMEOUT_S = 10.0  # from connecting (or the last answer) to a request's headers
 DEFAULT_KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this (uvicorn's)
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 256  # per peer address and process; 0: no cap
@@ -93,6 +94,7 @@ class _StoreFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     embedded_appendfsync: AppendFsync = "always"
     # Start although Redis hides its maxmemory-policy: the operator has checked it is noeviction.
     assume_noeviction: bool = False
+    unreachable_warning_s: float = DEFAULT_UNREACHABLE_WARNING_S
 
 
 class _ServerFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -267,6 +269,7 @@ class Settings:
     redis_timeout_s: float = DEFAULT_REDIS_TIMEOUT_S
     embedded_appendfsync: AppendFsync = "always"
     assume_noeviction: bool = False
+    unreachable_warning_s: float = DEFAULT_UNREACHABLE_WARNING_S
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     keep_alive_s: int = DEFAULT_KEEP_ALIVE_S
     max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
@@ -290,7 +293,7 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
         ),
         allow_networks=_networks(parsed.allow_networks, where),
         router_claim_idle_s=parsed.delivery.router_claim_idle_s,
-        redis_url=env.get("REDIS_URL") or None,
+        redis_url=_redis_url(env.get("REDIS_URL") or None),
         data_dir=Path(env.get("ORDERHOOK_DATA_DIR") or DEFAULT_DATA_DIR),
         admin_token=_secret(env.get("ORDERHOOK_ADMIN_TOKEN")),
         ops_token=_secret(env.get("ORDERHOOK_OPS_TOKEN")),
@@ -308,6 +311,7 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
         redis_timeout_s=parsed.store.timeout_s,
         embedded_appendfsync=parsed.store.embedded_appendfsync,
         assume_noeviction=parsed.store.assume_noeviction,
+        unreachable_warning_s=parsed.store.unreachable_warning_s,
         header_timeout_s=parsed.server.header_timeout_s,
         keep_alive_s=parsed.server.keep_alive_s,
         max_connections_per_client=parsed.server.max_connections_per_client,
@@ -323,6 +327,20 @@ def _networks(cidrs: list[str], where: str) -> tuple[IPv4Network | IPv6Network, 
         return tuple(ip_network(cidr, strict=False) for cidr in cidrs)
     except ValueError as exc:
         raise ConfigError(f"config {where}: `allow_networks` holds a bad CIDR: {exc}") from None
+
+
+def _redis_url(url: str | None) -> str | None:
+    """REDIS_URL, if the Redis client can read it; the error quotes no part of it (it may hold
+    a password)."""
+    if url is None:
+        return None
+    try:
+        scheme, _ = urlsplit(url).scheme, urlsplit(url).port
+    except ValueError:
+        raise ConfigError("REDIS_URL's port must be a number from 0 to 65535") from None
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+    return url
 
 
 def _secret(value: str | None) -> Secret | None:
@@ -341,7 +359,25 @@ def _read_file(path: Path) -> _ConfigFile:
     try:
         return msgspec.convert(raw, type=_ConfigFile)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"config {path}: {exc}") from exc
+        raise ConfigError(f"config {path}: {exc}{_top_level_hint(str(exc))}") from exc
+
+
+_UNKNOWN_FIELD = re.compile(
+    r"unknown field `(?P<key>.*)` - at `\$\.(?P<table>\w+)(?P<item>\[\d+\])?`$"
+)
+
+
+def _top_level_hint(error: str) -> str:
+    """For an unknown key in a table that is a top-level key: TOML put it in that table because
+    it was written after the table's header."""
+    found = _UNKNOWN_FIELD.search(error)
+    if found is None or found["key"] not in _ConfigFile.__struct_fields__:
+        return ""
+    header = f"[[{found['table']}]]" if found["item"] else f"[{found['table']}]"
+    return (
+        f"; `{found['key']}` is a top-level key: write it above the first table, since TOML "
+        f"puts every key after a {header} header into that table"
+    )
 
 
 def _non_finite_number(doc: dict[str, Any]) -> str | None:
@@ -365,6 +401,7 @@ def _check_limits(parsed: _ConfigFile, where: str) -> None:
         (parsed.ingest.dedupe_window_s >= 1, "ingest.dedupe_window_s", "an integer >= 1"),
         (parsed.ingest.body_timeout_s > 0, "ingest.body_timeout_s", "a number > 0"),
         (parsed.store.timeout_s > 0, "store.timeout_s", "a number > 0"),
+        (parsed.store.unreachable_warning_s > 0, "store.unreachable_warning_s", "a number > 0"),
         (parsed.server.header_timeout_s > 0, "server.header_timeout_s", "a number > 0"),
         (parsed.server.keep_alive_s >= 1, "server.keep_alive_s", "an integer >= 1"),
         (

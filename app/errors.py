@@ -41,7 +41,15 @@ class ConfigError(OrderhookError):
 
 
 class StoreUnavailable(OrderhookError):
-    """Redis is unreachable, timed out, is still loading its data or is out of memory."""
+    """Redis is unreachable, timed out, is still loading its data or is out of memory.
+
+    Its text may name Redis's address (`host:port/db`, never a password), for the operator's
+    log and the CLI; `public` is the same without the address, for answers anybody may read
+    (/readyz)."""
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = message if public is None else public
 
 
 class StoreMayEvict(StoreUnavailable):

@@ -69,7 +69,7 @@ async def readyz(request: Request) -> Response:
     try:
         await request.app.state.store.check_ready()
     except StoreUnavailable as exc:
-        return json_response({"status": "unavailable", "error": str(exc)}, 503)
+        return json_response({"status": "unavailable", "error": exc.public}, 503)
     return json_response({"status": "ready"})
 
 
@@ -98,6 +98,23 @@ async def watch_eviction_policy(store: Store, known: str | None) -> None:
     while True:
         await asyncio.sleep(POLICY_CHECK_EVERY_S)
         known = await check_eviction_policy(store, known)
+
+
+async def warn_while_unreachable(store: Store, every_s: float) -> None:
+    """Log a warning now and every `every_s` while Redis does not answer (naming its address
+    and why), and once when it answers again: hooks are answered 503 meanwhile."""
+    down = False
+    while True:
+        try:
+            await store.ping()
+        except StoreUnavailable as exc:
+            log.warning("%s; hooks are answered 503 until it answers", exc)
+            down = True
+        else:
+            if down:
+                log.warning("redis at %s answers now: hooks are accepted", store.address)
+            down = False
+        await asyncio.sleep(every_s)
 
 
 class Gateway(Starlette):
@@ -145,11 +162,14 @@ def create_app(settings: Settings) -> Starlette:
             app.state.store, app.state.commit, app.state.relay = store, commit, relay
             flusher = asyncio.create_task(logs.flush_periodically())
             watch = asyncio.create_task(watch_eviction_policy(store, known_problem))
+            every_s = settings.unreachable_warning_s
+            ping = asyncio.create_task(warn_while_unreachable(store, every_s))
             try:
                 yield
             finally:
                 flusher.cancel()
                 watch.cancel()
+                ping.cancel()
                 logs.outcomes.flush()
                 await relay.stop()
                 await commit.close()

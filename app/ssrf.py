@@ -16,18 +16,26 @@ refused when that IPv4 address is; 6to4 and Teredo (IANA: "N/A") are refused wha
 `allow_networks` (tests allow 127.0.0.0/8) is matched against the address as resolved: it does
 not allow an IPv6 form of an allowed IPv4 address (2002:7f00:1::, ::ffff:127.0.0.1); list the
 IPv6 network itself to allow one.
+
+`foresee` asks the same connector, before any traffic (`orderhook check` and start-up), what it
+would do with each subscription URL now: resolve it, then refuse it or not, by the one rule.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import yarl
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+RESOLVE_TIMEOUT_S = 3.0  # `foresee`: a name that takes longer counts as not resolving now
 
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # ::a.b.c.d, deprecated (RFC 4291 2.5.5.1)
 NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix (RFC 6052): global
@@ -116,3 +124,40 @@ class GuardedConnector(aiohttp.TCPConnector):
                 "reachable address (allow it with allow_networks)"
             )
         return kept
+
+
+@dataclass(frozen=True)
+class Foreseen:
+    """What a delivery to a URL would meet now: `refused`, why the guard refuses every
+    address it resolves to; `unresolved`, why it does not resolve (yet); both None: it may go.
+    """
+
+    refused: str | None = None
+    unresolved: str | None = None
+
+
+async def foresee(
+    urls: Sequence[str], allow: Sequence[Network], timeout_s: float = RESOLVE_TIMEOUT_S
+) -> list[Foreseen]:
+    """For each URL, what the delivery's connector would do with it now (all at once)."""
+    connector = GuardedConnector(allow)
+    try:
+        return list(await asyncio.gather(*(_foresee(connector, url, timeout_s) for url in urls)))
+    finally:
+        await connector.close()
+
+
+async def _foresee(connector: GuardedConnector, url: str, timeout_s: float) -> Foreseen:
+    target = yarl.URL(url)  # as aiohttp reads it: the host IDNA-encoded, the scheme's port
+    try:
+        async with asyncio.timeout(timeout_s):
+            await connector._resolve_host(target.raw_host or "", target.port or 0)
+    except (Refused, aiohttp.InvalidURL) as exc:  # a non-canonical IPv4 (127.1) is refused too
+        return Foreseen(refused=str(exc) if isinstance(exc, Refused) else f"invalid host: {exc}")
+    except TimeoutError:
+        return Foreseen(unresolved=f"no DNS answer within {timeout_s:g} s")
+    except OSError as exc:
+        return Foreseen(unresolved=f"DNS: {exc.strerror or exc}")
+    except ValueError as exc:  # a label over 63 characters: socket's IDNA codec refuses it
+        return Foreseen(unresolved=f"not a host name DNS can look up: {exc}")
+    return Foreseen()

@@ -277,3 +277,58 @@ def test_pull_subscription_defaults(tmp_path: Path) -> None:
         240.0,
         345600.0,
     )
+
+
+@pytest.mark.parametrize(
+    ("table", "header"),
+    [
+        (SUB, "[[subscriptions]]"),
+        ("[ingest]\nmax_body_bytes = 4096\n", "[ingest]"),
+        ('[[sources]]\naccount = "a"\nauth_header = "h"\nauth_token = "t"\n', "[[sources]]"),
+        ('[store]\nkey_prefix = "p"\n', "[store]"),
+    ],
+)
+@pytest.mark.parametrize(
+    "key", ['allow_networks = ["127.0.0.0/8"]', "ops = { log_retention_s = 600 }"]
+)
+def test_a_top_level_key_after_a_table_says_to_move_it_up(
+    tmp_path: Path, table: str, header: str, key: str
+) -> None:
+    """TOML puts a key written after a table's header into that table."""
+    name = key.split(" ")[0]
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, f"{table}{key}\n"), {})
+    assert str(info.value).endswith(
+        f"; `{name}` is a top-level key: write it above the first table, since TOML puts "
+        f"every key after a {header} header into that table"
+    )
+    assert f"unknown field `{name}`" in str(info.value)
+    # Above the first table, the same key is fine; a key known nowhere gets no hint.
+    assert load_settings(write(tmp_path, f"{key}\n{table}"), {}) is not None
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, f"{table}allow_network = []\n"), {})
+    assert "top-level" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("localhost:6379", "REDIS_URL must start with redis://, rediss:// or unix://"),
+        ("http://u:hunter2pw@redis:6379", "REDIS_URL must start with redis://"),
+        ("redis://u:hunter2pw@redis:63a79/0", "REDIS_URL's port must be a number"),
+    ],
+)
+def test_a_redis_url_the_client_cannot_read_is_refused_without_quoting_it(
+    url: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"REDIS_URL": url})
+    assert expected in str(info.value) and "hunter2pw" not in str(info.value)
+
+
+def test_unreachable_warning_interval_is_a_store_setting(tmp_path: Path) -> None:
+    assert load_settings(None, {}).unreachable_warning_s == 30.0
+    path = write(tmp_path, "[store]\nunreachable_warning_s = 0.5\n")
+    assert load_settings(path, {}).unreachable_warning_s == 0.5
+    with pytest.raises(ConfigError, match="`store.unreachable_warning_s` must be a number > 0"):
+        load_settings(write(tmp_path, "[store]\nunreachable_warning_s = 0\n"), {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -23,7 +24,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    OutOfMemoryError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from app.errors import StoreMayEvict, StoreUnavailable
 from app.events import order_key
@@ -62,6 +69,7 @@ class Store:
         assume_noeviction: bool = False,
     ) -> None:
         self.client = client
+        self.address = redis_address(client)  # for the operator: host:port/db, no password
         self.keys = keys
         self.dedupe_window_s = dedupe_window_s
         self.deadline_s = deadline_s
@@ -136,14 +144,61 @@ class Store:
                 return await call()
         except ResponseError as exc:
             if isinstance(exc, OutOfMemoryError) or _OUT_OF_MEMORY in str(exc):
-                raise StoreUnavailable(
-                    "redis is out of memory (maxmemory reached): it refuses writes"
+                raise self._unavailable(
+                    "is out of memory (maxmemory reached): it refuses writes"
                 ) from exc
             if str(exc).startswith(_NOT_READY):
-                raise StoreUnavailable(f"redis is not ready: {exc}") from exc
+                raise self._unavailable(f"is not ready: {exc}") from exc
             raise
         except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(f"redis is unreachable: {type(exc).__name__}") from exc
+            reason = why_unreachable(exc, self.deadline_s)
+            raise self._unavailable(f"is unreachable: {reason}") from exc
+
+    def _unavailable(self, what: str) -> StoreUnavailable:
+        """`redis at ADDRESS {what}` for the log (scrubbed of the password, whatever Redis or
+        the client library wrote in `what`); without the address for /readyz."""
+        password = self.client.connection_pool.connection_kwargs.get("password")
+        if password:
+            what = what.replace(str(password), "***")
+        return StoreUnavailable(f"redis at {self.address} {what}", public=f"redis {what}")
+
+
+def redis_address(client: aioredis.Redis) -> str:
+    """Where `client` connects, as the operator can check it against REDIS_URL: `host:port/db`
+    or `unix:PATH db N`; never the user or password."""
+    kwargs = client.connection_pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    if kwargs.get("path"):
+        return f"unix:{kwargs['path']} db {db}"
+    host = str(kwargs.get("host", "localhost"))
+    return f"{f'[{host}]' if ':' in host else host}:{kwargs.get('port', 6379)}/{db}"
+
+
+def why_unreachable(exc: BaseException, deadline_s: float) -> str:
+    """Why a connection to Redis failed, in the operator's words: connection refused, DNS
+    failure, authentication failure, timeout; else the error's type and message."""
+    if isinstance(exc, AuthenticationError):
+        return f"authentication failed: {exc}"  # Redis's words: they never quote the password
+    cause = _os_error(exc)
+    if isinstance(exc, RedisTimeout) or isinstance(cause, TimeoutError):
+        return f"no answer within {deadline_s:g} s (timeout)"
+    if isinstance(cause, socket.gaierror):
+        return f"DNS lookup failed: {cause.strerror}"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if cause is not None and cause.strerror:
+        return cause.strerror
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError that `exc` is, or was raised from (redis-py wraps it in ConnectionError)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def _text(value: bytes | str) -> str:
