@@ -171,6 +171,19 @@ def test_why_redis_is_unreachable(error: Exception, reason: str) -> None:
             assert why_unreachable(wrapped, 2.0).startswith(reason)
 
 
+def test_an_auth_failure_wrapped_in_a_connection_error_is_an_auth_failure() -> None:
+    """redis-py on a unix socket raises its ConnectionError from the AuthenticationError."""
+    try:
+        try:
+            raise AuthenticationError("invalid username-password pair or user is disabled.")
+        except AuthenticationError as exc:
+            raise RedisConnectionError(str(exc)) from exc
+    except RedisConnectionError as wrapped:
+        assert why_unreachable(wrapped, 2.0) == (
+            "authentication failed: invalid username-password pair or user is disabled."
+        )
+
+
 def wait_for_line(log: Path, text: str, count: int = 1, within_s: float = 15) -> list[str]:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:

@@ -177,9 +177,9 @@ def redis_address(client: aioredis.Redis) -> str:
 def why_unreachable(exc: BaseException, deadline_s: float) -> str:
     """Why a connection to Redis failed, in the operator's words: connection refused, DNS
     failure, authentication failure, timeout; else the error's type and message."""
-    if isinstance(exc, AuthenticationError):
-        return f"authentication failed: {exc}"  # Redis's words: they never quote the password
-    cause = _os_error(exc)
+    if (auth := _in_chain(exc, AuthenticationError)) is not None:
+        return f"authentication failed: {auth}"  # Redis's words: they never quote the password
+    cause = _in_chain(exc, OSError)  # redis-py wraps it in its ConnectionError
     if isinstance(exc, RedisTimeout) or isinstance(cause, TimeoutError):
         return f"no answer within {deadline_s:g} s (timeout)"
     if isinstance(cause, socket.gaierror):
@@ -191,13 +191,15 @@ def why_unreachable(exc: BaseException, deadline_s: float) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _os_error(exc: BaseException | None) -> OSError | None:
-    """The OSError that `exc` is, or was raised from (redis-py wraps it in ConnectionError)."""
-    seen = 0
-    while exc is not None and seen < 8:
-        if isinstance(exc, OSError):
+E = TypeVar("E", bound=BaseException)
+
+
+def _in_chain(exc: BaseException | None, kind: type[E]) -> E | None:
+    """`exc`, or the first error it was raised from or during, that is a `kind`."""
+    for _ in range(8):  # a bound: a chain is a handful long
+        if exc is None or isinstance(exc, kind):
             return exc
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+        exc = exc.__cause__ or exc.__context__
     return None
 
 
