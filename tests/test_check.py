@@ -231,3 +231,26 @@ def test_serve_warns_while_redis_is_down_and_once_when_it_answers(tmp_path: Path
             redis_server.terminate()
             redis_server.wait(10)
     assert PASSWORD not in log.read_text()
+
+
+def test_worker_names_the_redis_address_and_why_at_start_up(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'allow_networks = ["127.0.0.0/8"]\n' + subscription("erp", "http://127.0.0.1:9/")
+    )
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "REDIS_URL": f"redis://nobody:{PASSWORD}@127.0.0.1:{port}/0"}
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--config", str(config)],
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        wait_for_line(log, f"redis at 127.0.0.1:{port}/0 is unreachable: connection refused")
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert PASSWORD not in log.read_text()
