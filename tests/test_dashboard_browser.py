@@ -45,6 +45,27 @@ def needs_chromium() -> None:
     pytest.skip(missing)
 
 
+@contextmanager
+def signed_in_page(url: str, height: int = 1100, javascript: bool = True) -> Iterator[Page]:
+    """The dashboard at `url` in headless Chromium, signed in as admin; afterwards, no
+    Content-Security-Policy complaint may have reached the console."""
+    console: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(
+            viewport={"width": 1500, "height": height}, java_script_enabled=javascript
+        )
+        page.on("console", lambda message: console.append(message.text))
+        page.goto(url + "/ops")
+        page.fill("#token", "admin-token")
+        page.click("#login")
+        page.wait_for_selector("#subscriptions")
+        page.wait_for_load_state()
+        yield page
+        browser.close()
+    assert not [m for m in console if "Content Security Policy" in m], console
+
+
 def config(tmp_path: Path, prefix: str, sink: Sink) -> Path:
     text = CONFIG_TOML.replace("{prefix}", prefix)
     for sub in ("erp", "wms"):
@@ -73,15 +94,7 @@ def test_dashboard_shows_deliveries_and_dead_letters_and_replays(
                 )
                 assert r.status_code == 200
             sink.wait_for_sync(lambda: len(sink.at("/wms")) >= 4, 10, "dead letter")
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1500, "height": 1100})
-                console: list[str] = []
-                page.on("console", lambda message: console.append(message.text))
-                page.goto(gateway.url + "/ops")
-                page.fill("#token", "admin-token")
-                page.click("#login")
-                page.wait_for_selector("#subscriptions")
+            with signed_in_page(gateway.url) as page:
                 page.wait_for_function(
                     "document.querySelector('#dlq') && "
                     "document.querySelector('#dlq').innerText.includes('HTTP 500')",
@@ -101,8 +114,6 @@ def test_dashboard_shows_deliveries_and_dead_letters_and_replays(
                 page.click("#replay-wms")  # the subscriber answers 200 again by now
                 sink.wait_for_sync(lambda: len(sink.at("/wms")) >= 5, 10, "the replay")
                 page.wait_for_selector("p#dlq", timeout=10_000)  # "the queue is empty"
-                browser.close()
-            assert not [m for m in console if "Content Security Policy" in m], console
             replayed = sink.at("/wms")[-1]
             assert replayed.headers["webhook-id"] == sink.at("/wms")[1].headers["webhook-id"]
         finally:
@@ -123,19 +134,8 @@ def signed_in(
         env = {**os.environ, "REDIS_URL": redis_url, "ORDERHOOK_ADMIN_TOKEN": "admin-token"}
         gateway = Gateway(path, env, tmp_path / "gw.log").start()
         try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(java_script_enabled=javascript)
-                console: list[str] = []
-                page.on("console", lambda message: console.append(message.text))
-                page.goto(gateway.url + "/ops")
-                page.fill("#token", "admin-token")
-                page.click("#login")
-                page.wait_for_selector("#subscriptions")
-                page.wait_for_load_state()
+            with signed_in_page(gateway.url, javascript=javascript) as page:
                 yield page
-                browser.close()
-            assert not [m for m in console if "Content Security Policy" in m], console
         finally:
             gateway.stop()
 
@@ -220,15 +220,7 @@ def test_outage_shows_the_open_breaker_pages_dead_letters_and_retry_now_closes_i
                 assert r.status_code == 200
             sink.wait_for_sync(lambda: len(sink.at("/erp")) >= OUTAGE_EVENTS, 20, "erp")
             sink.wait_for_sync(lambda: len(sink.at("/wms")) >= OUTAGE_BREAKER, 20, "failures")
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1500, "height": 1000})
-                console: list[str] = []
-                page.on("console", lambda message: console.append(message.text))
-                page.goto(gateway.url + "/ops")
-                page.fill("#token", "admin-token")
-                page.click("#login")
-                page.wait_for_selector("#breaker-wms")
+            with signed_in_page(gateway.url, height=1000) as page:
                 breaker = page.inner_text("#breaker-wms")
                 assert breaker.startswith("open"), breaker
                 assert f"{OUTAGE_BREAKER} failures in a row" in breaker
@@ -258,8 +250,6 @@ def test_outage_shows_the_open_breaker_pages_dead_letters_and_retry_now_closes_i
                     10,
                     "the waiting deliveries, sent at once",
                 )
-                browser.close()
-            assert not [m for m in console if "Content Security Policy" in m], console
             assert all(r.status == 200 for r in sink.at("/wms")[sent_before:])
         finally:
             gateway.stop()
