@@ -12,7 +12,10 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+import redis
 
+from app.store.client import open_store
+from app.store.deliveries import DeliveryStore
 from app.store.keys import Keys
 from tests.conftest import AUTH, CONFIG_TOML, notification
 from tests.conftest import Gateway as LiveGateway
@@ -151,6 +154,29 @@ async def test_retry_now_keeps_each_orders_later_events_behind_its_first(
     assert first.json()["madeDue"] == 2 and second.json()["madeDue"] == 2
     assert failed_states == {STATES[0]}  # the later events stayed held
     assert received_per_order(sink, "/po") == {"v1-01": STATES[:3], "v2-01": STATES[:2]}
+
+
+async def test_retry_now_makes_a_queue_larger_than_one_run_due_and_no_more(
+    redis_url: str, keys: Keys, rdb: redis.Redis
+) -> None:
+    """2,500 retries waiting behind an open breaker (three runs of the script), 10 already due
+    and 3 in flight: all 2,500 made due now, nothing else moved."""
+    later = time.time() * 1000 + 600_000
+    rdb.zadd(keys.ready("s"), {f"d{n}": later + n for n in range(2500)})
+    rdb.zadd(keys.ready("s"), {f"due{n}": 1000 + n for n in range(10)})
+    rdb.zadd(keys.inflight("s"), {f"f{n}": later for n in range(3)})
+    state = {"state": "enabled", "breaker": "open", "failures": 40, "opens": 3}
+    rdb.hset(keys.state("s"), mapping={**state, "openUntil": int(later), "failingSinceMs": 1})
+    async with open_store(redis_url, keys, 2.0, 3600) as store:
+        before = time.time() * 1000
+        done = await DeliveryStore(store).retry_now("s")
+    ready = dict(rdb.zrange(keys.ready("s"), 0, -1, withscores=True))
+    assert (done.breaker_was, done.made_due, done.state) == ("open", 2500, "enabled")
+    assert all(before <= ready[f"d{n}".encode()] <= time.time() * 1000 for n in range(2500))
+    assert [ready[f"due{n}".encode()] for n in range(10)] == [1000 + n for n in range(10)]
+    assert rdb.zcard(keys.inflight("s")) == 3
+    after = {k.decode(): v.decode() for k, v in rdb.hgetall(keys.state("s")).items()}
+    assert after == {"state": "enabled", "breaker": "closed", "failures": "0", "opens": "0"}
 
 
 def orderhook_state(body: bytes) -> str:
