@@ -219,7 +219,9 @@ async def test_dashboard_pages_through_every_dead_letter_with_when_it_died(
     assert 'id="dlq-older" href="/ops?page=2"' in pages[0] and "dlq-newer" not in pages[0]
     assert "<b>60</b> dead letters — 51 to 60, page 2 of 2" in pages[1]
     assert 'id="dlq-newer" href="/ops"' in pages[1] and "dlq-older" not in pages[1]
-    died = re.compile(r"<td>(now|\d+ s ago)<br><small>20\d\d-\d\d-\d\d [\d:]{8} UTC</small></td>")
+    died = re.compile(
+        r"<td>(now|[\d.]+ (s|min) ago)<br><small>20\d\d-\d\d-\d\d [\d:]{8} UTC</small></td>"
+    )
     assert len(died.findall(pages[0])) == 50  # each row: how long ago and when (UTC)
     assert "page 3 of 2 is past the end" in past and 'href="/ops?page=2"' in past
     assert "<b>60</b> dead letters" in ops_page and "/ops/dlq/" not in ops_page  # read-only
