@@ -168,7 +168,7 @@ async def test_retry_now_makes_a_queue_larger_than_one_run_due_and_no_more(
     state = {"state": "enabled", "breaker": "open", "failures": 40, "opens": 3}
     rdb.hset(keys.state("s"), mapping={**state, "openUntil": int(later), "failingSinceMs": 1})
     async with open_store(redis_url, keys, 2.0, 3600) as store:
-        before = time.time() * 1000
+        before = int(time.time() * 1000)  # as now_ms: whole milliseconds
         done = await DeliveryStore(store).retry_now("s")
     ready = dict(rdb.zrange(keys.ready("s"), 0, -1, withscores=True))
     assert (done.breaker_was, done.made_due, done.state) == ("open", 2500, "enabled")
