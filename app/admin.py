@@ -45,23 +45,32 @@ class Admin:
             rows.append({"id": sub.id, "url": shown_url(sub.url, "admin"), **counts})
         return json_response({"subscriptions": rows})
 
+    async def retry_now(self, request: Request) -> Response:
+        """Close the breaker and make the subscription's waiting deliveries due now."""
+        deliveries = self._deliveries(request)
+        sub = self._known(request.path_params["id"])
+        done = await deliveries.retry_now(sub)
+        return json_response(
+            {
+                "subscription": sub,
+                "breaker": "closed",
+                "breakerWas": done.breaker_was,
+                "madeDue": done.made_due,
+                "state": done.state,  # a disabled one stays so: a replay enables it
+            }
+        )
+
     async def dlq(self, request: Request) -> Response:
         deliveries = self._deliveries(request)
         offset = int_param(request.query_params, "offset", 0, 0, MAX_OFFSET)
         limit = int_param(request.query_params, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         wanted = request.query_params.get("subscription")
         subs = [self._known(wanted)] if wanted is not None else self.ids
-        items: list[dict[str, Any]] = []
-        total = 0
-        for sub in subs:
-            page, size = await deliveries.dead_letters(sub, 0, offset + limit)
-            items += page
-            total += size
-        items.sort(key=lambda item: item["deadAt"] or 0, reverse=True)
+        items, total = await deliveries.dead_letters(subs, offset, limit)
         more = offset + limit < total
         return json_response(
             {
-                "items": items[offset : offset + limit],
+                "items": items,
                 "total": total,
                 "next": offset + limit if more else None,
             }
@@ -118,6 +127,7 @@ class Admin:
             Route("/admin/events", self.events, methods=["GET"]),
             Route("/admin/events/{id}", self.event, methods=["GET"]),
             Route("/admin/subscriptions", self.subscriptions, methods=["GET"]),
+            Route("/admin/subscriptions/{id}/retry-now", self.retry_now, methods=["POST"]),
             Route("/admin/dlq", self.dlq, methods=["GET"]),
             Route("/admin/dlq/replay", self.replay, methods=["POST"]),
             Route("/admin/dlq/{id}", self.delete, methods=["DELETE"]),

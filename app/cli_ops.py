@@ -1,4 +1,5 @@
-"""`orderhook status | dlq list | dlq replay | events show`: the admin API from a terminal.
+"""`orderhook status | subscriptions retry-now | dlq list | dlq replay | dlq delete | events show`:
+the admin API from a terminal.
 
 Every failure is one line on stderr and exit status 1: the gateway down, a refused token, an
 unknown id.
@@ -12,10 +13,12 @@ import sys
 import time
 from collections.abc import Iterator
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import httpx
 
 from app.durations import human_duration, human_ms, with_age
+from app.ops.when import moment
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT = httpx.Timeout(10.0)
@@ -30,17 +33,28 @@ class CliError(Exception):
 def add_commands(commands: Any) -> None:
     status = commands.add_parser("status", help="the running gateway's health, as a table")
     _common(status)
+    subs = commands.add_parser("subscriptions", help="act on a subscription")
+    subs_commands = subs.add_subparsers(dest="subscriptions_command", required=True)
+    retry_now = subs_commands.add_parser(
+        "retry-now", help="close its circuit breaker and make its waiting deliveries due now"
+    )
+    retry_now.add_argument("id")
+    _common(retry_now)
     dlq = commands.add_parser("dlq", help="the dead-letter queues")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
     listing = dlq_commands.add_parser("list", help="dead letters, newest first")
     listing.add_argument("--subscription")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=int, default=50, help="a page's size (at most 500)")
+    listing.add_argument("--page", type=int, default=1, help="which page, from 1 (newest)")
     _common(listing)
     replay = dlq_commands.add_parser("replay", help="requeue dead letters with a fresh schedule")
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--subscription")
     which.add_argument("--id", dest="ids", action="append", help="a dead-letter id (repeatable)")
     _common(replay)
+    delete = dlq_commands.add_parser("delete", help="drop one dead letter")
+    delete.add_argument("id")
+    _common(delete)
     events = commands.add_parser("events", help="the delivery log")
     events_commands = events.add_subparsers(dest="events_command", required=True)
     show = events_commands.add_parser("show", help="an event and its attempts")
@@ -61,8 +75,15 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         with Api(args.url, os.environ.get("ORDERHOOK_ADMIN_TOKEN", "")) as api:
             if args.command == "status":
                 print_status(api.get("/ops/stats"), out)
+            elif args.command == "subscriptions":
+                print_retry_now(
+                    api.post(f"/admin/subscriptions/{_segment(args.id)}/retry-now"), out
+                )
             elif args.command == "dlq" and args.dlq_command == "list":
-                print_dead_letters(api, args.subscription, args.limit, out)
+                print_dead_letters(api, args.subscription, args.limit, args.page, out)
+            elif args.command == "dlq" and args.dlq_command == "delete":
+                deleted = api.delete(f"/admin/dlq/{_segment(args.id)}")["deleted"]
+                print(f"deleted {deleted}", file=out)
             elif args.command == "dlq":
                 replay(api, args.subscription, args.ids, out)
             else:
@@ -91,8 +112,11 @@ class Api:
     def get(self, path: str, **params: Any) -> Any:
         return self._call("GET", path, params={k: v for k, v in params.items() if v is not None})
 
-    def post(self, path: str, body: dict[str, Any]) -> Any:
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self._call("POST", path, json=body)
+
+    def delete(self, path: str) -> Any:
+        return self._call("DELETE", path)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -106,6 +130,11 @@ class Api:
         if response.status_code >= 400:
             raise CliError(f"HTTP {response.status_code}: {_error(response)}")
         return response.json()
+
+
+def _segment(text: str) -> str:
+    """`text` as one path segment (an id with "/" or "?" in it stays one)."""
+    return quote(text, safe="")
 
 
 def _error(response: httpx.Response) -> str:
@@ -136,6 +165,9 @@ def print_status(stats: dict[str, Any], out: TextIO) -> None:
         [
             "subscription",
             "state",
+            "breaker",
+            "failures",
+            "next probe",
             "delivered",
             "retried",
             "queued",
@@ -148,10 +180,14 @@ def print_status(stats: dict[str, Any], out: TextIO) -> None:
     ]
     now = time.time()
     for s in stats["subscriptions"]:
+        probe = s["nextProbeAt"]
         rows.append(
             [
                 s["id"],
                 s["state"],
+                s["breaker"],
+                s["consecutiveFailures"],
+                None if probe is None else moment(probe, now),
                 s["delivered"],
                 s["retried"],
                 s["queued"],
@@ -173,15 +209,50 @@ def _all_dead(api: Api, subscription: str | None) -> Iterator[dict[str, Any]]:
         offset = page["next"]
 
 
-def print_dead_letters(api: Api, subscription: str | None, limit: int, out: TextIO) -> None:
-    page = api.get("/admin/dlq", subscription=subscription, limit=limit)
-    rows: list[list[Any]] = [["id", "subscription", "order", "attempts", "status", "error"]]
+def print_dead_letters(
+    api: Api, subscription: str | None, limit: int, page_number: int, out: TextIO
+) -> None:
+    if limit < 1 or page_number < 1:
+        raise CliError("--limit and --page must be 1 or more")
+    offset = (page_number - 1) * limit
+    page = api.get("/admin/dlq", subscription=subscription, offset=offset, limit=limit)
+    now = time.time()
+    rows: list[list[Any]] = [["id", "subscription", "order", "died", "attempts", "status", "error"]]
     rows += [
-        [i["id"], i["subscription"], i["orderId"], i["attempts"], i["lastStatus"], i["lastError"]]
+        [
+            i["id"],
+            i["subscription"],
+            i["orderId"],
+            None if i["deadAt"] is None else moment(i["deadAt"], now),
+            i["attempts"],
+            i["lastStatus"],
+            i["lastError"],
+        ]
         for i in page["items"]
     ]
-    table(rows, out)
-    print(f"{len(page['items'])} of {page['total']} dead letters", file=out)
+    if page["items"]:
+        table(rows, out)
+    pages = max(1, -(-page["total"] // limit))
+    first = offset + 1 if page["items"] else 0
+    print(
+        f"{first} to {offset + len(page['items'])} of {page['total']} dead letters "
+        f"(page {page_number} of {pages})",
+        file=out,
+    )
+
+
+def print_retry_now(done: dict[str, Any], out: TextIO) -> None:
+    print(
+        f"{done['subscription']}: breaker closed (was {done['breakerWas']}), "
+        f"{done['madeDue']} deliveries made due now",
+        file=out,
+    )
+    if done["state"] != "enabled":
+        print(
+            f"note: {done['subscription']} is {done['state']}: nothing is sent until it is "
+            f"enabled (orderhook dlq replay --subscription {done['subscription']})",
+            file=out,
+        )
 
 
 def replay(api: Api, subscription: str | None, ids: list[str] | None, out: TextIO) -> None:

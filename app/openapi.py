@@ -24,7 +24,7 @@ from app.events import (
     ORDER_ID_REFUSED_CHARS,
 )
 from app.http import json_response
-from app.ops.routes import MAX_FORM_FIELDS
+from app.ops.routes import MAX_DLQ_PAGE, MAX_FIELD_CHARS, MAX_FORM_FIELDS
 from app.vtex.feed import MAX_HANDLES, MAX_LOT
 
 Schema = dict[str, Any]
@@ -202,6 +202,12 @@ SCHEMAS: dict[str, Schema] = {
             "breaker": {"enum": ["closed", "open", "half-open"]},
             "consecutiveFailures": {"type": "integer", "minimum": 0},
             "breakerOpenUntil": {"type": ["number", "null"]},
+            "nextProbeAt": {
+                "type": ["number", "null"],
+                "description": "Unix time, seconds: when the breaker lets its next probe go "
+                "(open: its cooldown's end; half-open: the probe in flight's lease end); "
+                "null when closed",
+            },
             "queued": {"type": "integer", "minimum": 0},
             "inFlight": {"type": "integer", "minimum": 0},
             "deadLetters": {"type": "integer", "minimum": 0},
@@ -287,12 +293,15 @@ def param(name: str, where: str, schema: Schema, required: bool = False) -> Sche
     return {"name": name, "in": where, "required": required or where == "path", "schema": schema}
 
 
-def form(properties: dict[str, Schema], required: tuple[str, ...] = ()) -> Schema:
-    """A dashboard form: text fields, at most MAX_FORM_FIELDS of them (app.ops.routes._form)."""
+def form(
+    properties: dict[str, Schema], required: tuple[str, ...] = (), exact: bool = False
+) -> Schema:
+    """A dashboard form: text fields, at most MAX_FORM_FIELDS of them (app.ops.routes._form);
+    `exact`: the listed fields only (app.ops.routes._fields refuses any other)."""
     schema = {
         "type": "object",
         "properties": properties,
-        "additionalProperties": {"type": "string"},
+        "additionalProperties": False if exact else {"type": "string"},
         "maxProperties": MAX_FORM_FIELDS,
         "required": list(required),
     }
@@ -305,7 +314,7 @@ SEE_OTHER = {"description": "back to the dashboard", "headers": {"Location": {"s
 
 def paths() -> dict[str, Schema]:
     """Every endpoint; each but the hook may also answer as the guards do (app.ops.guards)."""
-    described = _endpoints()
+    described = _endpoints() | _operator_actions()
     for path, item in described.items():
         for method, op in item.items():
             if path != "/hooks/vtex":
@@ -314,6 +323,84 @@ def paths() -> dict[str, Schema]:
                     guarded["403"] = CROSS_ORIGIN
                 op["responses"] = guarded | op["responses"]
     return described
+
+
+SUBSCRIPTION_ID: Schema = {"type": "string", "pattern": "^[a-z0-9-]{1,64}$"}
+DLQ_PAGE: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_DLQ_PAGE}
+DLQ_PAGE_PARAM = param("page", "query", DLQ_PAGE | {"description": "the dead letters' page"})
+RETRY_NOW: Schema = {
+    "type": "object",
+    "required": ["subscription", "breaker", "breakerWas", "madeDue", "state"],
+    "additionalProperties": False,
+    "properties": {
+        "subscription": {"type": "string"},
+        "breaker": {"const": "closed"},
+        "breakerWas": {"enum": ["closed", "open", "half-open"]},
+        "madeDue": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "waiting deliveries made due now (held per-order ones stay held)",
+        },
+        "state": {
+            "enum": ["enabled", "disabled"],
+            "description": "a disabled subscription stays disabled: a replay enables it",
+        },
+    },
+}
+
+
+def _dashboard_form(summary: str, body: Schema, extra: dict[str, Schema]) -> Schema:
+    """A dashboard action for the admin role: a form, then back to the dashboard."""
+    return {
+        "post": operation(
+            summary,
+            {
+                "303": SEE_OTHER,
+                "400": error("a field missing, unknown, too long or out of range"),
+                "413": error("the form is too large"),
+                **BEARER_ERRORS,
+                **extra,
+            },
+            security="adminToken",
+            body=body,
+        )
+    }
+
+
+def _operator_actions() -> dict[str, Schema]:
+    """The breaker's Retry now and single dead letters, as API and dashboard actions."""
+    entry = {"type": "string", "minLength": 1, "maxLength": MAX_FIELD_CHARS}
+    dlq_form = form({"id": entry, "page": DLQ_PAGE}, ("id",), exact=True)
+    return {
+        "/admin/subscriptions/{id}/retry-now": {
+            "post": operation(
+                "Close the subscription's circuit breaker and make its waiting deliveries due now",
+                {
+                    "200": json_body(RETRY_NOW, "what it did"),
+                    "404": error("no such subscription"),
+                    "413": TOO_LARGE,
+                    **BEARER_ERRORS,
+                },
+                security="adminToken",
+                parameters=[param("id", "path", SUBSCRIPTION_ID)],
+            )
+        },
+        "/ops/retry-now": _dashboard_form(
+            "Retry now from the dashboard",
+            form({"subscription": {"type": "string", "minLength": 1}}, ("subscription",)),
+            {"404": error("no such subscription")},
+        ),
+        "/ops/dlq/replay": _dashboard_form(
+            "Replay one dead letter from the dashboard (one already gone: nothing to do)",
+            dlq_form,
+            {},
+        ),
+        "/ops/dlq/delete": _dashboard_form(
+            "Delete one dead letter from the dashboard (one already gone: nothing to do)",
+            dlq_form,
+            {},
+        ),
+    }
 
 
 def _endpoints() -> dict[str, Schema]:
@@ -546,10 +633,11 @@ def _endpoints() -> dict[str, Schema]:
                 {
                     "200": {"description": "the dashboard", **HTML},
                     "401": {"description": "the login form", **HTML},
+                    "400": error("`page` is not an integer in range"),
                     "403": error("no admin or ops token is configured"),
                     "503": UNAVAILABLE,
                 },
-                parameters=[param("orderId", "query", {"type": "string"})],
+                parameters=[param("orderId", "query", {"type": "string"}), DLQ_PAGE_PARAM],
             )
         },
         "/ops/login": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -44,6 +45,27 @@ def needs_chromium() -> None:
     pytest.skip(missing)
 
 
+@contextmanager
+def signed_in_page(url: str, height: int = 1100, javascript: bool = True) -> Iterator[Page]:
+    """The dashboard at `url` in headless Chromium, signed in as admin; afterwards, no
+    Content-Security-Policy complaint may have reached the console."""
+    console: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(
+            viewport={"width": 1500, "height": height}, java_script_enabled=javascript
+        )
+        page.on("console", lambda message: console.append(message.text))
+        page.goto(url + "/ops")
+        page.fill("#token", "admin-token")
+        page.click("#login")
+        page.wait_for_selector("#subscriptions")
+        page.wait_for_load_state()
+        yield page
+        browser.close()
+    assert not [m for m in console if "Content Security Policy" in m], console
+
+
 def config(tmp_path: Path, prefix: str, sink: Sink) -> Path:
     text = CONFIG_TOML.replace("{prefix}", prefix)
     for sub in ("erp", "wms"):
@@ -72,15 +94,7 @@ def test_dashboard_shows_deliveries_and_dead_letters_and_replays(
                 )
                 assert r.status_code == 200
             sink.wait_for_sync(lambda: len(sink.at("/wms")) >= 4, 10, "dead letter")
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1500, "height": 1100})
-                console: list[str] = []
-                page.on("console", lambda message: console.append(message.text))
-                page.goto(gateway.url + "/ops")
-                page.fill("#token", "admin-token")
-                page.click("#login")
-                page.wait_for_selector("#subscriptions")
+            with signed_in_page(gateway.url) as page:
                 page.wait_for_function(
                     "document.querySelector('#dlq') && "
                     "document.querySelector('#dlq').innerText.includes('HTTP 500')",
@@ -100,8 +114,6 @@ def test_dashboard_shows_deliveries_and_dead_letters_and_replays(
                 page.click("#replay-wms")  # the subscriber answers 200 again by now
                 sink.wait_for_sync(lambda: len(sink.at("/wms")) >= 5, 10, "the replay")
                 page.wait_for_selector("p#dlq", timeout=10_000)  # "the queue is empty"
-                browser.close()
-            assert not [m for m in console if "Content Security Policy" in m], console
             replayed = sink.at("/wms")[-1]
             assert replayed.headers["webhook-id"] == sink.at("/wms")[1].headers["webhook-id"]
         finally:
@@ -122,19 +134,8 @@ def signed_in(
         env = {**os.environ, "REDIS_URL": redis_url, "ORDERHOOK_ADMIN_TOKEN": "admin-token"}
         gateway = Gateway(path, env, tmp_path / "gw.log").start()
         try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(java_script_enabled=javascript)
-                console: list[str] = []
-                page.on("console", lambda message: console.append(message.text))
-                page.goto(gateway.url + "/ops")
-                page.fill("#token", "admin-token")
-                page.click("#login")
-                page.wait_for_selector("#subscriptions")
-                page.wait_for_load_state()
+            with signed_in_page(gateway.url, javascript=javascript) as page:
                 yield page
-                browser.close()
-            assert not [m for m in console if "Content Security Policy" in m], console
         finally:
             gateway.stop()
 
@@ -171,3 +172,84 @@ def test_without_script_the_dashboard_still_refreshes(
     with signed_in(redis_url, keys, tmp_path, javascript=False) as page:
         page.wait_for_event("load", timeout=REFRESH_S * 3000)  # the <noscript> meta refresh
         assert page.locator("#subscriptions").count() == 1
+
+
+OUTAGE_EVENTS = 70
+OUTAGE_BREAKER = 55  # failures in a row that open wms's breaker: by then 55 dead letters
+
+
+def outage_config(tmp_path: Path, prefix: str, sink: Sink) -> Path:
+    """erp healthy; wms dead-letters each failure at once and opens its breaker (cooling down
+    10 minutes) after OUTAGE_BREAKER failures in a row."""
+    text = CONFIG_TOML.replace("{prefix}", prefix)
+    text += (
+        f'\n[[subscriptions]]\nid = "erp"\nurl = "{sink.url("/erp")}"\nsecret = "{SECRET}"\n'
+        f'\n[[subscriptions]]\nid = "wms"\nurl = "{sink.url("/wms")}"\nsecret = "{SECRET}"\n'
+        f"retry_schedule = []\nbreaker_threshold = {OUTAGE_BREAKER}\nbreaker_cooldown = 600\n"
+    )
+    path = tmp_path / "outage.toml"
+    path.write_text(text)
+    return path
+
+
+def screenshots(tmp_path: Path) -> Path:
+    """Where the screenshots go: $ORDERHOOK_SCREENSHOTS (a directory), else the test's own."""
+    folder = Path(os.environ.get("ORDERHOOK_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_outage_shows_the_open_breaker_pages_dead_letters_and_retry_now_closes_it(
+    redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """A subscriber answering 500 until its breaker opens with over 50 dead letters: the
+    dashboard shows the breaker and its next probe, the dead letters' total and a second page;
+    Retry now closes the breaker and the waiting deliveries go."""
+    import httpx
+
+    shots = screenshots(tmp_path)
+    with Sink() as sink:
+        sink.rule("/wms", fail=lambda body: True)
+        env = {**os.environ, "REDIS_URL": redis_url, "ORDERHOOK_ADMIN_TOKEN": "admin-token"}
+        path = outage_config(tmp_path, keys.prefix, sink)
+        gateway = Gateway(path, env, tmp_path / "gw.log").start()
+        try:
+            for n in range(OUTAGE_EVENTS):
+                order = notification(OrderId=f"v{5000 + n}-01", State="invoiced")
+                r = httpx.post(gateway.url + "/hooks/vtex", json=order, headers=AUTH)
+                assert r.status_code == 200
+            sink.wait_for_sync(lambda: len(sink.at("/erp")) >= OUTAGE_EVENTS, 20, "erp")
+            sink.wait_for_sync(lambda: len(sink.at("/wms")) >= OUTAGE_BREAKER, 20, "failures")
+            with signed_in_page(gateway.url, height=1000) as page:
+                breaker = page.inner_text("#breaker-wms")
+                assert breaker.startswith("open"), breaker
+                assert f"{OUTAGE_BREAKER} failures in a row" in breaker
+                assert re.search(r"next probe 20[-\d]{8} [:\d]{8} UTC \(in \d+ min\)", breaker)
+                assert page.get_attribute("#sub-wms", "class") == "bad"
+                summary = page.inner_text("#dlq-summary")
+                total = int(summary.split()[0])
+                assert total > 50 and f"1 to 50, page 1 of {-(-total // 50)}" in summary
+                assert page.locator("#dlq tr").count() == 51  # the heading and 50 rows
+                page.screenshot(path=str(shots / "outage-breaker-open.png"))
+                page.click("#dlq-older")
+                page.wait_for_url("**/ops?page=2")
+                assert f"51 to {min(total, 100)}, page 2" in page.inner_text("#dlq-summary")
+                assert page.locator("#dlq tr").count() == min(total, 100) - 50 + 1
+                assert "UTC" in page.inner_text("#dlq tr:nth-child(2) td:first-child")
+                page.screenshot(path=str(shots / "dlq-paged.png"))
+                sent_before = len(sink.at("/wms"))
+                sink.rule("/wms")  # the subscriber is back
+                page.click("#retry-now-wms")
+                page.wait_for_function(
+                    "document.querySelector('#breaker-wms').innerText.startsWith('closed')",
+                    timeout=10_000,
+                )
+                assert page.locator("#retry-now-wms").count() == 0
+                sink.wait_for_sync(
+                    lambda: len(sink.at("/wms")) >= sent_before + OUTAGE_EVENTS - total,
+                    10,
+                    "the waiting deliveries, sent at once",
+                )
+            assert all(r.status == 200 for r in sink.at("/wms")[sent_before:])
+        finally:
+            gateway.stop()

@@ -18,6 +18,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import logs
+from app.ops.when import moment
 from app.redaction import origin
 from app.store.keys import Keys
 from tests.conftest import Gateway as LiveGateway
@@ -421,3 +422,17 @@ def test_cookie_is_secure_behind_flys_tls_proxy(redis_url: str, keys: Keys, tmp_
             assert login("x", "203.0.113.10").status_code == 401  # another client
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize(
+    ("at", "expected"),
+    [
+        (1_764_758_829.9, "2025-12-03 10:47:09 UTC (in 10 min)"),  # 599.9 s ahead
+        (1_764_758_230.5, "2025-12-03 10:37:10 UTC (now)"),
+        (1_764_758_200.0, "2025-12-03 10:36:40 UTC (30 s ago)"),
+        (1_764_758_230.0 - 7200, "2025-12-03 08:37:10 UTC (2 h ago)"),
+        (1_764_758_230.0 + 3 * 86400, "2025-12-06 10:37:10 UTC (in 3 d)"),
+    ],
+)
+def test_moments_read_as_utc_time_and_from_now(at: float, expected: str) -> None:
+    assert moment(at, now=1_764_758_230.0) == expected

@@ -16,12 +16,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
 from app.config import DEFAULT_DASHBOARD_REFRESH_S
 from app.durations import NONE, human_duration, human_ms, with_age
+from app.ops.when import moment, relative, utc
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
@@ -64,6 +66,20 @@ def _e(value: Any) -> str:
     return "" if value is None else escape(str(value))
 
 
+@dataclass(frozen=True)
+class DeadLetterPage:
+    """One page of the dead letters of every subscription, newest first."""
+
+    items: list[dict[str, Any]]
+    total: int
+    page: int  # from 1
+    size: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.size))
+
+
 RECENT_ERROR_S = 300
 BACKLOG_WARN_S = 60
 
@@ -78,9 +94,9 @@ def failing(sub: dict[str, Any], now: float) -> bool:
 
 
 def health_class(sub: dict[str, Any], now: float | None = None) -> str:
-    """red: disabled or dead letters waiting; amber: a backlog over a minute old, or failing
-    (`failing`); green: fine."""
-    if sub["state"] != "enabled" or sub["deadLetters"] > 0:
+    """red: disabled, its breaker not closed, or dead letters waiting; amber: a backlog over a
+    minute old, or failing (`failing`); green: fine."""
+    if sub["state"] != "enabled" or sub["breaker"] != "closed" or sub["deadLetters"] > 0:
         return "bad"
     now = time.time() if now is None else now
     if (sub["oldestUndeliveredAgeS"] or 0) > BACKLOG_WARN_S or failing(sub, now):
@@ -116,6 +132,24 @@ def chart(per_minute: list[tuple[int, int]], width: int = 600, height: int = 80)
     )
 
 
+def breaker_cell(sub: dict[str, Any], can_act: bool, now: float) -> str:
+    """The breaker, its failures in a row, when its next probe goes, and (admin) Retry now."""
+    breaker, failures, probe = sub["breaker"], sub["consecutiveFailures"], sub["nextProbeAt"]
+    lines = [f"<b>{_e(breaker)}</b>"]
+    if failures:
+        lines.append(f"{failures} failure{'' if failures == 1 else 's'} in a row")
+    if probe is not None:
+        what = "probe in flight, next one" if breaker == "half-open" else "next probe"
+        lines.append(f'<span class="probe">{what} {moment(probe, now)}</span>')
+    if can_act and (breaker != "closed" or failures):
+        lines.append(
+            f'<form class="inline" method="post" action="/ops/retry-now">'
+            f'<input type="hidden" name="subscription" value="{_e(sub["id"])}">'
+            f'<button type="submit" id="retry-now-{_e(sub["id"])}">Retry now</button></form>'
+        )
+    return f'<td id="breaker-{_e(sub["id"])}">{"<br>".join(lines)}</td>'
+
+
 def subscriptions_table(subs: list[dict[str, Any]], can_replay: bool) -> str:
     rows, now = [], time.time()
     for sub in subs:
@@ -131,6 +165,7 @@ def subscriptions_table(subs: list[dict[str, Any]], can_replay: bool) -> str:
             f'<tr class="{health_class(sub)}" id="sub-{_e(sub["id"])}">'
             f"<td><b>{_e(sub['id'])}</b><br><code>{_e(sub['url'])}</code></td>"
             f"<td>{_e(sub['state'])}{'<br>' + _e(sub['reason']) if sub['reason'] else ''}</td>"
+            f"{breaker_cell(sub, can_replay, now)}"
             f'<td class="num">{sub["delivered"]}{_aside(sub["stale"], "stale")}</td>'
             f'<td class="num">{sub["retried"]}</td>'
             f'<td class="num">{sub["queued"]}{_aside(sub["held"], "held for their order")}</td>'
@@ -142,27 +177,67 @@ def subscriptions_table(subs: list[dict[str, Any]], can_replay: bool) -> str:
             f"<td>{replay}</td></tr>"
         )
     head = (
-        "<tr><th>subscription</th><th>state</th><th>delivered</th><th>retried</th>"
+        "<tr><th>subscription</th><th>state</th><th>breaker</th><th>delivered</th><th>retried</th>"
         "<th>queued</th><th>in flight</th><th>dead letters</th><th>oldest waiting</th>"
         "<th>latency p50 / p95 / p99 (5 min)</th><th>last error</th><th></th></tr>"
     )
     return f'<table id="subscriptions">{head}{"".join(rows)}</table>'
 
 
-def dead_letters_table(items: list[dict[str, Any]]) -> str:
-    if not items:
+def dead_letters_table(dead: DeadLetterPage, can_act: bool) -> str:
+    """A page of dead letters: when each died, with Replay and Delete each (admin), and the
+    total with links to the other pages."""
+    if not dead.total:
         return '<p class="muted" id="dlq">The dead-letter queue is empty.</p>'
+    now = time.time()
     rows = "".join(
-        f"<tr><td>{_e(i['subscription'])}</td><td>{_e(i['orderId'])}</td>"
-        f"<td><code>{_e(i['eventId'])}</code></td><td class='num'>{i['attempts']}</td>"
-        f"<td>{_e(i['lastStatus'])}</td><td>{_e(i['lastError'])}</td></tr>"
-        for i in items
+        f"<tr><td>{_died(i['deadAt'], now)}</td><td>{_e(i['subscription'])}</td>"
+        f"<td>{_e(i['orderId'])}</td><td><code>{_e(i['eventId'])}</code></td>"
+        f"<td class='num'>{i['attempts']}</td><td>{_e(i['lastStatus'])}</td>"
+        f"<td>{_e(i['lastError'])}</td><td>{_actions(i['id'], dead.page) if can_act else ''}</td>"
+        "</tr>"
+        for i in dead.items
     )
     head = (
-        "<tr><th>subscription</th><th>order</th><th>event</th><th>attempts</th>"
-        "<th>last status</th><th>last error</th></tr>"
+        "<tr><th>died</th><th>subscription</th><th>order</th><th>event</th><th>attempts</th>"
+        "<th>last status</th><th>last error</th><th></th></tr>"
     )
-    return f'<table id="dlq">{head}{rows}</table>'
+    return f'{_pager(dead)}<table id="dlq">{head}{rows}</table>'
+
+
+def _died(at: float | None, now: float) -> str:
+    return NONE if at is None else f"{relative(at, now)}<br><small>{utc(at)}</small>"
+
+
+def _actions(entry_id: str, page_number: int) -> str:
+    fields = (
+        f'<input type="hidden" name="id" value="{_e(entry_id)}">'
+        f'<input type="hidden" name="page" value="{page_number}">'
+    )
+    return "".join(
+        f'<form class="inline" method="post" action="/ops/dlq/{action}">{fields}'
+        f'<button type="submit" id="dlq-{action}-{_e(entry_id)}">{label}</button></form> '
+        for action, label in (("replay", "Replay"), ("delete", "Delete"))
+    )
+
+
+def _pager(dead: DeadLetterPage) -> str:
+    """ "110 dead letters — 51 to 100, page 2 of 3", with links to the newer and older pages."""
+    first = (dead.page - 1) * dead.size + 1
+    shown = (
+        f"{first} to {first + len(dead.items) - 1}, page {dead.page} of {dead.pages}"
+        if dead.items
+        else f"page {dead.page} of {dead.pages} is past the end"
+    )
+    links = [
+        f'<a id="dlq-{rel}" href="/ops{"" if n == 1 else f"?page={n}"}">{label}</a>'
+        for rel, n, label in (
+            ("newer", min(dead.page - 1, dead.pages), "← newer"),
+            ("older", dead.page + 1, "older →"),
+        )
+        if 1 <= n <= dead.pages and n != dead.page
+    ]
+    return f'<p id="dlq-summary"><b>{dead.total}</b> dead letters — {shown} {" ".join(links)}</p>'
 
 
 def _aside(count: int, what: str) -> str:
@@ -208,7 +283,7 @@ def search_section(order_id: str | None, found: list[dict[str, Any]]) -> str:
 
 def page(
     stats: dict[str, Any],
-    dead_letters: list[dict[str, Any]],
+    dead_letters: DeadLetterPage,
     attempts: list[dict[str, Any]],
     role: str,
     order_id: str | None = None,
@@ -227,7 +302,7 @@ def page(
 <span>duplicates <b>{ingest["duplicates"]}</b></span><span>rejected <b>{rejected}</b></span></div>
 <h2>Ingest, last hour</h2>{chart(stats["ingestPerMinute"])}
 <h2>Subscriptions</h2>{subscriptions_table(stats["subscriptions"], role == "admin")}
-<h2>Dead letters</h2>{dead_letters_table(dead_letters)}
+<h2>Dead letters</h2>{dead_letters_table(dead_letters, role == "admin")}
 <h2>Find an order</h2>{search_section(order_id, found or [])}
 <h2>Last {len(attempts)} delivery attempts</h2>{attempts_table(attempts)}
 </body></html>"""

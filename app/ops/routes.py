@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -24,11 +23,14 @@ from app.ops.access import (
     role_of,
 )
 from app.ops.sessions import Sessions
+from app.params import int_param, parse_int
 from app.store.deliveries import DeliveryStore, OpsQueries
 
 MAX_FORM_BYTES = 4096
 MAX_FORM_FIELDS = 10
+MAX_FIELD_CHARS = 200  # a dead letter's id: an event id (36) "." a subscription id (64)
 DASHBOARD_ROWS = 50
+MAX_DLQ_PAGE = 100_000  # 5 million dead letters, 50 a page
 
 
 class Ops:
@@ -71,16 +73,16 @@ class Ops:
         deliveries = self._deliveries(request)
         queries = OpsQueries(deliveries)
         snapshot = await stats.collect(self.settings, deliveries)
-        dead: list[dict[str, Any]] = []
-        for sub in self.settings.subscriptions:
-            dead += (await deliveries.dead_letters(sub.id, 0, DASHBOARD_ROWS))[0]
-        dead.sort(key=lambda d: d["deadAt"] or 0, reverse=True)
+        dlq_page = int_param(request.query_params, "page", 1, 1, MAX_DLQ_PAGE)
+        subs = [s.id for s in self.settings.subscriptions]
+        offset = (dlq_page - 1) * DASHBOARD_ROWS
+        dead, total = await deliveries.dead_letters(subs, offset, DASHBOARD_ROWS)
         order_id = request.query_params.get("orderId") or None
         history = await queries.order_history(order_id) if order_id else []
         found = [{"event": event, "attempts": attempts} for event, attempts in history]
         html = dashboard.page(
             snapshot,
-            dead[:DASHBOARD_ROWS],
+            dashboard.DeadLetterPage(dead, total, dlq_page, DASHBOARD_ROWS),
             await queries.recent_attempts(DASHBOARD_ROWS),
             role,
             order_id,
@@ -114,15 +116,43 @@ class Ops:
             await self._sessions(request).close(session_id)
         return _signed_out(request, RedirectResponse("/ops", 303))
 
-    async def replay(self, request: Request) -> Response:
+    async def _subscription_of(self, request: Request) -> str:
+        """The `subscription` of an admin's form: 400 without one, 404 for one not configured."""
         allowed(await self._role(request), self.settings, "admin")
         sub = (await _form(request)).get("subscription")
         if not sub:
             raise BadRequest("the form has no `subscription` field")
         if sub not in {s.id for s in self.settings.subscriptions}:
             raise NotFound(f"no subscription {sub[:100]!a}")
+        return sub
+
+    async def replay(self, request: Request) -> Response:
+        sub = await self._subscription_of(request)
         await self._deliveries(request).replay_subscription(sub)
         return RedirectResponse("/ops", 303)
+
+    async def retry_now(self, request: Request) -> Response:
+        """The dashboard's Retry now: close the breaker, make the queue due (Admin.retry_now)."""
+        sub = await self._subscription_of(request)
+        await self._deliveries(request).retry_now(sub)
+        return RedirectResponse("/ops", 303)
+
+    async def dead_letter_replay(self, request: Request) -> Response:
+        """Replay one dead letter; one already gone (replayed or deleted meanwhile) is no error:
+        back to the same page of the dashboard, which shows it gone."""
+        allowed(await self._role(request), self.settings, "admin")
+        fields = await _fields(request, "id", "page")
+        back = _back_to(fields)
+        await self._deliveries(request).replay([fields["id"]])
+        return back
+
+    async def dead_letter_delete(self, request: Request) -> Response:
+        """Delete one dead letter; as replay, one already gone is no error."""
+        allowed(await self._role(request), self.settings, "admin")
+        fields = await _fields(request, "id", "page")
+        back = _back_to(fields)
+        await self._deliveries(request).delete_dead(fields["id"])
+        return back
 
     def routes(self) -> list[Route]:
         return [
@@ -130,9 +160,18 @@ class Ops:
             Route("/ops/login", self.login, methods=["POST"]),
             Route("/ops/logout", self.logout, methods=["POST"]),
             Route("/ops/replay", self.replay, methods=["POST"]),
+            Route("/ops/retry-now", self.retry_now, methods=["POST"]),
+            Route("/ops/dlq/replay", self.dead_letter_replay, methods=["POST"]),
+            Route("/ops/dlq/delete", self.dead_letter_delete, methods=["POST"]),
             Route("/ops/stats", self.stats, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
         ]
+
+
+def _back_to(fields: dict[str, str]) -> Response:
+    """To the dashboard's page of dead letters the form was on."""
+    page = parse_int(fields["page"], "page", 1, MAX_DLQ_PAGE) if "page" in fields else 1
+    return RedirectResponse("/ops" if page == 1 else f"/ops?page={page}", 303)
 
 
 def _signed_out(request: Request, response: Response) -> Response:
@@ -156,3 +195,18 @@ async def _form(request: Request) -> dict[str, str]:
     except ValueError:  # more fields than that
         raise BadRequest(f"form has more than {MAX_FORM_FIELDS} fields") from None
     return dict(pairs)
+
+
+async def _fields(request: Request, required: str, *optional: str) -> dict[str, str]:
+    """A dashboard form of the field `required` (not empty) and perhaps the `optional` ones,
+    each at most MAX_FIELD_CHARS; any other field is refused."""
+    fields = await _form(request)
+    unknown = sorted(set(fields) - {required, *optional})
+    if unknown:
+        raise BadRequest(f"unknown form field {unknown[0]!r}")
+    if not fields.get(required):
+        raise BadRequest(f"the form needs `{required}`")
+    for name, value in fields.items():
+        if len(value) > MAX_FIELD_CHARS:
+            raise BadRequest(f"form field `{name}` is over {MAX_FIELD_CHARS} characters")
+    return fields

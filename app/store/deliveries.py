@@ -22,6 +22,7 @@ from app.store.keys import Keys
 from app.store.latency import bucket_field
 
 REPLAY_CHUNK = 500
+RETRY_NOW_CHUNK = 1000  # deliveries made due per script run (each run blocks Redis briefly)
 DEFAULT_LOG_RETENTION_S = 7 * 24 * 3600
 # The stats counter `<subscription>:single_fire_suppressed`: matches of an order that had fired
 # already for a single-fire subscription (route.lua counts them; no delivery is made).
@@ -52,6 +53,17 @@ class Settlement:
     event_id: str = ""
     record: bytes = b"{}"  # the attempt, for the delivery log
     latency_ms: int = 0  # from receipt at ingest to delivered
+
+
+@dataclass(frozen=True)
+class RetryNow:
+    """What "retry now" did: the breaker it closed, as it was (closed | open | half-open), how
+    many waiting deliveries it made due, and the subscription's state (a disabled one stays
+    disabled)."""
+
+    breaker_was: str
+    made_due: int
+    state: str
 
 
 @dataclass
@@ -115,6 +127,7 @@ class DeliveryStore:
         self._replay = register(rules + load_script("replay.lua"))
         self._set_state = register(rules + load_script("set_state.lua"))
         self._dlq_delete = register(load_script("dlq_delete.lua"))
+        self._retry_now = register(rules + load_script("retry_now.lua"))
         self._feed_take = register(load_script("feed_take.lua"))
         self._feed_commit = register(load_script("feed_commit.lua"))
 
@@ -287,24 +300,43 @@ class DeliveryStore:
         args = [self.keys.tag, delivery_id]
         return bool(await self.store.script(self._dlq_delete, [], args))
 
-    async def dead_letters(
-        self, sub: str, offset: int, limit: int
-    ) -> tuple[list[dict[str, Any]], int]:
-        """A page of the dead-letter queue, newest first, and its total size."""
-        key = self.keys.dlq(sub)
+    async def retry_now(self, sub: str) -> RetryNow:
+        """Close the breaker and make every waiting delivery due now (retry_now.lua); held
+        per-order deliveries stay behind their order's released one."""
+        keys = [self.keys.state(sub), self.keys.ready(sub)]
+        runs: list[Any] = []
+        while not runs or runs[-1][1] == RETRY_NOW_CHUNK:
+            args = [now_ms(), RETRY_NOW_CHUNK]
+            runs.append(await self.store.script(self._retry_now, keys, args))
+        made_due = sum(int(count) for _, count, _ in runs)
+        return RetryNow(_text(runs[0][0]), made_due, _text(runs[-1][2]))
 
-        async def read() -> tuple[list[Any], int]:
+    async def dead_letters(
+        self, subs: Sequence[str], offset: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """A page of the dead-letter queues of `subs` together, newest first (by when they
+        died), and their total size. Only the page's deliveries are read."""
+        start = offset if len(subs) == 1 else 0  # one queue: Redis pages it; more: merged here
+
+        async def ranked() -> list[Any]:
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.zrevrange(key, offset, offset + limit - 1)
-                pipe.zcard(key)
-                ids, total = await pipe.execute()
+                for sub in subs:
+                    pipe.zrevrange(self.keys.dlq(sub), start, offset + limit - 1, withscores=True)
+                    pipe.zcard(self.keys.dlq(sub))
+                return list(await pipe.execute())
+
+        replies = await self.store.guard(ranked)
+        merged = sorted((pair for reply in replies[::2] for pair in reply), key=lambda p: -p[1])
+        ids = [_text(member) for member, _ in merged[offset - start : offset - start + limit]]
+
+        async def read() -> list[Any]:
             async with self.client.pipeline(transaction=False) as pipe:
                 for delivery_id in ids:
-                    pipe.hgetall(self.keys.delivery(_text(delivery_id)))
-                return await pipe.execute(), int(total)
+                    pipe.hgetall(self.keys.delivery(delivery_id))
+                return list(await pipe.execute())
 
-        rows, total = await self.store.guard(read)
-        return [_delivery_view(row) for row in rows if row], total
+        rows = await self.store.guard(read)
+        return [_delivery_view(row) for row in rows if row], sum(int(n) for n in replies[1::2])
 
     async def subscription_counts(self, sub: str) -> dict[str, Any]:
         async def read() -> list[Any]:
@@ -323,13 +355,25 @@ class DeliveryStore:
             "reason": state.get("reason") or None,
             "breaker": state.get("breaker", "closed"),
             "consecutiveFailures": int(state.get("failures", 0)),
-            "breakerOpenUntil": int(state["openUntil"]) / 1000 if "openUntil" in state else None,
+            "breakerOpenUntil": _seconds(state.get("openUntil")),
+            "nextProbeAt": _next_probe(state),
             "queued": int(queued),
             "inFlight": int(in_flight),
             "deadLetters": int(dead),
             # per-order: waiting their order's turn (or its reorder window)
             "held": max(0, int(undelivered) - int(queued) - int(in_flight)),
         }
+
+
+def _seconds(ms: str | None) -> float | None:
+    return int(ms) / 1000 if ms else None
+
+
+def _next_probe(state: dict[str, str]) -> float | None:
+    """When the breaker lets its next probe go (Unix s): an open one at the end of its cooldown,
+    a half-open one (a probe in flight) when that probe's lease ends; None when closed."""
+    field = {"open": "openUntil", "half-open": "probeUntil"}.get(state.get("breaker", ""))
+    return _seconds(state.get(field)) if field else None
 
 
 def _delivery_view(row: dict[bytes, bytes]) -> dict[str, Any]:
@@ -343,7 +387,7 @@ def _delivery_view(row: dict[bytes, bytes]) -> dict[str, Any]:
         "attempts": int(fields.get("attempts", 0)),
         "lastStatus": int(status) if status else None,
         "lastError": fields.get("lastError") or None,
-        "deadAt": int(fields["deadMs"]) / 1000 if fields.get("deadMs") else None,
+        "deadAt": _seconds(fields.get("deadMs")),
         "overtakenBy": fields["overtakenBy"].split(",") if fields.get("overtakenBy") else [],
     }
 
