@@ -34,6 +34,9 @@ def sub(**changes: Any) -> dict[str, Any]:
         "lastError": None,
         "lastErrorAt": None,
         "lastDeliveredAt": None,
+        "breaker": "closed",
+        "consecutiveFailures": 0,
+        "nextProbeAt": None,
     }
     return {**base, **changes}
 
@@ -84,7 +87,8 @@ def page(order_id: str | None = None) -> str:
         "subscriptions": [sub()],
     }
     found = [] if order_id else None
-    return dashboard.page(stats, [], [], "ops", order_id, found, refresh_s=2.5)
+    no_dead = dashboard.DeadLetterPage([], 0, 1, 50)
+    return dashboard.page(stats, no_dead, [], "ops", order_id, found, refresh_s=2.5)
 
 
 def test_the_refresh_script_is_the_one_the_policy_allows_by_its_hash() -> None:

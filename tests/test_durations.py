@@ -55,6 +55,9 @@ def test_status_shows_human_units_and_the_last_errors_age() -> None:
         "latency": {"count": 4, "p50Ms": 30, "p95Ms": 900, "p99Ms": 888_346},
         "lastError": "HTTP 500",
         "lastErrorAt": 0.0,  # long ago
+        "breaker": "closed",
+        "consecutiveFailures": 0,
+        "nextProbeAt": None,
     }
     empty = {**sub, "id": "erp", "latency": {"count": 0, "p99Ms": None}, "lastError": None}
     ingest = {"received": 4, "accepted": 4, "duplicates": 0, "rejected": {}}

@@ -360,7 +360,7 @@ async def test_a_single_fire_value_route_lua_cannot_use_is_dead_lettered_and_the
         bad = Planned(f"{event['id']}.bad", "bad", single_fire_s=-1)
         good = Planned(f"{event['id']}.good", "good", single_fire_s=60)
         await deliveries.route([Routed(entry_id, event, raw, [bad, good])])
-        dead, total = await deliveries.dead_letters("bad", 0, 10)
+        dead, total = await deliveries.dead_letters(["bad"], 0, 10)
     assert total == 1 and "not routed" in dead[0]["lastError"]
     assert "expire" in dead[0]["lastError"].lower()
     client = redis.Redis.from_url(redis_url)
