@@ -15,7 +15,7 @@ from app.http import json_response
 from app.ops.access import require
 from app.params import int_param
 from app.redaction import shown_url
-from app.store.deliveries import DeliveryStore, OpsQueries
+from app.runtime import Runtime
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -27,10 +27,10 @@ class Admin:
         self.settings = settings
         self.ids = [s.id for s in settings.subscriptions]
 
-    def _deliveries(self, request: Request) -> DeliveryStore:
+    def _runtime(self, request: Request) -> Runtime:
         require(request, self.settings, "admin")
-        deliveries: DeliveryStore = request.app.state.relay.deliveries
-        return deliveries
+        runtime: Runtime = request.app.state.runtime
+        return runtime
 
     def _known(self, sub_id: Any) -> str:
         if sub_id not in self.ids:
@@ -38,16 +38,16 @@ class Admin:
         return str(sub_id)
 
     async def subscriptions(self, request: Request) -> Response:
-        deliveries = self._deliveries(request)
+        queries = self._runtime(request).queries
         rows = []
         for sub in self.settings.subscriptions:
-            counts = await deliveries.subscription_counts(sub.id)
+            counts = await queries.subscription_counts(sub.id)
             rows.append({"id": sub.id, "url": shown_url(sub.url, "admin"), **counts})
         return json_response({"subscriptions": rows})
 
     async def retry_now(self, request: Request) -> Response:
         """Close the breaker and make the subscription's waiting deliveries due now."""
-        deliveries = self._deliveries(request)
+        deliveries = self._runtime(request).deliveries
         sub = self._known(request.path_params["id"])
         done = await deliveries.retry_now(sub)
         return json_response(
@@ -61,12 +61,12 @@ class Admin:
         )
 
     async def dlq(self, request: Request) -> Response:
-        deliveries = self._deliveries(request)
+        queries = self._runtime(request).queries
         offset = int_param(request.query_params, "offset", 0, 0, MAX_OFFSET)
         limit = int_param(request.query_params, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         wanted = request.query_params.get("subscription")
         subs = [self._known(wanted)] if wanted is not None else self.ids
-        items, total = await deliveries.dead_letters(subs, offset, limit)
+        items, total = await queries.dead_letters(subs, offset, limit)
         more = offset + limit < total
         return json_response(
             {
@@ -77,7 +77,7 @@ class Admin:
         )
 
     async def replay(self, request: Request) -> Response:
-        deliveries = self._deliveries(request)
+        deliveries = self._runtime(request).deliveries
         body = await _json_object(request)
         unknown = sorted(set(body) - {"subscription", "ids"})
         if unknown:
@@ -94,14 +94,14 @@ class Admin:
         return json_response({"replayed": replayed})
 
     async def delete(self, request: Request) -> Response:
-        deliveries = self._deliveries(request)
+        deliveries = self._runtime(request).deliveries
         entry_id = request.path_params["id"]
         if not await deliveries.delete_dead(entry_id):
             raise NotFound(f"no dead-letter entry {entry_id!r}")
         return json_response({"deleted": entry_id})
 
     async def event(self, request: Request) -> Response:
-        queries = OpsQueries(self._deliveries(request))
+        queries = self._runtime(request).queries
         event_id = request.path_params["id"]
         event, attempts = await queries.event(event_id)
         if event is None:
@@ -112,7 +112,7 @@ class Admin:
         return json_response({"event": event, "attempts": by_subscription})
 
     async def events(self, request: Request) -> Response:
-        queries = OpsQueries(self._deliveries(request))
+        queries = self._runtime(request).queries
         order_id = request.query_params.get("orderId")
         if not order_id:
             raise BadRequest("give ?orderId=...")

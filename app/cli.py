@@ -25,7 +25,7 @@ from app.server import create_app
 from app.signing import new_secret
 from app.store.client import open_store
 from app.store.embedded import EmbeddedRedis, claim_data_dir, store_lost
-from app.store.keys import Keys
+from app.store.schema import Keys
 from app.vtex import hooks
 from app.vtex.jsonata import cli_test
 

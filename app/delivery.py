@@ -30,7 +30,8 @@ from app.sandbox import TRANSFORM, ConfigExpressions, SandboxBusy, Verdict
 from app.signing import signature_headers
 from app.ssrf import Refused
 from app.store.batcher import Batcher
-from app.store.deliveries import Claimed, DeliveryStore, Settlement, now_ms
+from app.store.client import now_ms
+from app.store.deliveries import Claimed, Deliveries, Settlement
 
 log = logging.getLogger("orderhook.delivery")
 
@@ -115,7 +116,7 @@ class SubscriptionWorker:
     def __init__(
         self,
         sub: Subscription,
-        deliveries: DeliveryStore,
+        deliveries: Deliveries,
         session: aiohttp.ClientSession,
         settler: Batcher[Settlement, bool],
         transforms: Transforms,
@@ -354,7 +355,7 @@ class Deliverer:
     def __init__(
         self,
         subscriptions: Iterable[Subscription],
-        deliveries: DeliveryStore,
+        deliveries: Deliveries,
         session: aiohttp.ClientSession,
         transforms: Transforms,
     ) -> None:

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from app.errors import RequestError, StoreUnavailable
 from app.logs import log_event
+from app.store.schema import rejected_field
 
 log = logging.getLogger("orderhook.http")
 
@@ -48,10 +49,10 @@ async def count_rejection(state: State, status: int) -> None:
     """A refused hook request: an outcome line, and a count in Redis (if it answers)."""
     reason = REJECTION_REASONS.get(status, str(status))
     log_event("ingest", outcome="rejected", reason=reason, status=status)
-    relay = getattr(state, "relay", None)
-    if relay is not None:
+    runtime = getattr(state, "runtime", None)
+    if runtime is not None:
         with contextlib.suppress(StoreUnavailable):
-            await relay.deliveries.count({f"rejected:{reason}": 1})
+            await runtime.routing.count({rejected_field(reason): 1})
 
 
 def unavailable(exc: Exception) -> dict[str, str]:

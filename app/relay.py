@@ -16,10 +16,10 @@ from app import logs
 from app.config import Settings
 from app.delivery import Deliverer, Transforms
 from app.router import Router
+from app.runtime import Runtime
 from app.ssrf import GuardedConnector
-from app.store.client import Store, open_store
-from app.store.deliveries import DeliveryStore
-from app.store.keys import Keys
+from app.store.client import open_store
+from app.store.schema import Keys
 from app.vtex.enrich import Enricher
 from app.vtex.feed_backup import FeedPoller
 
@@ -29,10 +29,9 @@ DRAIN_GRACE_S = 10.0
 
 
 class Relay:
-    def __init__(self, settings: Settings, store: Store) -> None:
-        self.settings = settings
-        breakers = {s.id: s.breaker() for s in settings.subscriptions}
-        self.deliveries = DeliveryStore(store, settings.log_retention_s, breakers)
+    def __init__(self, runtime: Runtime) -> None:
+        self.settings = runtime.settings
+        self.runtime = runtime
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -45,18 +44,18 @@ class Relay:
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
         push = [s for s in self.settings.subscriptions if s.mode == "push"]
         self.transforms = Transforms(self.settings.subscriptions)  # the feed's too
-        self.deliverer = Deliverer(push, self.deliveries, self._session, self.transforms)
+        self.deliverer = Deliverer(push, self.runtime.deliveries, self._session, self.transforms)
         enricher = None
         if any(s.enrich for s in self.settings.sources):
-            enricher = Enricher(self.settings, self.deliveries.store, self._session)
-        self.router = Router(self.settings, self.deliveries, self.deliverer, enricher)
+            enricher = Enricher(self.settings, self.runtime.store, self._session)
+        self.router = Router(self.settings, self.runtime.routing, self.deliverer, enricher)
         self._tasks = [
             asyncio.create_task(self.router.run(self._stopping), name="orderhook-router"),
             asyncio.create_task(self.deliverer.run(), name="orderhook-deliverer"),
         ]
         self._tasks += [
             asyncio.create_task(
-                FeedPoller(self.settings, source, self.deliveries.store, self._session).run(
+                FeedPoller(self.settings, source, self.runtime.store, self._session).run(
                     self._stopping
                 ),
                 name=f"orderhook-feed-{source.account}",
@@ -104,7 +103,7 @@ async def run_worker(settings: Settings) -> None:
     url = settings.redis_url or ""
     keys = Keys(settings.key_prefix)
     async with open_store(url, keys, settings.redis_timeout_s, settings.dedupe_window_s) as store:
-        relay = Relay(settings, store)
+        relay = Relay(Runtime.on(settings, store))
         await relay.start()
         log.info("worker %s started", relay.router.consumer)
         flusher = asyncio.create_task(logs.flush_periodically())

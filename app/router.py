@@ -36,7 +36,10 @@ from app.filters import (
 )
 from app.lifecycle import sleep_unless
 from app.sandbox import FILTER, ConfigExpressions, Job, SandboxBusy, Verdict
-from app.store.deliveries import Claimed, DeliveryStore, Planned, Routed
+from app.store.deliveries import Claimed
+from app.store.routing import Planned, Routed, Routing
+from app.store.schema import Counter as Stat
+from app.store.schema import stat_field
 from app.vtex.enrich import Enricher
 
 log = logging.getLogger("orderhook.router")
@@ -123,14 +126,14 @@ class Router:
     def __init__(
         self,
         settings: Settings,
-        deliveries: DeliveryStore,
+        routing: Routing,
         dispatch: Dispatch,
         enricher: Enricher | None = None,
     ) -> None:
         self.enricher = enricher
         self.subscriptions = settings.subscriptions
         self.claim_idle_ms = int(settings.router_claim_idle_s * 1000)
-        self.deliveries = deliveries
+        self.routing = routing
         self.dispatch = dispatch
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._filter_errors: Counter[str] = Counter()
@@ -147,7 +150,7 @@ class Router:
                     if time.monotonic() >= next_reclaim:
                         next_reclaim = time.monotonic() + self.claim_idle_ms / 2000
                         await self.route(
-                            await self.deliveries.reclaim_entries(
+                            await self.routing.reclaim_entries(
                                 self.consumer, self.claim_idle_ms, READ_COUNT
                             )
                         )
@@ -156,7 +159,7 @@ class Router:
                         await self._route_ready(deferred)
                     block_ms = DEFERRED_RETRY_MS if self._deferred else READ_BLOCK_MS
                     await self.route(
-                        await self.deliveries.read_new(self.consumer, READ_COUNT, block_ms)
+                        await self.routing.read_new(self.consumer, READ_COUNT, block_ms)
                     )
             except (StoreUnavailable, FiltersUnavailable) as exc:
                 log.warning("router: %s", exc)
@@ -167,7 +170,7 @@ class Router:
     async def _until_ready(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
-                await self.deliveries.ensure_group()
+                await self.routing.ensure_group()
                 return
             except StoreUnavailable as exc:
                 log.warning("router waiting for redis: %s", exc)
@@ -185,7 +188,7 @@ class Router:
         routed = await self._plan_all(entries)
         reserved = self._claim_locally(routed)
         try:
-            claimed, deferred = await self.deliveries.route(routed)
+            claimed, deferred = await self.routing.route(routed)
         except BaseException:
             for sub, count in reserved.items():
                 self.dispatch.hand_over(sub, [], count)
@@ -195,7 +198,9 @@ class Router:
         self._hand_over(routed, claimed, reserved)
         if self._filter_errors:
             errors, self._filter_errors = self._filter_errors, Counter()
-            await self.deliveries.count({f"{sub}:filter_errors": n for sub, n in errors.items()})
+            await self.routing.count(
+                {stat_field(sub, Stat.FILTER_ERRORS): n for sub, n in errors.items()}
+            )
 
     async def _plan_all(self, entries: Sequence[tuple[str, bytes]]) -> list[Routed]:
         """Plan each entry: the batch's FromOrders filters in one round trip to their worker

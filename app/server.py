@@ -28,10 +28,11 @@ from app.openapi import OpenApiEndpoint
 from app.ops.guards import SameOriginWrites, SecurityHeaders, SignInThrottle
 from app.ops.routes import MAX_FORM_BYTES, Ops
 from app.relay import Relay
+from app.runtime import Runtime
 from app.store.batcher import Batcher
 from app.store.client import Store, open_store
 from app.store.embedded import EmbeddedRedis
-from app.store.keys import Keys
+from app.store.schema import Keys
 from app.vtex import feed, jsonata
 
 log = logging.getLogger("orderhook.server")
@@ -156,10 +157,12 @@ def create_app(settings: Settings) -> Starlette:
             known_problem = await check_eviction_policy(store)  # before any hook is taken
             commit = Batcher(store.append, name="ingest", deadline_s=HOOK_DEADLINE_S)
             commit.start()
-            relay = Relay(settings, store)
+            runtime = Runtime.on(settings, store)
+            relay = Relay(runtime)
             if settings.subscriptions:  # without any, events wait in the stream for the first
                 await relay.start()
-            app.state.store, app.state.commit, app.state.relay = store, commit, relay
+            app.state.store, app.state.commit = store, commit
+            app.state.runtime, app.state.relay = runtime, relay
             flusher = asyncio.create_task(logs.flush_periodically())
             watch = asyncio.create_task(watch_eviction_policy(store, known_problem))
             every_s = settings.unreachable_warning_s

@@ -68,7 +68,7 @@ import uvloop
 from app.config import DEFAULT_KEY_PREFIX
 from app.events import Notification, cloudevent, default_data, normalize, parse_body, utc_now_iso
 from app.signing import secret_key, signature_headers
-from app.store.keys import Keys
+from app.store.schema import Keys
 from bench.ingest import (
     CONFIG_TOML,
     HOST,

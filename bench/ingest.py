@@ -651,7 +651,7 @@ def redis_ceiling(gateway: Server) -> float:
 
     from app.events import normalize, parse_body, utc_now_iso
     from app.store.client import Store
-    from app.store.keys import Keys
+    from app.store.schema import Keys
 
     url = REDIS_URLS[gateway.key]
     body = (

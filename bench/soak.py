@@ -61,7 +61,7 @@ import redis.asyncio as aioredis
 import uvloop
 
 from app.config import DEFAULT_KEY_PREFIX
-from app.store.keys import Keys
+from app.store.schema import Keys
 from bench.delivery import (
     HOOK_HEADERS,
     LOG_PROBLEMS_SHOWN,

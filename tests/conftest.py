@@ -24,7 +24,7 @@ from starlette.datastructures import Secret
 from app.config import Settings, Source
 from app.server import create_app
 from app.store.embedded import EmbeddedRedis
-from app.store.keys import Keys
+from app.store.schema import Keys
 
 TOKEN = "s3cret-token"
 HEADER = "X-Orderhook-Token"

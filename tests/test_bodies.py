@@ -24,7 +24,7 @@ from starlette.routing import Route
 from app.bodies import DEFAULT_MAX_BODY_BYTES
 from app.config import Settings, Source
 from app.server import BODY_LIMITS, create_app
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests.conftest import AUTH, HEADER, TOKEN, Gateway, gateway_config
 
 SETTINGS = Settings(

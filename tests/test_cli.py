@@ -19,7 +19,7 @@ import standardwebhooks
 from app.config import load_settings
 from app.dev.fake_vtex import APP_KEY, APP_TOKEN
 from app.signing import signature_headers
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests.conftest import AUTH, Gateway, free_port, notification
 from tests.subscribers import Reply, Sink
 from tests.test_dashboard_browser import config

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests.conftest import AUTH, CONFIG_TOML, Gateway, notification
 from tests.relaying import SECRET
 from tests.subscribers import Reply, Sink

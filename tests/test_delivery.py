@@ -15,7 +15,7 @@ from standardwebhooks.webhooks import Webhook
 
 from app.config import load_settings
 from app.server import create_app
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests.conftest import CONFIG_TOML, notification
 from tests.relaying import (
     ADMIN,

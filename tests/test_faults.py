@@ -27,7 +27,7 @@ import pytest
 import redis
 
 from app.store.embedded import redis_executable
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests.conftest import AUTH, CONFIG_TOML, Gateway, free_port, notification
 from tests.relaying import ADMIN, subscription
 from tests.subscribers import Reply, Sink

@@ -62,7 +62,7 @@ from app.events import (
     utc_now_iso,
 )
 from app.server import create_app
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests import strategies
 from tests.conftest import AUTH, HEADER, TOKEN, WILDCARD_HEADER, WILDCARD_TOKEN, notification
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.events import MAX_BODY_DEPTH
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests.conftest import (
     AUTH,
     HEADER,

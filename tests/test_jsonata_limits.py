@@ -36,7 +36,7 @@ from app.filters import (
     error_position,
 )
 from app.sandbox import DEADLINE_S, ConfigExpressions, SandboxBusy
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests.conftest import AUTH, Gateway, gateway_config, notification
 from tests.relaying import ADMIN, SECRET, hook, subscription, until
 from tests.subscribers import Sink

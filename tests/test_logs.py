@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from app.logs import LINE_FORMAT, OneLineFormatter, one_line
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests.conftest import AUTH, CONFIG_TOML, HEADER, TOKEN, Gateway, notification
 from tests.relaying import SECRET, subscription
 from tests.subscribers import Reply, Sink

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import logs
 from app.ops.when import moment
 from app.redaction import origin
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests.conftest import Gateway as LiveGateway
 from tests.conftest import free_port, gateway_config, notification
 from tests.relaying import ADMIN, Gateway, hook, subscription, until

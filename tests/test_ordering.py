@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from app.events import normalize, order_position, parse_body, utc_now_iso
 from app.store.client import open_store
-from app.store.deliveries import DeliveryStore, Planned, Routed
-from app.store.keys import Keys
+from app.store.routing import Planned, Routed, Routing
+from app.store.schema import Keys
 from tests.conftest import AUTH, CONFIG_TOML, Gateway, notification
 from tests.relaying import ADMIN, SECRET, hook, subscription, until
 from tests.relaying import Gateway as InProcess
@@ -315,7 +315,7 @@ async def test_an_entry_routed_before_its_orders_earlier_one_waits_for_it(
     """Two routers (two processes) hold an order's two entries; the later one's router gets to
     route first: it is deferred until the earlier one is routed, whoever routes it."""
     async with open_store(redis_url, keys, 2.0, 3600) as store:
-        deliveries = DeliveryStore(store)
+        deliveries = Routing(store, 3600)
         await deliveries.ensure_group()
         events = [
             normalize(parse_body(orjson.dumps(state_notification("o-1", s))), utc_now_iso())
@@ -373,7 +373,7 @@ async def test_a_delivery_route_lua_cannot_handle_is_dead_lettered_and_the_rest_
     cannot handle, with the reason, and routes the entry's other deliveries, the batch's other
     entries and the order's next event."""
     async with open_store(redis_url, keys, 2.0, 3600) as store:
-        deliveries = DeliveryStore(store)
+        deliveries = Routing(store, 3600)
         await deliveries.ensure_group()
         events = [
             normalize(parse_body(orjson.dumps(state_notification(o, s))), utc_now_iso())

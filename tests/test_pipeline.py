@@ -33,7 +33,7 @@ from app.config import Settings, load_settings
 from app.events import event_change_time, iso_ticks
 from app.router import matching
 from app.server import create_app
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests import strategies
 from tests.conftest import CONFIG_TOML, WILDCARD_HEADER, WILDCARD_TOKEN
 from tests.relaying import ADMIN, SECRET

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests.conftest import AUTH, CONFIG_TOML, Gateway, notification
 from tests.subscribers import Reply, Sink
 

@@ -21,7 +21,7 @@ from starlette.datastructures import Secret
 from app.config import Settings, Source
 from app.server import create_app
 from app.store.embedded import redis_executable
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests.conftest import AUTH, HEADER, TOKEN, Gateway, free_port, gateway_config, notification
 
 PREFIX = "embedded"

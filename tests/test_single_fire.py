@@ -24,8 +24,9 @@ from app.dev.fake_vtex import FakeVtex
 from app.events import normalize, order_key, parse_body, utc_now_iso
 from app.filters import SINGLE_FIRE_RETENTION_S, single_fire_s
 from app.store.client import open_store
-from app.store.deliveries import DeliveryStore, Planned, Routed
-from app.store.keys import Keys
+from app.store.queries import Queries
+from app.store.routing import Planned, Routed, Routing
+from app.store.schema import Keys
 from tests.conftest import AUTH, CONFIG_TOML, notification
 from tests.conftest import Gateway as Process
 from tests.relaying import ADMIN, Gateway, body, hook, subscription, until
@@ -321,7 +322,7 @@ async def test_concurrent_routers_decide_each_order_once(redis_url: str, keys: K
             await stack.enter_async_context(open_store(redis_url, keys, 2.0, 3600))
             for _ in range(8)
         ]
-        routers = [DeliveryStore(store) for store in stores]
+        routers = [Routing(store, 3600) for store in stores]
         await routers[0].ensure_group()
         await stores[0].append(events)
         entries = await routers[0].read_new("reader", len(events), 100)
@@ -352,7 +353,7 @@ async def test_a_single_fire_value_route_lua_cannot_use_is_dead_lettered_and_the
     with the reason; the entry's other delivery is created."""
     doc = orjson.dumps(notification(**invoiced("bad-1", 1)))
     async with open_store(redis_url, keys, 2.0, 3600) as store:
-        deliveries = DeliveryStore(store)
+        deliveries = Routing(store, 3600)
         await deliveries.ensure_group()
         await store.append([normalize(parse_body(doc), utc_now_iso())])
         [(entry_id, raw)] = await deliveries.read_new("reader", 10, 100)
@@ -360,7 +361,7 @@ async def test_a_single_fire_value_route_lua_cannot_use_is_dead_lettered_and_the
         bad = Planned(f"{event['id']}.bad", "bad", single_fire_s=-1)
         good = Planned(f"{event['id']}.good", "good", single_fire_s=60)
         await deliveries.route([Routed(entry_id, event, raw, [bad, good])])
-        dead, total = await deliveries.dead_letters(["bad"], 0, 10)
+        dead, total = await Queries(store).dead_letters(["bad"], 0, 10)
     assert total == 1 and "not routed" in dead[0]["lastError"]
     assert "expire" in dead[0]["lastError"].lower()
     client = redis.Redis.from_url(redis_url)

@@ -20,7 +20,7 @@ from app.dev.fake_vtex import APP_KEY, APP_TOKEN, FakeVtex
 from app.errors import ConfigError
 from app.events import utc_now_iso
 from app.store.client import open_store
-from app.store.keys import Keys
+from app.store.schema import Keys
 from app.vtex.api import MAX_ORDER_BYTES
 from app.vtex.enrich import Enricher
 from tests.conftest import WILDCARD_HEADER, WILDCARD_TOKEN, notification

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import redis
 
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests.relaying import Gateway, hook
 
 pytestmark = pytest.mark.anyio

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from app.dev.fake_vtex import APP_KEY, APP_TOKEN, FakeVtex
-from app.store.keys import Keys
+from app.store.schema import Keys
 from tests.conftest import HEADER, TOKEN, Gateway
 
 

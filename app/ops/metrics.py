@@ -21,8 +21,8 @@ from prometheus_client.core import (
 
 from app.config import Settings
 from app.ops import stats as ops_stats
-from app.store.deliveries import DeliveryStore, OpsQueries
 from app.store.latency import histogram
+from app.store.queries import Queries
 
 MEDIA_TYPE = "text/plain; version=0.0.4"
 
@@ -123,9 +123,8 @@ def render(stats: dict[str, Any], latencies: Mapping[str, dict[str, int]]) -> by
     return generate_latest(registry)
 
 
-async def scrape(settings: Settings, deliveries: DeliveryStore) -> bytes:
+async def scrape(settings: Settings, queries: Queries) -> bytes:
     """The whole `/metrics` answer, read now."""
-    snapshot = await ops_stats.collect(settings, deliveries)
-    queries = OpsQueries(deliveries)
+    snapshot = await ops_stats.collect(settings, queries)
     latencies = {s.id: await queries.latency_histogram(s.id) for s in settings.subscriptions}
     return render(snapshot, latencies)

@@ -24,7 +24,7 @@ from app.ops.access import (
 )
 from app.ops.sessions import Sessions
 from app.params import int_param, parse_int
-from app.store.deliveries import DeliveryStore, OpsQueries
+from app.runtime import Runtime
 
 MAX_FORM_BYTES = 4096
 MAX_FORM_FIELDS = 10
@@ -38,9 +38,9 @@ class Ops:
         self.settings = settings
 
     @staticmethod
-    def _deliveries(request: Request) -> DeliveryStore:
-        deliveries: DeliveryStore = request.app.state.relay.deliveries
-        return deliveries
+    def _runtime(request: Request) -> Runtime:
+        runtime: Runtime = request.app.state.runtime
+        return runtime
 
     def _sessions(self, request: Request) -> Sessions:
         return Sessions(request.app.state.store, self.settings)
@@ -55,11 +55,11 @@ class Ops:
 
     async def stats(self, request: Request) -> Response:
         require(request, self.settings, "ops")
-        return json_response(await stats.collect(self.settings, self._deliveries(request)))
+        return json_response(await stats.collect(self.settings, self._runtime(request).queries))
 
     async def metrics(self, request: Request) -> Response:
         require(request, self.settings, "ops")
-        body = await metrics.scrape(self.settings, self._deliveries(request))
+        body = await metrics.scrape(self.settings, self._runtime(request).queries)
         return Response(body, media_type=metrics.MEDIA_TYPE)
 
     async def dashboard(self, request: Request) -> Response:
@@ -70,13 +70,12 @@ class Ops:
         role = await self._role(request)
         if role is None:
             return _signed_out(request, HTMLResponse(dashboard.login_page(), 401))
-        deliveries = self._deliveries(request)
-        queries = OpsQueries(deliveries)
-        snapshot = await stats.collect(self.settings, deliveries)
+        queries = self._runtime(request).queries
+        snapshot = await stats.collect(self.settings, queries)
         dlq_page = int_param(request.query_params, "page", 1, 1, MAX_DLQ_PAGE)
         subs = [s.id for s in self.settings.subscriptions]
         offset = (dlq_page - 1) * DASHBOARD_ROWS
-        dead, total = await deliveries.dead_letters(subs, offset, DASHBOARD_ROWS)
+        dead, total = await queries.dead_letters(subs, offset, DASHBOARD_ROWS)
         order_id = request.query_params.get("orderId") or None
         history = await queries.order_history(order_id) if order_id else []
         found = [{"event": event, "attempts": attempts} for event, attempts in history]
@@ -128,13 +127,13 @@ class Ops:
 
     async def replay(self, request: Request) -> Response:
         sub = await self._subscription_of(request)
-        await self._deliveries(request).replay_subscription(sub)
+        await self._runtime(request).deliveries.replay_subscription(sub)
         return RedirectResponse("/ops", 303)
 
     async def retry_now(self, request: Request) -> Response:
         """The dashboard's Retry now: close the breaker, make the queue due (Admin.retry_now)."""
         sub = await self._subscription_of(request)
-        await self._deliveries(request).retry_now(sub)
+        await self._runtime(request).deliveries.retry_now(sub)
         return RedirectResponse("/ops", 303)
 
     async def dead_letter_replay(self, request: Request) -> Response:
@@ -143,7 +142,7 @@ class Ops:
         allowed(await self._role(request), self.settings, "admin")
         fields = await _fields(request, "id", "page")
         back = _back_to(fields)
-        await self._deliveries(request).replay([fields["id"]])
+        await self._runtime(request).deliveries.replay([fields["id"]])
         return back
 
     async def dead_letter_delete(self, request: Request) -> Response:
@@ -151,7 +150,7 @@ class Ops:
         allowed(await self._role(request), self.settings, "admin")
         fields = await _fields(request, "id", "page")
         back = _back_to(fields)
-        await self._deliveries(request).delete_dead(fields["id"])
+        await self._runtime(request).deliveries.delete_dead(fields["id"])
         return back
 
     def routes(self) -> list[Route]:

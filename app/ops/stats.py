@@ -9,7 +9,8 @@ from typing import Any
 
 from app.config import Settings
 from app.redaction import shown_url
-from app.store.deliveries import SINGLE_FIRE_SUPPRESSED, DeliveryStore, OpsQueries
+from app.store.queries import Queries
+from app.store.schema import Counter, rejected_field, stat_field
 
 LATENCY_WINDOW_S = 300
 
@@ -35,8 +36,10 @@ def latency_summary(samples: Sequence[tuple[int, int]], now_ms: int) -> dict[str
 
 
 def ingest_totals(counters: dict[str, int]) -> dict[str, Any]:
-    rejected = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("rejected:")}
-    accepted, duplicates = counters.get("accepted", 0), counters.get("duplicates", 0)
+    prefix = rejected_field("")
+    rejected = {k.removeprefix(prefix): v for k, v in counters.items() if k.startswith(prefix)}
+    accepted = counters.get(Counter.ACCEPTED, 0)
+    duplicates = counters.get(Counter.DUPLICATES, 0)
     return {
         "received": accepted + duplicates + sum(rejected.values()),
         "accepted": accepted,
@@ -49,13 +52,12 @@ def _seconds(ms: int | None) -> float | None:
     return None if ms is None else ms / 1000
 
 
-async def collect(settings: Settings, deliveries: DeliveryStore) -> dict[str, Any]:
-    queries = OpsQueries(deliveries)
-    counters = await deliveries.stats()
+async def collect(settings: Settings, queries: Queries) -> dict[str, Any]:
+    counters = await queries.stats()
     now_ms = int(time.time() * 1000)
     subscriptions = []
     for sub in settings.subscriptions:
-        counts = await deliveries.subscription_counts(sub.id)
+        counts = await queries.subscription_counts(sub.id)
         health = await queries.health(sub.id)
         oldest = health["oldestMs"]
         subscriptions.append(
@@ -63,12 +65,14 @@ async def collect(settings: Settings, deliveries: DeliveryStore) -> dict[str, An
                 "id": sub.id,
                 "url": shown_url(sub.url, "ops"),
                 **counts,
-                "delivered": counters.get(f"{sub.id}:delivered", 0),
-                "retried": counters.get(f"{sub.id}:retried", 0),
-                "deadLettered": counters.get(f"{sub.id}:dead", 0),
-                "stale": counters.get(f"{sub.id}:stale", 0),
-                "filterErrors": counters.get(f"{sub.id}:filter_errors", 0),
-                "singleFireSuppressed": counters.get(f"{sub.id}:{SINGLE_FIRE_SUPPRESSED}", 0),
+                "delivered": counters.get(stat_field(sub.id, Counter.DELIVERED), 0),
+                "retried": counters.get(stat_field(sub.id, Counter.RETRIED), 0),
+                "deadLettered": counters.get(stat_field(sub.id, Counter.DEAD), 0),
+                "stale": counters.get(stat_field(sub.id, Counter.STALE), 0),
+                "filterErrors": counters.get(stat_field(sub.id, Counter.FILTER_ERRORS), 0),
+                "singleFireSuppressed": counters.get(
+                    stat_field(sub.id, Counter.SINGLE_FIRE_SUPPRESSED), 0
+                ),
                 "oldestUndeliveredAgeS": None if oldest is None else max(0, now_ms - oldest) / 1000,
                 "latency": latency_summary(health["latencies"], now_ms),
                 "lastError": health["lastError"],

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from importlib import resources
 from typing import Any, TypeVar, cast
 
 import orjson
@@ -34,7 +33,8 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from app.errors import StoreMayEvict, StoreUnavailable
 from app.events import order_key
-from app.store.keys import Keys
+from app.store.schema import Keys
+from app.store.scripts import register
 
 DEFAULT_MAX_CONNECTIONS = 64
 _NOT_READY = ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
@@ -47,8 +47,13 @@ READY_PROBE_TTL_MS = 60_000
 T = TypeVar("T")
 
 
-def load_script(name: str) -> str:
-    return resources.files("app.store").joinpath(name).read_text(encoding="utf-8")
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply's bytes as text."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class Store:
         self.assume_noeviction = assume_noeviction
         # What the last policy check found wrong (events are refused meanwhile), or None.
         self.eviction_problem: str | None = None
-        self._ingest = client.register_script(load_script("ingest.lua"))
+        self._ingest = register(client, keys, "ingest.lua", rules=False)
 
     async def append(self, events: Sequence[dict[str, Any]]) -> list[Appended]:
         """Dedupe and append events atomically; one round trip for the whole batch. Every
@@ -93,7 +98,7 @@ class Store:
         for event in events:
             args += [event["id"], orjson.dumps(event), order_key(event)]
         rows = await self.script(self._ingest, keys, args)
-        return [Appended(created=bool(flag), entry_id=_text(entry)) for flag, entry in rows]
+        return [Appended(created=bool(flag), entry_id=text(entry)) for flag, entry in rows]
 
     async def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a registered Lua script under the guard."""
@@ -109,7 +114,7 @@ class Store:
             reply = await self.guard(partial(self.client.config_get, "maxmemory-policy"))
             value = next(iter(reply.values()), None) if reply else None
             if value:
-                return _text(value)
+                return text(value)
         with contextlib.suppress(ResponseError):
             info = await self.guard(partial(self.client.info, "memory"))
             if info.get("maxmemory_policy"):
@@ -201,10 +206,6 @@ def _in_chain(exc: BaseException | None, kind: type[E]) -> E | None:
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def eviction_problem(policy: str | None, assume_noeviction: bool = False) -> str | None:

@@ -72,7 +72,7 @@ local function first_fire(d)
         return true
     end
     redis.call('EXPIRE', fired[1], fired[2])
-    redis.call('HINCRBY', tag .. ':stats', d[2] .. ':' .. SINGLE_FIRE_SUPPRESSED, 1)
+    redis.call('HINCRBY', K.stats, stat(d[2], C.single_fire_suppressed), 1)
     return false
 end
 

@@ -27,7 +27,7 @@ from app.http import RETRY_AFTER_S, json_response
 from app.ops.access import bearer_token, matches
 from app.params import int_param
 from app.sandbox import SandboxBusy
-from app.store.deliveries import DeliveryStore
+from app.store.pull import PullQueue
 
 log = logging.getLogger("orderhook.feed")
 
@@ -81,14 +81,14 @@ class Feed:
     def __init__(self, settings: Settings) -> None:
         self.pull = {s.id: s for s in settings.subscriptions if s.mode == "pull"}
 
-    def _authorized(self, request: Request) -> tuple[Subscription, DeliveryStore]:
+    def _authorized(self, request: Request) -> tuple[Subscription, PullQueue]:
         sub = self.pull.get(request.path_params["subscription"])
         if sub is None:
             raise NotFound(f"no pull subscription {request.path_params['subscription']!r}")
         given = bearer_token(request)
         if given is None or not matches(given, sub.token):
             raise Unauthorized("missing or invalid bearer token for this subscription")
-        deliveries: DeliveryStore = request.app.state.relay.deliveries
+        deliveries: PullQueue = request.app.state.runtime.pull
         return sub, deliveries
 
     async def take(self, request: Request) -> Response:
