@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from app.events import normalize, order_position, parse_body, utc_now_iso
 from app.store.client import open_store
-from app.store.routing import Planned, Routed, Routing
+from app.store.routing import OrderPlace, Planned, Routed, Routing
 from app.store.schema import Keys
 from tests.conftest import AUTH, CONFIG_TOML, Gateway, notification
 from tests.relaying import ADMIN, SECRET, hook, subscription, until
@@ -387,16 +387,11 @@ async def test_a_delivery_route_lua_cannot_handle_is_dead_lettered_and_the_rest_
             plans = []
             for sub in ("a", "b"):
                 plan = Planned(f"{event['id']}.{sub}", sub)
-                plan.ordered = [
-                    "mystore:" + event["orderId"],
-                    order_position(event, plan.delivery_id),
-                    0,
-                    0,
-                ]
+                plan.ordered = OrderPlace(order_position(event, plan.delivery_id))
                 plans.append(plan)
             routed.append(Routed(entry_id, event, raw, plans))
         first = routed[0].deliveries[0]
-        first.ordered = ["mystore:o-1", "1" * 18 + "|0000000000000|" + first.delivery_id, 0, 0]
+        first.ordered = OrderPlace("1" * 18 + "|0000000000000|" + first.delivery_id)
         routed[1].deliveries[1].error = "KeyError: 'receivedAt'"
         assert await deliveries.route(routed) == (set(), set())
     client = redis.Redis.from_url(redis_url)

@@ -91,13 +91,13 @@ class Store:
         Refused (StoreMayEvict) while the last check found that Redis may evict them."""
         if self.eviction_problem is not None:
             raise StoreMayEvict(self.eviction_problem)
-        minute = int(time.time() // 60)
-        keys = [self.keys.ingest_stream, self.keys.stats, self.keys.ingest_minute(minute)]
-        keys += [self.keys.seen(e["id"]) for e in events]
-        args: list[Any] = [self.dedupe_window_s, self.keys.tag]
-        for event in events:
-            args += [event["id"], orjson.dumps(event), order_key(event)]
-        rows = await self.script(self._ingest, keys, args)
+        plan = {
+            "windowS": self.dedupe_window_s,
+            "minute": int(time.time() // 60),
+            "events": [{"id": e["id"], "order": order_key(e)} for e in events],
+        }
+        args = [orjson.dumps(plan), *(orjson.dumps(e) for e in events)]
+        rows = await self.script(self._ingest, [], args)
         return [Appended(created=bool(flag), entry_id=text(entry)) for flag, entry in rows]
 
     async def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:

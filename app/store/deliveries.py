@@ -15,7 +15,7 @@ import orjson
 
 from app.store.client import Store, now_ms, text
 from app.store.latency import bucket_field
-from app.store.schema import Keys
+from app.store.schema import Enablement, Keys
 from app.store.scripts import register
 
 REPLAY_CHUNK = 500
@@ -77,65 +77,73 @@ class Deliveries:
     ) -> tuple[list[Claimed], int]:
         """Up to `limit` due deliveries, and the next due time (ms, -1 for none)."""
         now = now_ms()
-        keys = [self.keys.ready(sub), self.keys.inflight(sub), self.keys.state(sub)]
-        args = [now, now + int(lease_s * 1000), limit, self.keys.tag, max_per_second, sub]
-        items, next_due = await self.store.script(self._claim, keys, args)
+        args = {
+            "sub": sub,
+            "now": now,
+            "leaseUntil": now + int(lease_s * 1000),
+            "limit": limit,
+            "maxPerSecond": max_per_second,
+        }
+        items, next_due = await self.store.script(self._claim, [], [orjson.dumps(args)])
         claimed = [Claimed(text(i), e, int(a)) for i, e, a in items]
         return claimed, int(float(next_due))
 
     async def settle(self, outcomes: Sequence[Settlement]) -> list[bool]:
-        """Record a batch of attempt outcomes in one script run."""
-        payload = [
-            [
-                o.sub,
-                o.delivery_id,
-                o.outcome,
-                o.due_ms,
-                "" if o.status is None else str(o.status),
-                o.error,
-                o.event_id,
-                o.record.decode(),
-                o.latency_ms,
-                bucket_field(o.latency_ms),
-            ]
-            for o in outcomes
-        ]
-        args = [self.keys.tag, now_ms(), orjson.dumps(payload), self.retention_s, self.breakers]
-        return [bool(r) for r in await self.store.script(self._settle, [self.keys.stats], args)]
+        """Record a batch of attempt outcomes in one script run (settle.lua); each attempt's
+        record goes as it is, an argument of its own."""
+        plan = {
+            "now": now_ms(),
+            "retentionS": self.retention_s,
+            "outcomes": [_outcome(o) for o in outcomes],
+        }
+        args = [orjson.dumps(plan), self.breakers, *(o.record for o in outcomes)]
+        return [bool(r) for r in await self.store.script(self._settle, [], args)]
 
     async def reclaim_expired(self, sub: str) -> int:
-        keys = [self.keys.inflight(sub), self.keys.ready(sub)]
-        return int(await self.store.script(self._reclaim, keys, [now_ms()]))
+        return int(await self.store.script(self._reclaim, [], [sub, now_ms()]))
 
     async def replay(self, delivery_ids: Sequence[str]) -> int:
         total = 0
         for start in range(0, len(delivery_ids), REPLAY_CHUNK):
             chunk = list(delivery_ids[start : start + REPLAY_CHUNK])
-            args: list[Any] = [self.keys.tag, now_ms(), *chunk]
-            total += int(await self.store.script(self._replay, [], args))
+            args = orjson.dumps({"now": now_ms(), "ids": chunk})
+            total += int(await self.store.script(self._replay, [], [args]))
         return total
 
     async def replay_subscription(self, sub: str) -> int:
         ids = await self.store.guard(lambda: self.client.zrange(self.keys.dlq(sub), 0, -1))
-        await self.set_state(sub, "enabled")
+        await self.set_state(sub, Enablement.ENABLED)
         return await self.replay([text(i) for i in ids])  # type: ignore[arg-type]
 
-    async def set_state(self, sub: str, state: str, reason: str = "") -> None:
+    async def set_state(self, sub: str, state: Enablement, reason: str = "") -> None:
         """Enable (its failures forgotten: state.lua) or disable a subscription."""
-        args = [state, reason, now_ms()]
-        await self.store.script(self._set_state, [self.keys.state(sub)], args)
+        args = {"sub": sub, "state": state, "reason": reason, "now": now_ms()}
+        await self.store.script(self._set_state, [], [orjson.dumps(args)])
 
     async def delete_dead(self, delivery_id: str) -> bool:
-        args = [self.keys.tag, delivery_id]
-        return bool(await self.store.script(self._dlq_delete, [], args))
+        return bool(await self.store.script(self._dlq_delete, [], [delivery_id]))
 
     async def retry_now(self, sub: str) -> RetryNow:
         """Close the breaker and make every waiting delivery due now (retry_now.lua); held
         per-order deliveries stay behind their order's released one."""
-        keys = [self.keys.state(sub), self.keys.ready(sub)]
         runs: list[Any] = []
         while not runs or runs[-1][1] == RETRY_NOW_CHUNK:
-            args = [now_ms(), RETRY_NOW_CHUNK]
-            runs.append(await self.store.script(self._retry_now, keys, args))
+            args = orjson.dumps({"sub": sub, "now": now_ms(), "chunk": RETRY_NOW_CHUNK})
+            runs.append(await self.store.script(self._retry_now, [], [args]))
         made_due = sum(int(count) for _, count, _ in runs)
         return RetryNow(text(runs[0][0]), made_due, text(runs[-1][2]))
+
+
+def _outcome(o: Settlement) -> dict[str, Any]:
+    """One outcome as settle.lua reads it."""
+    return {
+        "sub": o.sub,
+        "id": o.delivery_id,
+        "outcome": o.outcome,
+        "dueMs": o.due_ms,
+        "status": "" if o.status is None else str(o.status),
+        "error": o.error,
+        "eventId": o.event_id,
+        "latencyMs": o.latency_ms,
+        "bucket": bucket_field(o.latency_ms),
+    }

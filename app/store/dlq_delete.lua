@@ -1,10 +1,10 @@
 -- Delete one dead-lettered delivery.
 --
--- ARGV[1] the key tag;  ARGV[2] the delivery id
+-- ARGV[1]  the delivery id
 -- Returns 1 if it was in its dead-letter queue and is now gone, else 0.
-local key = ARGV[1] .. ':d:' .. ARGV[2]
-local sub = redis.call('HGET', key, 'sub')
-if sub and redis.call('ZREM', ARGV[1] .. ':s:' .. sub .. ':dlq', ARGV[2]) == 1 then
+local key = K.delivery(ARGV[1])
+local sub = redis.call('HGET', key, D.sub)
+if sub and redis.call('ZREM', K.dlq(sub), ARGV[1]) == 1 then
     redis.call('DEL', key)
     return 1
 end

@@ -1,35 +1,35 @@
 -- Take up to maxlot items from a pull subscription's queue, as VTEX's Feed v3 does: they are
 -- hidden for the visibility timeout, and come back unless committed.
 --
--- KEYS[1]  the subscription's ready set (score: creation time, ms)
--- KEYS[2]  its hidden set (score: the time the items become visible again, ms)
--- KEYS[3]  the stats hash
--- ARGV[1]  now, ms;  ARGV[2] hidden until, ms;  ARGV[3] maxlot;  ARGV[4] the key tag
--- ARGV[5]  the retention, ms;  ARGV[6] the subscription id
+-- ARGV[1]  JSON: {sub, now (ms), hiddenUntil (ms), maxlot, retentionMs}
+-- The subscription's ready set holds its items by creation time; its in-flight set the hidden
+-- ones, by the time they become visible again.
 --
 -- First hidden items whose time is up come back; then items older than the retention are
--- dropped and counted (`<sub>:expired`). Returns {{delivery id, event JSON}, ...}.
-local now, hidden_until, tag, sub = tonumber(ARGV[1]), ARGV[2], ARGV[4], ARGV[6]
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)) do
-    redis.call('ZREM', KEYS[2], id)
-    local created = redis.call('HGET', tag .. ':d:' .. id, 'createdMs')
+-- dropped and counted (C.expired). Returns {{delivery id, event JSON}, ...}.
+local args = cjson.decode(ARGV[1])
+local sub, now = args.sub, args.now
+local ready, hidden = K.ready(sub), K.inflight(sub)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', hidden, '-inf', now, 'LIMIT', 0, 1000)) do
+    redis.call('ZREM', hidden, id)
+    local created = redis.call('HGET', K.delivery(id), D.createdMs)
     if created then
-        redis.call('ZADD', KEYS[1], created, id)
+        redis.call('ZADD', ready, created, id)
     end
 end
-local oldest = now - tonumber(ARGV[5])
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. oldest, 'LIMIT', 0, 1000)) do
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('DEL', tag .. ':d:' .. id)
-    redis.call('ZREM', tag .. ':s:' .. sub .. ':age', id)
-    redis.call('HINCRBY', KEYS[3], sub .. ':expired', 1)
+local oldest = now - args.retentionMs
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', ready, '-inf', '(' .. oldest, 'LIMIT', 0, 1000)) do
+    redis.call('ZREM', ready, id)
+    redis.call('DEL', K.delivery(id))
+    redis.call('ZREM', K.pending_age(sub), id)
+    redis.call('HINCRBY', K.stats, stat(sub, C.expired), 1)
 end
 local items = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))) do
-    redis.call('ZREM', KEYS[1], id)
-    local event = redis.call('HGET', tag .. ':d:' .. id, 'event')
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', ready, '-inf', now, 'LIMIT', 0, args.maxlot)) do
+    redis.call('ZREM', ready, id)
+    local event = redis.call('HGET', K.delivery(id), D.event)
     if event then
-        redis.call('ZADD', KEYS[2], hidden_until, id)
+        redis.call('ZADD', hidden, args.hiddenUntil, id)
         items[#items + 1] = {id, event}
     end
 end

@@ -12,6 +12,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from app.store.schema import LatencyField
+
 # From a first attempt on loopback (10 ms) to the last retry of the default schedule
 # (5 s, 5 min, 30 min, 2 h, 5 h, 10 h: about 17.6 h): one bucket per step a person would see.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -37,7 +39,7 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
 )
 _BOUNDS_MS = tuple(round(b * 1000) for b in LATENCY_BUCKETS_S)
 INF = "inf"
-SUM_MS = "sumMs"
+SUM_MS = LatencyField.SUM_MS
 
 
 def bucket_field(latency_ms: int) -> str:

@@ -150,3 +150,104 @@ local function order_settled(tag, sub, id, event, ord, pos, delivered, now, rete
     order_release(tag, sub, ord, now, '', 0)
 end
 
+
+-- ── The hooks: the ordering's whole interface to the other scripts ─────────────────────────
+
+-- route.lua: may the ingest entry `entry_id` be routed now? An entry numbered by ingest
+-- (E.seq, E.ord) is routed only after its order's earlier entries, whichever router took
+-- them: else it is deferred (left pending, for this router to try again), so the order's line
+-- gets its events in the order they were appended even when two processes route at once.
+-- Returns whether it may, and a function to call once it is routed (it records the count, kept
+-- for `window_s`).
+local function ordering_turn(stream, entry_id, window_s)
+    local noop = function() end
+    local found = redis.call('XRANGE', stream, entry_id, entry_id)[1]
+    if not found then
+        return true, noop
+    end
+    local seq, ord
+    local fields = found[2]
+    for j = 1, #fields, 2 do
+        if fields[j] == E.seq then
+            seq = tonumber(fields[j + 1])
+        elseif fields[j] == E.ord then
+            ord = fields[j + 1]
+        end
+    end
+    if not seq then
+        return true, noop
+    end
+    local key = K.order_routed(ord)
+    local routed = tonumber(redis.call('GET', key) or '0')
+    if routed < seq - 1 then
+        return false, noop
+    end
+    return true, function()
+        redis.call('SET', key, math.max(routed, seq), 'EX', window_s)
+    end
+end
+
+-- route.lua: a new delivery joins its order's line: `ordered` is {position, windowMs,
+-- dropStale} (app/ordering). Raises on a malformed one (route.lua dead-letters it). Returns
+-- 'claimed' when released at once in flight under `lease`, else 'queued'.
+local function ordering_enqueue(sub, id, key, ord, ordered, now, lease)
+    local pos = ordered.position
+    if type(ord) ~= 'string' or order_pos(pos) == nil then
+        error('not a valid order position: ' .. cjson.encode(ordered), 0)
+    end
+    redis.call('HSET', key, D.ord, ord, D.pos, pos, D.win, tonumber(ordered.windowMs) or 0,
+        D.stale, ordered.dropStale and '1' or '0')
+    redis.call('ZADD', K.order_waiting(sub, ord), 0, pos)
+    if order_release(TAG, sub, ord, tonumber(now), id, lease) ~= nil then
+        return 'claimed'
+    end
+    return 'queued'
+end
+
+-- route.lua: a delivery that could not be created leaves its order's line, and the order's
+-- next one may go.
+local function ordering_unroute(sub, id, ord, ordered, now)
+    if type(ord) ~= 'string' then
+        return
+    end
+    if type(ordered) == 'table' and type(ordered.position) == 'string' then
+        redis.call('ZREM', K.order_waiting(sub, ord), ordered.position)
+    end
+    if redis.call('GET', K.order_head(sub, ord)) == id then
+        redis.call('DEL', K.order_head(sub, ord))
+    end
+    pcall(order_release, TAG, sub, ord, tonumber(now), '', 0)
+end
+
+-- claim.lua: orders whose reorder window is over release their next delivery to the ready set.
+-- Returns when the next window ends (ms), or nil when no order waits for one.
+local function ordering_release_due(sub, now)
+    local hold = K.order_hold(sub)
+    for _, ord in ipairs(redis.call('ZRANGEBYSCORE', hold, '-inf', now, 'LIMIT', 0, 1000)) do
+        order_release(TAG, sub, ord, now, '', 0)
+    end
+    local held = redis.call('ZRANGE', hold, 0, 0, 'WITHSCORES')[2]
+    return held and tonumber(held) or nil
+end
+
+-- settle.lua: the delivery `id` (hash `key`) of event `event_id` was delivered, or dead-lettered
+-- (`delivered` false): if it is ordered, its order's next one may go.
+local function ordering_settled(key, sub, id, event_id, delivered, now, retention)
+    local ordered = redis.call('HMGET', key, D.ord, D.pos)
+    if ordered[1] then
+        order_settled(TAG, sub, id, event_id, ordered[1], ordered[2], delivered, now, retention)
+    end
+end
+
+-- replay.lua: a dead-lettered delivery goes back: an ordered one in its order's line (returns
+-- true), any other not (returns false: the caller makes it ready).
+local function ordering_requeue(key, sub, id, now)
+    local ordered = redis.call('HMGET', key, D.ord, D.pos)
+    if not ordered[1] then
+        return false
+    end
+    redis.call('SREM', K.order_dead(sub, ordered[1]), id)
+    redis.call('ZADD', K.order_waiting(sub, ordered[1]), 0, ordered[2])
+    order_release(TAG, sub, ordered[1], tonumber(now), '', 0)
+    return true
+end

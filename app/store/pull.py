@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import orjson
+
 from app.store.client import Store, now_ms, text
 from app.store.schema import Keys
 from app.store.scripts import register
@@ -23,14 +25,16 @@ class PullQueue:
         """Up to `maxlot` items, hidden until the returned time (ms)."""
         now = now_ms()
         hidden_until = now + int(visibility_s * 1000)
-        keys = [self.keys.ready(sub), self.keys.inflight(sub), self.keys.stats]
-        args = [now, hidden_until, maxlot, self.keys.tag, int(retention_s * 1000), sub]
-        items = await self.store.script(self._feed_take, keys, args)
+        args = {
+            "sub": sub,
+            "now": now,
+            "hiddenUntil": hidden_until,
+            "maxlot": maxlot,
+            "retentionMs": int(retention_s * 1000),
+        }
+        items = await self.store.script(self._feed_take, [], [orjson.dumps(args)])
         return [(text(i), e) for i, e in items], hidden_until
 
     async def feed_commit(self, sub: str, receipts: Sequence[str]) -> int:
         """Commit items by "<delivery id>~<hidden until>" receipts."""
-        keys = [self.keys.inflight(sub), self.keys.stats]
-        return int(
-            await self.store.script(self._feed_commit, keys, [self.keys.tag, sub, *receipts])
-        )
+        return int(await self.store.script(self._feed_commit, [], [sub, *receipts]))

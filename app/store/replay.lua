@@ -1,30 +1,24 @@
 -- Requeue dead-lettered deliveries with a fresh schedule, and enable their subscriptions. A
--- per-order delivery goes back in its order's line (order.lua).
+-- per-order delivery goes back in its order's line (ordering_requeue).
 --
--- ARGV[1] the key tag;  ARGV[2] now, ms;  ARGV[3..] delivery ids
--- Keys are built from the tag (one hash slot). Ids not in their dead-letter queue are skipped.
--- Returns the number requeued.
-local tag, now = ARGV[1], ARGV[2]
+-- ARGV[1]  JSON: {now (ms), ids: [delivery id, ...]}
+-- Ids not in their dead-letter queue are skipped. Returns the number requeued.
+local args = cjson.decode(ARGV[1])
+local now = args.now
 local count = 0
-for i = 3, #ARGV do
-    local key = tag .. ':d:' .. ARGV[i]
-    local sub = redis.call('HGET', key, 'sub')
-    if sub and redis.call('ZREM', tag .. ':s:' .. sub .. ':dlq', ARGV[i]) == 1 then
+for _, id in ipairs(args.ids) do
+    local key = K.delivery(id)
+    local sub = redis.call('HGET', key, D.sub)
+    if sub and redis.call('ZREM', K.dlq(sub), id) == 1 then
         -- replayed: an ordered one is sent whatever drop_stale says (order.lua); settle.lua
         -- leaves its time in the dead-letter queue out of the latency figures
-        redis.call('HSET', key, 'attempts', 0, 'replayed', '1')
-        redis.call('HDEL', key, 'deadMs')
-        local ordered = redis.call('HMGET', key, 'ord', 'pos')
-        if ordered[1] then -- back in its order's line
-            local base = tag .. ':s:' .. sub
-            redis.call('SREM', base .. ':od:' .. ordered[1], ARGV[i])
-            redis.call('ZADD', base .. ':o:' .. ordered[1], 0, ordered[2])
-            order_release(tag, sub, ordered[1], tonumber(now), '', 0)
-        else
-            redis.call('ZADD', tag .. ':s:' .. sub .. ':ready', now, ARGV[i])
+        redis.call('HSET', key, D.attempts, 0, D.replayed, '1')
+        redis.call('HDEL', key, D.deadMs)
+        if not ordering_requeue(key, sub, id, now) then
+            redis.call('ZADD', K.ready(sub), now, id)
         end
-        redis.call('ZADD', tag .. ':s:' .. sub .. ':age', now, ARGV[i])
-        state_enable(tag .. ':s:' .. sub .. ':state', now)
+        redis.call('ZADD', K.pending_age(sub), now, id)
+        state_enable(sub, now)
         count = count + 1
     end
 end

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+import msgspec
 from redis.exceptions import ResponseError
 
 from app.events import order_key
@@ -19,19 +19,46 @@ from app.store.schema import Keys
 from app.store.scripts import register
 
 
-@dataclass
-class Planned:
-    """A delivery to create; with a lease it goes straight in flight, claimed by this process."""
+class OrderPlace(msgspec.Struct, rename="camel"):
+    """A per-order delivery's place in its order (app/ordering): its position, its reorder
+    window and whether it is dropped when older than the order's last delivered."""
 
-    delivery_id: str
+    position: str
+    window_ms: int = 0
+    drop_stale: bool = False
+
+
+class Planned(msgspec.Struct, rename="camel", omit_defaults=True):
+    """A delivery to create; with a lease it goes straight in flight, claimed by this process.
+    Encoded as route.lua reads it (its names are that script's)."""
+
+    delivery_id: str = msgspec.field(name="id")
     sub: str
-    lease_until_ms: int = 0
-    # per-order subscriptions: [order key, position, reorder window ms, drop stale 0|1]
-    ordered: list[Any] | int = 0
+    lease_until_ms: int = msgspec.field(default=0, name="lease")
+    # per-order subscriptions: its place in its order
+    ordered: OrderPlace | None = None
     # why the router could not plan it: route.lua dead-letters it at once with this reason
     error: str = ""
     # single fire: how long its order's first match is remembered (0: every match is delivered)
     single_fire_s: int = 0
+
+
+class _Entry(msgspec.Struct, rename="camel"):
+    entry: str
+    event_id: str
+    order_id: str
+    order: str  # app/events.py's order_key
+    deliveries: Sequence[Planned]
+
+
+class _RoutePlan(msgspec.Struct, rename="camel"):
+    """route.lua's ARGV[1]; the entries' event JSON follows it, one argument each."""
+
+    group: str
+    now: int
+    retention_s: int
+    window_s: int
+    entries: list[_Entry]
 
 
 @dataclass(frozen=True)
@@ -88,42 +115,26 @@ class Routing:
     async def route(self, routed: Sequence[Routed]) -> tuple[set[str], set[str]]:
         """Create the deliveries and acknowledge the entries; returns the delivery ids claimed
         and the entry ids deferred (an earlier entry of their order is not routed yet)."""
-        payload = []
-        for r in routed:
-            event_id, order_id = r.event["id"], r.event["orderId"]
-            event_json = r.event_json.decode()
-            deliveries = [
-                [
-                    d.delivery_id,
-                    d.sub,
-                    event_id,
-                    order_id,
-                    event_json,
-                    d.lease_until_ms,
-                    d.ordered,
-                    d.error,
-                    self._fired(d, r.event),
-                ]
-                for d in r.deliveries
-            ]
-            payload.append([r.entry_id, deliveries, event_id, order_id, event_json])
-        args = [
+        plan = _RoutePlan(
             Keys.ROUTER_GROUP,
             now_ms(),
-            self.keys.tag,
-            orjson.dumps(payload),
             self.retention_s,
             self.store.dedupe_window_s,
-        ]
+            [
+                _Entry(
+                    r.entry_id,
+                    r.event["id"],
+                    r.event["orderId"],
+                    order_key(r.event),
+                    r.deliveries,
+                )
+                for r in routed
+            ],
+        )
+        args = [msgspec.json.encode(plan), *(r.event_json for r in routed)]
         keys = [self.keys.ingest_stream]
         claimed, deferred = await self.store.script(self._route, keys, args)
         return {text(i) for i in claimed}, {text(i) for i in deferred}
-
-    def _fired(self, planned: Planned, event: dict[str, Any]) -> list[Any] | int:
-        """route.lua's `fired`: the order's fired key and its retention, for single fire."""
-        if not planned.single_fire_s:
-            return 0
-        return [self.keys.fired(planned.sub, order_key(event)), planned.single_fire_s]
 
     async def count(self, increments: dict[str, int]) -> None:
         """Add to the counters in the stats hash."""

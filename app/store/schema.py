@@ -257,6 +257,13 @@ class State(StrEnum):
     TOKENS_AT_MS = "tokensAtMs"
 
 
+class LatencyField(StrEnum):
+    """The latency histogram's (Keys.latency_histogram) fixed fields; the others are its
+    buckets (app/store/latency.py's bucket_field)."""
+
+    SUM_MS = "sumMs"  # the total latency of the deliveries counted
+
+
 class Enablement(StrEnum):
     """State.STATE's values."""
 
@@ -303,6 +310,7 @@ LUA_TABLES: dict[str, type[StrEnum]] = {
     "E": Entry,
     "D": Delivery,
     "S": State,
+    "H": LatencyField,
     "ENABLEMENT": Enablement,
     "BREAKER": Breaker,
     "C": Counter,

@@ -22,9 +22,11 @@ def load_script(name: str) -> str:
 
 def shared_rules() -> str:
     """The rules the delivery scripts share: the constants of app/events.py they need, the
-    subscription state's rules (state.lua) and the per-order ones (order.lua)."""
+    subscription state's rules (state.lua), a delivery's (delivery.lua), admission (admission.lua)
+    and the per-order ones (order.lua)."""
     constants = f"local POSITION_TICKS_DIGITS = {POSITION_TICKS_DIGITS}\n"
-    return constants + load_script("state.lua") + load_script("order.lua")
+    rules = ("state.lua", "delivery.lua", "admission.lua", "order.lua")
+    return constants + "".join(load_script(name) for name in rules)
 
 
 def register(client: aioredis.Redis, keys: Keys, name: str, rules: bool = True) -> AsyncScript:

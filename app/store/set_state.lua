@@ -1,11 +1,11 @@
 -- Enable or disable a subscription (an operator's action).
 --
--- KEYS[1]  the subscription's state hash
--- ARGV[1]  "enabled" | "disabled";  ARGV[2] the reason (disabled);  ARGV[3] now, ms
+-- ARGV[1]  JSON: {sub, state: "enabled" | "disabled", reason (disabled), now (ms)}
 -- Enabling forgets its failures (state_enable), so the next single failure cannot disable it.
-if ARGV[1] == 'enabled' then
-    state_enable(KEYS[1], ARGV[3])
+local args = cjson.decode(ARGV[1])
+if args.state == ENABLEMENT.enabled then
+    state_enable(args.sub, args.now)
 else
-    redis.call('HSET', KEYS[1], 'state', 'disabled', 'reason', ARGV[2], 'changedMs', ARGV[3])
+    state_disable(args.sub, args.reason, args.now)
 end
 return 1
