@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,7 @@ from app.redaction import describe, redirect_origin, scrub
 from app.retry import Dead, Delivered, Gone, Outcome, Retry, decide, parse_retry_after
 from app.sandbox import TRANSFORM, ConfigExpressions, SandboxBusy, Verdict
 from app.signing import signature_headers
+from app.slots import Grant, Slots
 from app.ssrf import Refused
 from app.store.batcher import Batcher
 from app.store.client import now_ms
@@ -139,23 +141,20 @@ class SubscriptionWorker:
     def wake(self) -> None:
         self._wake.set()
 
-    def reserve(self, wanted: int) -> tuple[int, int]:
-        """Free slots for deliveries the router claims for us: (granted, lease expiry ms)."""
-        if self._stopping or self.sub.max_per_second:  # rate-limited: through the bucket only
-            return 0, 0
-        granted = max(0, min(wanted, self._free()))
+    def reserve(self, wanted: int) -> Grant:
+        """Free slots for deliveries the router creates in flight for us (admission, in
+        route.lua, decides which may go); `release` gives them back."""
+        granted = 0 if self._stopping else max(0, min(wanted, self._free()))
         self._reserved += granted
-        return granted, now_ms() + int(self.lease_s * 1000)
+        return Grant(granted, now_ms() + int(self.lease_s * 1000))
 
-    def hand_over(self, items: list[Claimed], reserved: int) -> None:
+    def release(self, reserved: int) -> None:
         self._reserved -= reserved
-        for item in items:
-            self._start(item)
 
     def _free(self) -> int:
         return self.sub.max_in_flight - len(self.tasks) - self._reserved
 
-    def _start(self, item: Claimed) -> None:
+    def start(self, item: Claimed) -> None:
         task = asyncio.create_task(self._attempt(item))
         self.tasks.add(task)
         task.add_done_callback(self._finished)
@@ -186,7 +185,7 @@ class SubscriptionWorker:
             log.warning("subscription %s: cannot claim: %s", self.sub.id, exc)
             return 1.0
         for item in claimed:
-            self._start(item)
+            self.start(item)
         if len(claimed) == free:
             return IDLE_POLL_S
         if next_due < 0:
@@ -378,13 +377,24 @@ class Deliverer:
             if sub_id in self.workers:
                 self.workers[sub_id].wake()
 
-    def reserve(self, sub_id: str, wanted: int) -> tuple[int, int]:
-        worker = self.workers.get(sub_id)
-        return worker.reserve(wanted) if worker else (0, 0)
+    @contextmanager
+    def reserve(self, wanted: Mapping[str, int]) -> Iterator[Slots]:
+        """Slots of the workers of `wanted`'s subscriptions, all given back on the way out
+        (those used are then counted by their attempts)."""
+        grants = {
+            sub: self.workers[sub].reserve(count)
+            for sub, count in wanted.items()
+            if sub in self.workers
+        }
+        slots = Slots(grants, self._start)
+        try:
+            yield slots
+        finally:
+            for sub, count in slots.reserved.items():
+                self.workers[sub].release(count)
 
-    def hand_over(self, sub_id: str, items: list[Claimed], reserved: int) -> None:
-        if sub_id in self.workers:
-            self.workers[sub_id].hand_over(items, reserved)
+    def _start(self, sub_id: str, item: Claimed) -> None:
+        self.workers[sub_id].start(item)
 
     async def run(self) -> None:
         self.settler.start()

@@ -17,7 +17,8 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import orjson
@@ -36,6 +37,7 @@ from app.filters import (
 )
 from app.lifecycle import sleep_unless
 from app.sandbox import FILTER, ConfigExpressions, Job, SandboxBusy, Verdict
+from app.slots import Slots
 from app.store.deliveries import Claimed
 from app.store.routing import OrderPlace, Planned, Routed, Routing
 from app.store.schema import Counter as Stat
@@ -112,11 +114,8 @@ def filter_pool(subscriptions: Sequence[Subscription]) -> ConfigExpressions | No
 class Dispatch(Protocol):
     """This process's deliverer, as the router sees it."""
 
-    def reserve(self, sub_id: str, wanted: int) -> tuple[int, int]:
-        """Take up to `wanted` free slots: (granted, lease expiry in ms)."""
-
-    def hand_over(self, sub_id: str, items: list[Claimed], reserved: int) -> None:
-        """Start the claimed deliveries; free the reserved slots left unused."""
+    def reserve(self, wanted: Mapping[str, int]) -> AbstractContextManager[Slots]:
+        """Up to `wanted` free slots per subscription, given back on the way out."""
 
     def wake(self, sub_ids: Iterable[str]) -> None:
         """Deliveries wait in these subscriptions' ready queues."""
@@ -186,16 +185,14 @@ class Router:
         if not entries:
             return
         routed = await self._plan_all(entries)
-        reserved = self._claim_locally(routed)
-        try:
+        with self.dispatch.reserve(Counter(d.sub for r in routed for d in r.deliveries)) as slots:
+            for d in (d for r in routed for d in r.deliveries):
+                d.lease_until_ms = slots.take(d.sub)
             claimed, deferred = await self.routing.route(routed)
-        except BaseException:
-            for sub, count in reserved.items():
-                self.dispatch.hand_over(sub, [], count)
-            raise
+            queued = self._start_claimed(routed, claimed, slots)
+        self.dispatch.wake(queued)
         if deferred:
             self._deferred += [(r.entry_id, r.event_json) for r in routed if r.entry_id in deferred]
-        self._hand_over(routed, claimed, reserved)
         if self._filter_errors:
             errors, self._filter_errors = self._filter_errors, Counter()
             await self.routing.count(
@@ -270,6 +267,7 @@ class Router:
         dead-letters it with that reason (the event's other deliveries go on)."""
         planned = Planned(delivery_id(event["id"], sub.id), sub.id)
         planned.single_fire_s = single_fire_s(sub.filter)  # route.lua decides: once per order
+        planned.max_per_second = sub.max_per_second  # admission's, with the lease
         if sub.ordered:
             try:
                 planned.ordered = OrderPlace(
@@ -282,35 +280,18 @@ class Router:
                 planned.error = f"{type(exc).__name__}: {exc}"[:500]
         return planned
 
-    def _claim_locally(self, routed: Sequence[Routed]) -> dict[str, int]:
-        """Lease deliveries to this process's own workers while they have free slots: they
-        start at once, without a round trip to claim them."""
-        wanted = Counter(d.sub for r in routed for d in r.deliveries)
-        reserved: dict[str, int] = {}
-        leases: dict[str, int] = {}
-        for sub, count in wanted.items():
-            reserved[sub], leases[sub] = self.dispatch.reserve(sub, count)
-        left = dict(reserved)
-        for d in (d for r in routed for d in r.deliveries):
-            if left[d.sub] > 0:
-                left[d.sub] -= 1
-                d.lease_until_ms = leases[d.sub]
-        return reserved
-
-    def _hand_over(
-        self, routed: Sequence[Routed], claimed: set[str], reserved: dict[str, int]
-    ) -> None:
-        items: dict[str, list[Claimed]] = {sub: [] for sub in reserved}
+    @staticmethod
+    def _start_claimed(routed: Sequence[Routed], claimed: set[str], slots: Slots) -> set[str]:
+        """Start the deliveries route.lua put in flight for this process; returns the
+        subscriptions whose ready queues got the others."""
         queued = set()
         for r in routed:
             for d in r.deliveries:
                 if d.delivery_id in claimed:
-                    items[d.sub].append(Claimed(d.delivery_id, r.event_json, 0))
+                    slots.start(d.sub, Claimed(d.delivery_id, r.event_json, 0))
                 else:  # in the ready set (or its order's line: it may have let another go)
                     queued.add(d.sub)
-        for sub, count in reserved.items():
-            self.dispatch.hand_over(sub, items[sub], count)
-        self.dispatch.wake(queued)
+        return queued
 
     async def close(self) -> None:
         if self.filters is not None:

@@ -6,23 +6,24 @@
 -- A disabled subscription claims nothing; orders whose reorder window is over release their
 -- next delivery to the ready set first (ordering_release_due).
 --
--- An open breaker claims nothing until `openUntil`; then it turns half-open and lets exactly
--- one delivery through as a probe (another one only if that probe's lease ran out): the due
--- delivery created first (the subscription's age set), so a retry of an early event rather
--- than the latest event's first attempt — a subscriber that fails first attempts and takes
--- retries is then found healthy, and drains.
+-- What may go is admission's (admission.lua). A half-open breaker's probe is the due delivery
+-- created first (the subscription's age set), so a retry of an early event rather than the
+-- latest event's first attempt — a subscriber that fails first attempts and takes retries is
+-- then found healthy, and drains.
 -- Returns {items, next due}: items are {delivery id, event JSON, attempts so far}; next due is
 -- the earliest due time still waiting (ms), or -1 when nothing waits (or disabled).
 local args = cjson.decode(ARGV[1])
 local sub, now = args.sub, args.now
-local ready, inflight, statekey = K.ready(sub), K.inflight(sub), K.state(sub)
-local state = redis.call('HMGET', statekey, S.state, S.breaker, S.openUntil, S.probeUntil)
-if state[1] == ENABLEMENT.disabled then
+local ready, inflight = K.ready(sub), K.inflight(sub)
+local rate = tonumber(args.maxPerSecond) or 0
+local grant = admission_lease(sub, now, args.limit, args.leaseUntil, rate, true)
+if grant.disabled then
     return {{}, -1}
 end
-local limit = args.limit
 local held = ordering_release_due(sub, now)
-local probing = false
+if grant.count < 1 then
+    return {{}, grant.wake}
+end
 
 -- The probe: the first-created due delivery among the oldest PROBE_SCAN undelivered ones, else
 -- the first due.
@@ -36,37 +37,13 @@ local function probe()
     end
     return redis.call('ZRANGEBYSCORE', ready, '-inf', now, 'LIMIT', 0, 1)
 end
-if state[2] == BREAKER.open or state[2] == BREAKER.half_open then
-    if state[2] == BREAKER.open and now < tonumber(state[3]) then
-        return {{}, tonumber(state[3])}
-    end
-    if state[2] == BREAKER.half_open and now < tonumber(state[4] or 0) then
-        return {{}, tonumber(state[4])}
-    end
-    limit = 1
-    probing = true
-    redis.call('HSET', statekey, S.breaker, BREAKER.half_open, S.probeUntil, args.leaseUntil)
-end
-local rate = tonumber(args.maxPerSecond) or 0
-local tokens = 0
-if rate > 0 then
-    local bucket = redis.call('HMGET', statekey, S.tokens, S.tokensAtMs)
-    local capacity = math.max(1, rate)
-    tokens = tonumber(bucket[1] or capacity)
-    local since = now - tonumber(bucket[2] or now)
-    tokens = math.min(capacity, tokens + since * rate / 1000)
-    limit = math.min(limit, math.floor(tokens))
-    if limit < 1 then
-        redis.call('HSET', statekey, S.tokens, tostring(tokens), S.tokensAtMs, now)
-        return {{}, now + math.ceil((1 - tokens) * 1000 / rate)}
-    end
-end
+
 local items = {}
 local ids
-if probing then
+if grant.probe then
     ids = probe()
 else
-    ids = redis.call('ZRANGEBYSCORE', ready, '-inf', now, 'LIMIT', 0, limit)
+    ids = redis.call('ZRANGEBYSCORE', ready, '-inf', now, 'LIMIT', 0, grant.count)
 end
 for _, id in ipairs(ids) do
     redis.call('ZREM', ready, id)
@@ -76,9 +53,7 @@ for _, id in ipairs(ids) do
         items[#items + 1] = {id, d[1], d[2]}
     end
 end
-if rate > 0 then
-    redis.call('HSET', statekey, S.tokens, tostring(tokens - #items), S.tokensAtMs, now)
-end
+admission_spent(sub, grant, #items)
 local first = tonumber(redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')[2] or -1)
 if held and (first < 0 or held < first) then
     first = held

@@ -2,12 +2,12 @@
 --
 -- KEYS[1]     the ingest stream
 -- ARGV[1]     JSON, the plan: {group, now (ms), retentionS, entries: [{entry, eventId, orderId,
---             order, deliveries: [{id, sub, lease, ordered, error, singleFireS}]}]}
+--             order, deliveries: [{id, sub, lease, rate, ordered, error, singleFireS}]}]}
 --             (app/store/routing.py). `group`: the router's consumer group; `retentionS`: the
 --             delivery log's; `order`: the order key (app/events.py's order_key).
 --             A delivery's `lease` of 0 queues it as ready, any other (ms) puts it straight in
---             flight, claimed by this process's own worker, if admission_lease allows (else it
---             waits in the ready set). `ordered`, for a per-order subscription: its place in
+--             flight, claimed by this process's own worker, if admission_lease admits it (`rate`:
+--             its max_per_second; else it waits in the ready set). `ordered`, for a per-order subscription: its place in
 --             its order ({position, windowMs, dropStale}; app/ordering). `error` is "" or why
 --             the router could not plan the delivery: it is dead-lettered at once with that
 --             reason. `singleFireS` is 0, or for a single-fire filter (FromOrders without
@@ -57,7 +57,12 @@ local function create(d, e, event, key)
         error(d.error, 0)
     end
     delivery_create(key, d.id, d.sub, e.eventId, e.orderId, event, now)
-    local lease = admission_route_lease(d.sub, tonumber(d.lease) or 0)
+    local lease = tonumber(d.lease) or 0
+    if lease > 0 then -- this process's worker has a slot for it: in flight if admitted
+        local grant = admission_lease(d.sub, now, 1, lease, tonumber(d.rate) or 0, false)
+        admission_spent(d.sub, grant, grant.count)
+        lease = grant.count > 0 and lease or 0
+    end
     if d.ordered ~= nil then
         return ordering_enqueue(d.sub, d.id, key, e.order, d.ordered, now, lease)
     elseif lease > 0 then

@@ -35,6 +35,8 @@ class Planned(msgspec.Struct, rename="camel", omit_defaults=True):
     delivery_id: str = msgspec.field(name="id")
     sub: str
     lease_until_ms: int = msgspec.field(default=0, name="lease")
+    # its subscription's max_per_second, for admission (admission.lua's token bucket)
+    max_per_second: float = msgspec.field(default=0, name="rate")
     # per-order subscriptions: its place in its order
     ordered: OrderPlace | None = None
     # why the router could not plan it: route.lua dead-letters it at once with this reason
