@@ -316,29 +316,6 @@ def order_key(event: dict[str, Any]) -> str:
     return f"{event['account']}:{event['orderId']}"
 
 
-POSITION_TICKS_DIGITS = 17  # 100 ns ticks up to 2286-11-20: ingest refuses later times
-POSITION_MS_DIGITS = 13
-
-
-def order_position(event: dict[str, Any], delivery_id: str) -> str:
-    """Where a delivery sorts among its order's: by its change time (change_time's rule; its
-    receipt time where it has none), then by receipt. Each number is zero-padded to a fixed
-    width (and kept within it), so positions sort as text, in Lua too:
-    `<17-digit ticks>|<13-digit receipt ms>|<delivery id>`; order.lua's order_pos reads one."""
-    received = _fit(iso_ticks(event["receivedAt"]) or 0, POSITION_TICKS_DIGITS)
-    changed = iso_ticks(event_change_time(event))
-    sort_ticks = _fit(changed if changed is not None else received, POSITION_TICKS_DIGITS)
-    receipt_ms = _fit(received // 10_000, POSITION_MS_DIGITS)
-    return (
-        f"{sort_ticks:0{POSITION_TICKS_DIGITS}d}|{receipt_ms:0{POSITION_MS_DIGITS}d}|{delivery_id}"
-    )
-
-
-def _fit(number: int, digits: int) -> int:
-    largest = int("9" * digits)
-    return min(max(number, 0), largest)
-
-
 def occurrence_time(event: dict[str, Any]) -> str:
     """When the change happened (change_time's rule), or when it was received."""
     changed = event_change_time(event)

@@ -25,7 +25,6 @@ import orjson
 
 from app.config import Settings, Subscription
 from app.errors import StoreUnavailable
-from app.events import order_position
 from app.filters import (
     EVALUATION_PAUSE_S,
     EvaluationError,
@@ -36,10 +35,11 @@ from app.filters import (
     single_fire_s,
 )
 from app.lifecycle import sleep_unless
+from app.ordering import place
 from app.sandbox import FILTER, ConfigExpressions, Job, SandboxBusy, Verdict
 from app.slots import Slots
 from app.store.deliveries import Claimed
-from app.store.routing import OrderPlace, Planned, Routed, Routing
+from app.store.routing import Planned, Routed, Routing
 from app.store.schema import Counter as Stat
 from app.store.schema import stat_field
 from app.vtex.enrich import Enricher
@@ -270,11 +270,7 @@ class Router:
         planned.max_per_second = sub.max_per_second  # admission's, with the lease
         if sub.ordered:
             try:
-                planned.ordered = OrderPlace(
-                    order_position(event, planned.delivery_id),
-                    int(sub.reorder_window_s * 1000),
-                    sub.drop_stale,
-                )
+                planned.ordered = place(event, planned.delivery_id, sub)
             except Exception as exc:  # a value no rule foresaw: dead-lettered, not lost
                 log.exception("delivery %s could not be planned", planned.delivery_id)
                 planned.error = f"{type(exc).__name__}: {exc}"[:500]

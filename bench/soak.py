@@ -431,7 +431,7 @@ class Sampler:
 
 def family_of(name: str) -> str:
     """`seen:<id>` -> seen; `s:s5:ready` -> s:*:ready; `s:s5:o:<account>:<order>` -> s:*:o:*
-    (per-order keys, app/store/order.lua); `stats` -> stats."""
+    (per-order keys, app/ordering/order.lua); `stats` -> stats."""
     parts = name.split(":")
     if parts[0] == "s" and len(parts) > 3:
         return f"s:*:{parts[2]}:*"

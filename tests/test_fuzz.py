@@ -52,15 +52,15 @@ from app.config import Settings, load_settings
 from app.errors import BadRequest, ConfigError
 from app.events import (
     MAX_SAFE_NUMBER,
-    POSITION_TICKS_DIGITS,
     Notification,
     cloudevent,
     default_data,
     normalize,
-    order_position,
     parse_body,
     utc_now_iso,
 )
+from app.ordering.position import TICKS_DIGITS as POSITION_TICKS_DIGITS
+from app.ordering.position import encode as order_position
 from app.server import create_app
 from app.store.schema import Keys
 from tests import strategies

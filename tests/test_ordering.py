@@ -21,9 +21,11 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.events import normalize, order_position, parse_body, utc_now_iso
+from app.events import normalize, parse_body, utc_now_iso
+from app.ordering import OrderPlace
+from app.ordering.position import encode as order_position
 from app.store.client import open_store
-from app.store.routing import OrderPlace, Planned, Routed, Routing
+from app.store.routing import Planned, Routed, Routing
 from app.store.schema import Keys
 from tests.conftest import AUTH, CONFIG_TOML, Gateway, notification
 from tests.relaying import ADMIN, SECRET, hook, subscription, until

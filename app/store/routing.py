@@ -14,18 +14,10 @@ import msgspec
 from redis.exceptions import ResponseError
 
 from app.events import order_key
+from app.ordering import OrderPlace
 from app.store.client import Store, now_ms, text
 from app.store.schema import Keys
 from app.store.scripts import register
-
-
-class OrderPlace(msgspec.Struct, rename="camel"):
-    """A per-order delivery's place in its order (app/ordering): its position, its reorder
-    window and whether it is dropped when older than the order's last delivered."""
-
-    position: str
-    window_ms: int = 0
-    drop_stale: bool = False
 
 
 class Planned(msgspec.Struct, rename="camel", omit_defaults=True):

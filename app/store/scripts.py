@@ -2,7 +2,8 @@
 
 Every script starts with the schema's prelude (app/store/schema.py: the key builders, field
 names and values, for this key prefix); the delivery scripts also get the shared rules: the
-subscription state's (state.lua) and the per-order ones (order.lua).
+subscription state's (state.lua), a delivery's, admission and the per-order ones (app/ordering:
+order.lua and the position's constants).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from importlib import resources
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from app.events import POSITION_TICKS_DIGITS
+from app.ordering import lua_rules as ordering_rules
 from app.store.schema import Keys, lua_prelude
 
 
@@ -21,12 +22,10 @@ def load_script(name: str) -> str:
 
 
 def shared_rules() -> str:
-    """The rules the delivery scripts share: the constants of app/events.py they need, the
-    subscription state's rules (state.lua), a delivery's (delivery.lua), admission (admission.lua)
-    and the per-order ones (order.lua)."""
-    constants = f"local POSITION_TICKS_DIGITS = {POSITION_TICKS_DIGITS}\n"
-    rules = ("state.lua", "delivery.lua", "admission.lua", "order.lua")
-    return constants + "".join(load_script(name) for name in rules)
+    """The rules the delivery scripts share: the subscription state's rules (state.lua), a
+    delivery's (delivery.lua), admission (admission.lua) and the per-order ones (app/ordering)."""
+    rules = ("state.lua", "delivery.lua", "admission.lua")
+    return "".join(load_script(name) for name in rules) + ordering_rules()
 
 
 def register(client: aioredis.Redis, keys: Keys, name: str, rules: bool = True) -> AsyncScript:

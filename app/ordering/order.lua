@@ -1,23 +1,21 @@
--- Per-order delivery, for subscriptions with ordering = "per-order". This file is prepended to
--- the scripts that create, claim, settle and replay deliveries (one copy of the rules).
+-- Per-order delivery, for subscriptions with ordering = "per-order" (app/ordering). Prepended
+-- to the scripts that create, claim, settle and replay deliveries (one copy of the rules), after
+-- the schema's prelude and the position's constants (app/ordering/position.py lua_constants).
+-- The other scripts call only the hooks at the end of this file.
 --
--- For one subscription, base = tag .. ':s:' .. sub, and one order, ord = "<account>:<order id>":
---   base:o:<ord>   sorted set (every score 0, sorted as text) of the order's deliveries waiting
---                  their turn; members are positions "<ticks>|<receipt ms>|<id>", each number
---                  zero-padded to its fixed width (app/events.py order_position, read by
---                  order_pos below): change-time order, then receipt order
---   base:oh:<ord>  the one delivery of the order released (ready, in flight or waiting for a
---                  retry); no other delivery of the order goes until it is delivered or dead
---   base:ol:<ord>  the ticks of the order's last delivered position (drop_stale compares them)
---   base:od:<ord>  set of the order's dead-lettered deliveries, to note which events overtook them
---   base:hold      sorted set: order → when its first waiting delivery's reorder window ends
--- An ordered delivery's hash also holds `ord`, `pos`, `win` (reorder window, ms) and `stale`
--- ("1": drop it when older than the last delivered), and `replayed` once replayed by hand.
+-- For one subscription `sub` and one order `ord` (app/events.py's order_key), the keys
+-- (app/store/schema.py): K.order_waiting(sub, ord), the order's deliveries waiting their turn,
+-- by position; K.order_head(sub, ord), the one released; K.order_last(sub, ord), the ticks of
+-- the last delivered; K.order_dead(sub, ord), its dead-lettered ones; K.order_hold(sub), orders
+-- by when their first waiting delivery's reorder window ends. An ordered delivery's hash also
+-- holds D.ord, D.pos, D.win (reorder window, ms) and D.stale ("1": drop it when older than the
+-- last delivered), and D.replayed once replayed by hand.
 
--- A position's parts: its change ticks (text: fixed width, compared as text, as 17 digits are
--- beyond a Lua number's exact range), its receipt in ms and its delivery id; nil when it is not
--- a position (POSITION_TICKS_DIGITS comes from the prelude made of app/events.py).
-local POSITION = '^(' .. string.rep('%d', POSITION_TICKS_DIGITS) .. ')|(%d+)|(.+)$'
+-- A position's parts (app/ordering/position.py decode, by the separator): its change ticks
+-- (text: fixed width, compared as text, as 17 digits are beyond a Lua number's exact range),
+-- its receipt in ms and its delivery id (which may hold the separator); nil when it is not one.
+local POSITION = '^(' .. string.rep('%d', POSITION_TICKS_DIGITS) .. ')%' .. POSITION_SEPARATOR
+    .. '(' .. string.rep('%d', POSITION_MS_DIGITS) .. ')%' .. POSITION_SEPARATOR .. '(.+)$'
 local function order_pos(pos)
     if type(pos) ~= 'string' then
         return nil
@@ -48,106 +46,117 @@ local function iso_from_ms(ms)
 end
 
 -- A stale delivery is not attempted: it is logged and counted as stale, then dropped.
-local function order_drop_stale(tag, sub, id, key, now)
-    local d = redis.call('HMGET', key, 'eventId', 'orderId')
+local function order_drop_stale(sub, id, key, now)
+    local d = redis.call('HMGET', key, D.eventId, D.orderId)
     local record = cjson.encode({
         at = iso_from_ms(now), subscription = sub, deliveryId = id, eventId = d[1],
         orderId = d[2], attempt = 0, outcome = 'stale', status = cjson.null,
         error = 'older than the last event delivered for this order; not sent (drop_stale)',
         durationMs = 0, response = ''
     })
-    local log = tag .. ':log:' .. d[1]
+    local log = K.event_log(d[1])
     redis.call('LPUSH', log, record)
     redis.call('LTRIM', log, 0, 99)
-    local ttl = redis.call('TTL', tag .. ':ev:' .. d[1])
+    local ttl = redis.call('TTL', K.event(d[1]))
     if ttl > 0 then
         redis.call('EXPIRE', log, ttl)
     end
-    redis.call('LPUSH', tag .. ':attempts', record)
-    redis.call('LTRIM', tag .. ':attempts', 0, 199)
-    redis.call('HINCRBY', tag .. ':stats', sub .. ':stale', 1)
-    redis.call('ZREM', tag .. ':s:' .. sub .. ':age', id)
+    redis.call('LPUSH', K.recent_attempts, record)
+    redis.call('LTRIM', K.recent_attempts, 0, 199)
+    redis.call('HINCRBY', K.stats, stat(sub, C.stale), 1)
+    redis.call('ZREM', K.pending_age(sub), id)
     redis.call('DEL', key)
+end
+
+-- The order's released delivery goes: straight in flight under `lease` when it is
+-- `claimable` (returns true), else to the ready set, due at its receipt: it keeps its place
+-- among the deliveries received after it.
+local function order_go(sub, ord, id, received, now, claimable, lease)
+    redis.call('ZREM', K.order_hold(sub), ord)
+    redis.call('SET', K.order_head(sub, ord), id)
+    if lease > 0 and id == claimable then
+        redis.call('ZADD', K.inflight(sub), lease, id)
+        return true
+    end
+    redis.call('ZADD', K.ready(sub), math.min(now, received), id)
+    return false
 end
 
 -- Release the order's next delivery, unless one is out or the next one's window is not over.
 -- `lease` > 0 and the released delivery is `claimable`: it goes straight in flight under that
--- lease (the caller starts it); otherwise to the ready set, due at its receipt. Returns the id put in
--- flight, or nil.
-local function order_release(tag, sub, ord, now, claimable, lease)
-    local base = tag .. ':s:' .. sub
-    local head = base .. ':oh:' .. ord
-    if redis.call('EXISTS', head) == 1 then
+-- lease (the caller starts it); otherwise to the ready set. Returns the id put in flight, or nil.
+local function order_release(sub, ord, now, claimable, lease)
+    if redis.call('EXISTS', K.order_head(sub, ord)) == 1 then
         return nil
     end
-    local waiting = base .. ':o:' .. ord
+    local waiting = K.order_waiting(sub, ord)
     while true do
         local pos = redis.call('ZRANGE', waiting, 0, 0)[1]
         if not pos then
-            redis.call('ZREM', base .. ':hold', ord)
+            redis.call('ZREM', K.order_hold(sub), ord)
             return nil
         end
         local ticks, received, id = order_pos(pos)
-        local key = tag .. ':d:' .. (id or '')
-        local d = id and redis.call('HMGET', key, 'win', 'stale', 'replayed') or {}
+        local key = id and K.delivery(id)
+        local d = id and redis.call('HMGET', key, D.win, D.stale, D.replayed) or {}
         local due = id and received + (tonumber(d[1]) or 0) or 0
         if due > now and d[3] ~= '1' then
-            redis.call('ZADD', base .. ':hold', due, ord)
+            redis.call('ZADD', K.order_hold(sub), due, ord)
             return nil
         end
         redis.call('ZREM', waiting, pos)
-        local last = redis.call('GET', base .. ':ol:' .. ord)
+        local last = redis.call('GET', K.order_last(sub, ord))
         if not id then -- route.lua lets no malformed position in; one found anyway is dropped
             redis.log(redis.LOG_WARNING, 'orderhook: dropped a malformed order position')
         elseif d[2] == '1' and d[3] ~= '1' and last and ticks < last then
-            order_drop_stale(tag, sub, id, key, now)
+            order_drop_stale(sub, id, key, now)
         elseif redis.call('EXISTS', key) == 1 then
-            redis.call('ZREM', base .. ':hold', ord)
-            redis.call('SET', head, id)
-            if lease > 0 and id == claimable then
-                redis.call('ZADD', base .. ':inflight', lease, id)
+            if order_go(sub, ord, id, received, now, claimable, lease) then
                 return id
             end
-            -- due at its receipt: it keeps its place among the deliveries received after it
-            redis.call('ZADD', base .. ':ready', math.min(now, received), id)
             return nil
+        end
+    end
+end
+
+-- The order's delivered deliveries overtook its dead-lettered ones: each dead one still in the
+-- dead-letter queue notes `event` (up to 100), the others leave the order's dead set.
+local function order_overtaken(sub, ord, event)
+    local deadset = K.order_dead(sub, ord)
+    for _, dead in ipairs(redis.call('SMEMBERS', deadset)) do
+        local dkey = K.delivery(dead)
+        if redis.call('ZSCORE', K.dlq(sub), dead) then
+            local over = redis.call('HGET', dkey, D.overtakenBy)
+            local count = over and select(2, string.gsub(over, ',', ',')) + 1 or 0
+            if count < 100 then
+                redis.call('HSET', dkey, D.overtakenBy, over and (over .. ',' .. event) or event)
+            end
+        else
+            redis.call('SREM', deadset, dead)
         end
     end
 end
 
 -- An ordered delivery was delivered or dead-lettered: the order's next one may go.
-local function order_settled(tag, sub, id, event, ord, pos, delivered, now, retention)
-    local base = tag .. ':s:' .. sub
+local function order_settled(sub, id, event, ord, pos, delivered, now, retention)
     if delivered then
         local ticks = order_pos(pos)
-        local last = redis.call('GET', base .. ':ol:' .. ord)
+        local last = redis.call('GET', K.order_last(sub, ord))
         if ticks and (not last or last < ticks) then
             last = ticks
         end
         if last then
-            redis.call('SET', base .. ':ol:' .. ord, last, 'EX', retention)
+            redis.call('SET', K.order_last(sub, ord), last, 'EX', retention)
         end
-        local deadset = base .. ':od:' .. ord
-        for _, dead in ipairs(redis.call('SMEMBERS', deadset)) do
-            local dkey = tag .. ':d:' .. dead
-            if redis.call('ZSCORE', base .. ':dlq', dead) then
-                local over = redis.call('HGET', dkey, 'overtakenBy')
-                local count = over and select(2, string.gsub(over, ',', ',')) + 1 or 0
-                if count < 100 then
-                    redis.call('HSET', dkey, 'overtakenBy', over and (over .. ',' .. event) or event)
-                end
-            else
-                redis.call('SREM', deadset, dead)
-            end
-        end
+        order_overtaken(sub, ord, event)
     else
-        redis.call('SADD', base .. ':od:' .. ord, id)
-        redis.call('EXPIRE', base .. ':od:' .. ord, retention)
+        redis.call('SADD', K.order_dead(sub, ord), id)
+        redis.call('EXPIRE', K.order_dead(sub, ord), retention)
     end
-    if redis.call('GET', base .. ':oh:' .. ord) == id then
-        redis.call('DEL', base .. ':oh:' .. ord)
+    if redis.call('GET', K.order_head(sub, ord)) == id then
+        redis.call('DEL', K.order_head(sub, ord))
     end
-    order_release(tag, sub, ord, now, '', 0)
+    order_release(sub, ord, now, '', 0)
 end
 
 
@@ -198,7 +207,7 @@ local function ordering_enqueue(sub, id, key, ord, ordered, now, lease)
     redis.call('HSET', key, D.ord, ord, D.pos, pos, D.win, tonumber(ordered.windowMs) or 0,
         D.stale, ordered.dropStale and '1' or '0')
     redis.call('ZADD', K.order_waiting(sub, ord), 0, pos)
-    if order_release(TAG, sub, ord, tonumber(now), id, lease) ~= nil then
+    if order_release(sub, ord, tonumber(now), id, lease) ~= nil then
         return 'claimed'
     end
     return 'queued'
@@ -216,7 +225,7 @@ local function ordering_unroute(sub, id, ord, ordered, now)
     if redis.call('GET', K.order_head(sub, ord)) == id then
         redis.call('DEL', K.order_head(sub, ord))
     end
-    pcall(order_release, TAG, sub, ord, tonumber(now), '', 0)
+    pcall(order_release, sub, ord, tonumber(now), '', 0)
 end
 
 -- claim.lua: orders whose reorder window is over release their next delivery to the ready set.
@@ -224,7 +233,7 @@ end
 local function ordering_release_due(sub, now)
     local hold = K.order_hold(sub)
     for _, ord in ipairs(redis.call('ZRANGEBYSCORE', hold, '-inf', now, 'LIMIT', 0, 1000)) do
-        order_release(TAG, sub, ord, now, '', 0)
+        order_release(sub, ord, now, '', 0)
     end
     local held = redis.call('ZRANGE', hold, 0, 0, 'WITHSCORES')[2]
     return held and tonumber(held) or nil
@@ -235,7 +244,7 @@ end
 local function ordering_settled(key, sub, id, event_id, delivered, now, retention)
     local ordered = redis.call('HMGET', key, D.ord, D.pos)
     if ordered[1] then
-        order_settled(TAG, sub, id, event_id, ordered[1], ordered[2], delivered, now, retention)
+        order_settled(sub, id, event_id, ordered[1], ordered[2], delivered, now, retention)
     end
 end
 
@@ -248,6 +257,6 @@ local function ordering_requeue(key, sub, id, now)
     end
     redis.call('SREM', K.order_dead(sub, ordered[1]), id)
     redis.call('ZADD', K.order_waiting(sub, ordered[1]), 0, ordered[2])
-    order_release(TAG, sub, ordered[1], tonumber(now), '', 0)
+    order_release(sub, ordered[1], tonumber(now), '', 0)
     return true
 end
