@@ -16,6 +16,7 @@ from app.ops.access import require
 from app.params import int_param
 from app.redaction import shown_url
 from app.runtime import Runtime
+from app.store.reads import gather
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -39,10 +40,12 @@ class Admin:
 
     async def subscriptions(self, request: Request) -> Response:
         queries = self._runtime(request).queries
-        rows = []
-        for sub in self.settings.subscriptions:
-            counts = await queries.subscription_counts(sub.id)
-            rows.append({"id": sub.id, "url": shown_url(sub.url, "admin"), **counts})
+        subs = self.settings.subscriptions
+        every = await queries.read(gather([queries.subscription_counts(s.id) for s in subs]))
+        rows = [
+            {"id": sub.id, "url": shown_url(sub.url, "admin"), **counts}
+            for sub, counts in zip(subs, every, strict=True)
+        ]
         return json_response({"subscriptions": rows})
 
     async def retry_now(self, request: Request) -> Response:

@@ -21,8 +21,10 @@ from prometheus_client.core import (
 
 from app.config import Settings
 from app.ops import stats as ops_stats
+from app.store.client import now_ms
 from app.store.latency import histogram
 from app.store.queries import Queries
+from app.store.reads import both, gather
 
 MEDIA_TYPE = "text/plain; version=0.0.4"
 
@@ -124,7 +126,9 @@ def render(stats: dict[str, Any], latencies: Mapping[str, dict[str, int]]) -> by
 
 
 async def scrape(settings: Settings, queries: Queries) -> bytes:
-    """The whole `/metrics` answer, read now."""
-    snapshot = await ops_stats.collect(settings, queries)
-    latencies = {s.id: await queries.latency_histogram(s.id) for s in settings.subscriptions}
-    return render(snapshot, latencies)
+    """The whole `/metrics` answer, read now in one round trip."""
+    histograms = gather([queries.latency_histogram(s.id) for s in settings.subscriptions])
+    figures, latencies = await queries.read(both(ops_stats.figures(settings, queries), histograms))
+    snapshot = ops_stats.view(settings, figures, now_ms())
+    ids = [s.id for s in settings.subscriptions]
+    return render(snapshot, dict(zip(ids, latencies, strict=True)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -25,12 +27,26 @@ from app.ops.access import (
 from app.ops.sessions import Sessions
 from app.params import int_param, parse_int
 from app.runtime import Runtime
+from app.store.client import now_ms
+from app.store.queries import Queries, Ranking, history
+from app.store.reads import Read, both, constant, record
 
 MAX_FORM_BYTES = 4096
 MAX_FORM_FIELDS = 10
 MAX_FIELD_CHARS = 200  # a dead letter's id: an event id (36) "." a subscription id (64)
 DASHBOARD_ROWS = 50
 MAX_DLQ_PAGE = 100_000  # 5 million dead letters, 50 a page
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """What the dashboard's first read finds (Ops._shown); the page's dead letters and the
+    order's events are its second."""
+
+    figures: stats.Figures
+    attempts: list[dict[str, Any]]
+    ranking: Ranking
+    order_events: list[str]
 
 
 class Ops:
@@ -71,24 +87,36 @@ class Ops:
         if role is None:
             return _signed_out(request, HTMLResponse(dashboard.login_page(), 401))
         queries = self._runtime(request).queries
-        snapshot = await stats.collect(self.settings, queries)
         dlq_page = int_param(request.query_params, "page", 1, 1, MAX_DLQ_PAGE)
-        subs = [s.id for s in self.settings.subscriptions]
-        offset = (dlq_page - 1) * DASHBOARD_ROWS
-        dead, total = await queries.dead_letters(subs, offset, DASHBOARD_ROWS)
         order_id = request.query_params.get("orderId") or None
-        history = await queries.order_history(order_id) if order_id else []
-        found = [{"event": event, "attempts": attempts} for event, attempts in history]
+        shown = await queries.read(self._shown(queries, dlq_page, order_id))
+        dead, events = await queries.read(
+            both(queries.deliveries(shown.ranking.ids), queries.events(shown.order_events))
+        )
+        found = [{"event": event, "attempts": attempts} for event, attempts in history(events)]
         html = dashboard.page(
-            snapshot,
-            dashboard.DeadLetterPage(dead, total, dlq_page, DASHBOARD_ROWS),
-            await queries.recent_attempts(DASHBOARD_ROWS),
+            stats.view(self.settings, shown.figures, now_ms()),
+            dashboard.DeadLetterPage(dead, shown.ranking.total, dlq_page, DASHBOARD_ROWS),
+            shown.attempts,
             role,
             order_id,
             found,
             self.settings.dashboard_refresh_s,
         )
         return HTMLResponse(html)
+
+    def _shown(self, queries: Queries, dlq_page: int, order_id: str | None) -> Read[_Shown]:
+        """The dashboard's first read, one pipeline: the stats, the recent attempts, which
+        dead letters are on its page and which events the order searched for has."""
+        subs = [s.id for s in self.settings.subscriptions]
+        offset = (dlq_page - 1) * DASHBOARD_ROWS
+        return record(
+            _Shown,
+            stats.figures(self.settings, queries),
+            queries.recent_attempts(DASHBOARD_ROWS),
+            queries.dead_letter_ranking(subs, offset, DASHBOARD_ROWS),
+            queries.order_events(order_id) if order_id else constant([]),
+        )
 
     async def login(self, request: Request) -> Response:
         token = (await _form(request)).get("token", "")

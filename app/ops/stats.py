@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from app.config import Settings
+from app.config import Settings, Subscription
 from app.redaction import shown_url
+from app.store.client import now_ms
 from app.store.queries import Queries
+from app.store.reads import Read, both, gather, record
 from app.store.schema import Counter, rejected_field, stat_field
 
 LATENCY_WINDOW_S = 300
@@ -52,36 +54,64 @@ def _seconds(ms: int | None) -> float | None:
     return None if ms is None else ms / 1000
 
 
-async def collect(settings: Settings, queries: Queries) -> dict[str, Any]:
-    counters = await queries.stats()
-    now_ms = int(time.time() * 1000)
-    subscriptions = []
-    for sub in settings.subscriptions:
-        counts = await queries.subscription_counts(sub.id)
-        health = await queries.health(sub.id)
-        oldest = health["oldestMs"]
-        subscriptions.append(
-            {
-                "id": sub.id,
-                "url": shown_url(sub.url, "ops"),
-                **counts,
-                "delivered": counters.get(stat_field(sub.id, Counter.DELIVERED), 0),
-                "retried": counters.get(stat_field(sub.id, Counter.RETRIED), 0),
-                "deadLettered": counters.get(stat_field(sub.id, Counter.DEAD), 0),
-                "stale": counters.get(stat_field(sub.id, Counter.STALE), 0),
-                "filterErrors": counters.get(stat_field(sub.id, Counter.FILTER_ERRORS), 0),
-                "singleFireSuppressed": counters.get(
-                    stat_field(sub.id, Counter.SINGLE_FIRE_SUPPRESSED), 0
-                ),
-                "oldestUndeliveredAgeS": None if oldest is None else max(0, now_ms - oldest) / 1000,
-                "latency": latency_summary(health["latencies"], now_ms),
-                "lastError": health["lastError"],
-                "lastErrorAt": _seconds(health["lastErrorMs"]),
-                "lastDeliveredAt": _seconds(health["lastDeliveredMs"]),
-            }
-        )
+@dataclass(frozen=True)
+class Figures:
+    """What the stats show, as read: the counters, each subscription's (counts, health) in
+    the settings' order, and the events accepted per minute."""
+
+    counters: dict[str, int]
+    subscriptions: list[tuple[dict[str, Any], dict[str, Any]]]
+    per_minute: list[tuple[int, int]]
+
+
+def figures(settings: Settings, queries: Queries) -> Read[Figures]:
+    """Everything the stats show, for every subscription: one pipeline."""
+    per_sub = [
+        both(queries.subscription_counts(sub.id), queries.health(sub.id))
+        for sub in settings.subscriptions
+    ]
+    return record(Figures, queries.counters(), gather(per_sub), queries.ingest_per_minute(60))
+
+
+def view(settings: Settings, read: Figures, now_ms: int) -> dict[str, Any]:
+    """`GET /ops/stats`'s answer from what was read."""
+    subscriptions = [
+        _subscription(sub, counts, health, read.counters, now_ms)
+        for sub, (counts, health) in zip(settings.subscriptions, read.subscriptions, strict=True)
+    ]
     return {
-        "ingest": ingest_totals(counters),
-        "ingestPerMinute": await queries.ingest_per_minute(60),
+        "ingest": ingest_totals(read.counters),
+        "ingestPerMinute": read.per_minute,
         "subscriptions": subscriptions,
     }
+
+
+def _subscription(
+    sub: Subscription,
+    counts: dict[str, Any],
+    health: dict[str, Any],
+    counters: dict[str, int],
+    now_ms: int,
+) -> dict[str, Any]:
+    oldest = health["oldestMs"]
+    return {
+        "id": sub.id,
+        "url": shown_url(sub.url, "ops"),
+        **counts,
+        "delivered": counters.get(stat_field(sub.id, Counter.DELIVERED), 0),
+        "retried": counters.get(stat_field(sub.id, Counter.RETRIED), 0),
+        "deadLettered": counters.get(stat_field(sub.id, Counter.DEAD), 0),
+        "stale": counters.get(stat_field(sub.id, Counter.STALE), 0),
+        "filterErrors": counters.get(stat_field(sub.id, Counter.FILTER_ERRORS), 0),
+        "singleFireSuppressed": counters.get(stat_field(sub.id, Counter.SINGLE_FIRE_SUPPRESSED), 0),
+        "oldestUndeliveredAgeS": None if oldest is None else max(0, now_ms - oldest) / 1000,
+        "latency": latency_summary(health["latencies"], now_ms),
+        "lastError": health["lastError"],
+        "lastErrorAt": _seconds(health["lastErrorMs"]),
+        "lastDeliveredAt": _seconds(health["lastDeliveredMs"]),
+    }
+
+
+async def collect(settings: Settings, queries: Queries) -> dict[str, Any]:
+    """`GET /ops/stats`'s answer, read now in one round trip."""
+    return view(settings, await queries.read(figures(settings, queries)), now_ms())
