@@ -18,6 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.api_types import JsonataTest, decode
 from app.config import Settings
 from app.errors import BadRequest
 from app.filters import EvaluationError, ExpressionError
@@ -33,20 +34,12 @@ MAX_BODY_BYTES = 1024 * 1024
 
 def parse_request(body: bytes) -> tuple[str, str]:
     """The expression and the document (JSON text, checked here, parsed by the sandbox)."""
+    test = decode(body, JsonataTest)
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("Expression"), str):
-        raise BadRequest('give {"Expression": "<JSONata>", "Document": "<JSON as a string>"}')
-    document = doc.get("Document")
-    if not isinstance(document, str):
-        raise BadRequest("`Document` must be the order as a JSON string, as in VTEX")
-    try:
-        orjson.loads(document)
+        orjson.loads(test.Document)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"`Document` is not valid JSON: {exc}") from exc
-    return doc["Expression"], document
+    return test.Expression, test.Document
 
 
 def compile_error(exc: ExpressionError) -> Response:
