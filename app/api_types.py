@@ -196,6 +196,27 @@ class RetryNow(Answer):
     ]
 
 
+# What stops an expression (app.filters, app.sandbox): a 422's `limit`.
+JSONATA_LIMITS = ("expression length", "time", "call depth", "sequence length", "memory")
+
+
+class JsonataFailed(Error):
+    """400 from the JSONata tester: a bad body, or an expression that does not compile or fails
+    on the document (`message` and `position`: the compiler's)."""
+
+    message: str | UnsetType = UNSET
+    position: int | None | UnsetType = UNSET
+    limit: None | UnsetType = UNSET
+
+
+class JsonataStopped(Error):
+    """422 from the JSONata tester: a limit stopped the expression; `limit` says which."""
+
+    limit: Annotated[str, Meta(extra_json_schema={"enum": list(JSONATA_LIMITS)})]
+    message: str | UnsetType = UNSET
+    position: int | None | UnsetType = UNSET
+
+
 # ── decoding ──────────────────────────────────────────────────────────────────────────────────
 
 T = TypeVar("T", bound=Struct)

@@ -23,6 +23,8 @@ from app.api_types import (
     REF_TEMPLATE,
     DlqPage,
     Error,
+    JsonataFailed,
+    JsonataStopped,
     JsonataTest,
     ReplayBody,
     Replayed,
@@ -104,7 +106,8 @@ BEARER_ERRORS: dict[str, Schema] = {
 }
 
 # Every typed body, request or answer; their components are generated (with the types they use).
-TYPED = (Error, ReplayBody, JsonataTest, Subscriptions, DlqPage, Replayed, RetryNow, Stats)
+TYPED: tuple[Any, ...] = (Error, ReplayBody, JsonataTest, JsonataFailed, JsonataStopped)
+TYPED += (Subscriptions, DlqPage, Replayed, RetryNow, Stats)
 
 
 def typed(kind: Any) -> Schema:
@@ -626,35 +629,12 @@ def _endpoints() -> dict[str, Schema]:
                 {
                     "200": json_body({"type": "boolean"}, "true when the expression yields true"),
                     "400": json_body(
-                        {
-                            "allOf": [ref("Error")],
-                            "properties": {
-                                "message": {"type": "string"},
-                                "position": {"type": ["integer", "null"]},
-                            },
-                        },
+                        typed(JsonataFailed),
                         "bad body, or the expression does not compile or fails",
                     ),
                     "413": TOO_LARGE,
                     "422": json_body(
-                        {
-                            "allOf": [ref("Error")],
-                            "properties": {
-                                "limit": {
-                                    "enum": [
-                                        "expression length",
-                                        "time",
-                                        "call depth",
-                                        "sequence length",
-                                        "memory",
-                                    ]
-                                },
-                                "message": {"type": "string"},
-                                "position": {"type": ["integer", "null"]},
-                            },
-                            "required": ["limit"],
-                        },
-                        "a limit stopped the expression: `limit` says which",
+                        typed(JsonataStopped), "a limit stopped the expression: `limit` says which"
                     ),
                     **BEARER_ERRORS,
                     "503": {
