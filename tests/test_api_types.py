@@ -13,7 +13,18 @@ from typing import Any
 import msgspec
 import pytest
 
-from app.api_types import REF_TEMPLATE, JsonataTest, Replay, ReplayBody, decode
+from app.api_types import (
+    REF_TEMPLATE,
+    DlqPage,
+    JsonataTest,
+    Replay,
+    ReplayBody,
+    Replayed,
+    RetryNow,
+    Stats,
+    Subscriptions,
+    decode,
+)
 from app.config import load_settings
 from app.errors import BadRequest
 from app.openapi import SCHEMAS, TYPED, document
@@ -97,3 +108,21 @@ async def test_a_body_its_type_refuses_is_a_400_naming_the_field(
         r = await client.post(path, headers=ADMIN, json=body)
     assert r.status_code == 400 and r.headers["content-type"] == "application/json"
     assert field in r.json()["error"]
+
+
+@pytest.mark.anyio
+async def test_the_answers_are_their_types(gateway: Gateway, sink: Sink) -> None:
+    """Each typed answer decodes strictly as its type (no field missing, mistyped or extra)."""
+    answers = {
+        "/admin/subscriptions": Subscriptions,
+        "/admin/dlq": DlqPage,
+        "/ops/stats": Stats,
+    }
+    async with gateway(subscription(sink, "erp")) as client:
+        for path, kind in answers.items():
+            r = await client.get(path, headers=ADMIN)
+            msgspec.json.decode(r.content, type=kind)
+        r = await client.post("/admin/subscriptions/erp/retry-now", headers=ADMIN)
+        msgspec.json.decode(r.content, type=RetryNow)
+        r = await client.post("/admin/dlq/replay", headers=ADMIN, json={"ids": []})
+        assert msgspec.json.decode(r.content, type=Replayed) == Replayed(0)
