@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
+from msgspec import UNSET, to_builtins
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.api_types import Replay, Replayed, RetryNow, decode
 from app.config import Settings
 from app.errors import BadRequest, NotFound
 from app.http import json_response
@@ -17,6 +18,7 @@ from app.params import int_param
 from app.redaction import shown_url
 from app.runtime import Runtime
 from app.store.reads import gather
+from app.store.schema import Breaker, Enablement
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -53,15 +55,10 @@ class Admin:
         deliveries = self._runtime(request).deliveries
         sub = self._known(request.path_params["id"])
         done = await deliveries.retry_now(sub)
-        return json_response(
-            {
-                "subscription": sub,
-                "breaker": "closed",
-                "breakerWas": done.breaker_was,
-                "madeDue": done.made_due,
-                "state": done.state,  # a disabled one stays so: a replay enables it
-            }
+        answer = RetryNow(
+            sub, "closed", Breaker(done.breaker_was), done.made_due, Enablement(done.state)
         )
+        return json_response(to_builtins(answer))  # a disabled one stays so: a replay enables it
 
     async def dlq(self, request: Request) -> Response:
         queries = self._runtime(request).queries
@@ -81,20 +78,14 @@ class Admin:
 
     async def replay(self, request: Request) -> Response:
         deliveries = self._runtime(request).deliveries
-        body = await _json_object(request)
-        unknown = sorted(set(body) - {"subscription", "ids"})
-        if unknown:
-            raise BadRequest(f"unknown field {unknown[0]!a}: give either subscription or ids")
-        if "subscription" in body and "ids" not in body:
-            replayed = await deliveries.replay_subscription(self._known(body["subscription"]))
-        elif "ids" in body and "subscription" not in body:
-            ids = body["ids"]
-            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                raise BadRequest("`ids` must be a list of dead-letter entry ids")
-            replayed = await deliveries.replay(ids)
+        body = decode(await request.body(), Replay)
+        if body.subscription is not UNSET and body.ids is UNSET:
+            replayed = await deliveries.replay_subscription(self._known(body.subscription))
+        elif body.ids is not UNSET and body.subscription is UNSET:
+            replayed = await deliveries.replay(body.ids)
         else:
-            raise BadRequest('give either {"subscription": ID} or {"ids": [...]}')
-        return json_response({"replayed": replayed})
+            raise BadRequest(Replay.usage)
+        return json_response(to_builtins(Replayed(replayed)))
 
     async def delete(self, request: Request) -> Response:
         deliveries = self._runtime(request).deliveries
@@ -135,13 +126,3 @@ class Admin:
             Route("/admin/dlq/replay", self.replay, methods=["POST"]),
             Route("/admin/dlq/{id}", self.delete, methods=["DELETE"]),
         ]
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    return body

@@ -1,20 +1,37 @@
 """`GET /openapi.json`: an OpenAPI 3.1 description of every endpoint the gateway serves.
 
-Written out here rather than generated: the handlers parse their input by hand (to give VTEX's
-own error texts), so there are no models to generate it from. tests/test_openapi.py keeps it
-honest: every route the app serves must be described here and nothing else, and schemathesis
-checks the live gateway's answers against these schemas.
+The schemas of the typed bodies (app/api_types.py: the requests the handlers decode with them,
+the answers built from them) are generated from those types by msgspec, so they cannot differ.
+The rest is written out here: the paths and their operations, and the bodies still read by hand
+(the hook's notification, parsed by app.events to give VTEX's own error texts; the feed's
+commit). tests/test_openapi.py keeps it honest: every route the app serves must be described here
+and nothing else, every typed body is the generated schema of its type, and schemathesis checks
+the live gateway's answers against these schemas.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from app import __version__
 from app.admin import MAX_OFFSET, MAX_PAGE
+from app.api_types import (
+    REF_TEMPLATE,
+    DlqPage,
+    Error,
+    JsonataFailed,
+    JsonataStopped,
+    JsonataTest,
+    ReplayBody,
+    Replayed,
+    RetryNow,
+    Stats,
+    Subscriptions,
+)
 from app.config import Settings
 from app.events import (
     ACCOUNT_LABEL,
@@ -88,12 +105,18 @@ BEARER_ERRORS: dict[str, Schema] = {
     "503": UNAVAILABLE,
 }
 
-SCHEMAS: dict[str, Schema] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {"error": {"type": "string", "description": "what is wrong"}},
-    },
+# Every typed body, request or answer; their components are generated (with the types they use).
+TYPED: tuple[Any, ...] = (Error, ReplayBody, JsonataTest, JsonataFailed, JsonataStopped)
+TYPED += (Subscriptions, DlqPage, Replayed, RetryNow, Stats)
+
+
+def typed(kind: Any) -> Schema:
+    """The schema of `kind` (a reference to its component), as msgspec generates it."""
+    (schema,), _ = msgspec.json.schema_components((kind,), ref_template=REF_TEMPLATE)
+    return schema
+
+
+LITERAL_SCHEMAS: dict[str, Schema] = {
     "IJson": I_JSON,
     "Notification": {
         "description": "VTEX's order hook notification (extra fields are kept as they are)",
@@ -171,85 +194,6 @@ SCHEMAS: dict[str, Schema] = {
             "response": {"type": "string", "description": "the head of the response body"},
         },
     },
-    "DeadLetter": {
-        "type": "object",
-        "required": ["id", "eventId", "subscription", "attempts"],
-        "properties": {
-            "id": {"type": "string", "description": "the entry id, for replay and delete"},
-            "eventId": {"type": "string"},
-            "orderId": NULLABLE_TEXT,
-            "subscription": {"type": "string"},
-            "attempts": {"type": "integer", "minimum": 0},
-            "lastStatus": {"type": ["integer", "null"]},
-            "lastError": NULLABLE_TEXT,
-            "deadAt": {"type": ["number", "null"], "description": "Unix time, seconds"},
-            "overtakenBy": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": 'ordering = "per-order": the event ids of this order delivered '
-                "after this one was dead-lettered (at most 100)",
-            },
-        },
-    },
-    "SubscriptionState": {
-        "type": "object",
-        "required": ["id", "url", "state", "breaker", "queued", "inFlight", "deadLetters"],
-        "properties": {
-            "id": {"type": "string"},
-            "url": NULLABLE_TEXT,
-            "state": {"enum": ["enabled", "disabled"]},
-            "reason": NULLABLE_TEXT,
-            "breaker": {"enum": ["closed", "open", "half-open"]},
-            "consecutiveFailures": {"type": "integer", "minimum": 0},
-            "breakerOpenUntil": {"type": ["number", "null"]},
-            "nextProbeAt": {
-                "type": ["number", "null"],
-                "description": "Unix time, seconds: when the breaker lets its next probe go "
-                "(open: its cooldown's end; half-open: the probe in flight's lease end); "
-                "null when closed",
-            },
-            "queued": {"type": "integer", "minimum": 0},
-            "inFlight": {"type": "integer", "minimum": 0},
-            "deadLetters": {"type": "integer", "minimum": 0},
-            "held": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "per-order: waiting for their order's turn or reorder window",
-            },
-        },
-    },
-    "Stats": {
-        "type": "object",
-        "required": ["ingest", "ingestPerMinute", "subscriptions"],
-        "properties": {
-            "ingest": {
-                "type": "object",
-                "required": ["received", "accepted", "duplicates", "rejected"],
-                "properties": {
-                    "received": {"type": "integer"},
-                    "accepted": {"type": "integer"},
-                    "duplicates": {"type": "integer"},
-                    "rejected": {
-                        "type": "object",
-                        "additionalProperties": {"type": "integer"},
-                        "description": "by reason: invalid, unauthorized, too_large, ...",
-                    },
-                },
-            },
-            "ingestPerMinute": {
-                "type": "array",
-                "items": {
-                    "type": "array",
-                    "prefixItems": [{"type": "integer"}, {"type": "integer"}],
-                    "description": "[Unix minute, events accepted]",
-                },
-            },
-            "subscriptions": {
-                "type": "array",
-                "items": {"allOf": [ref("SubscriptionState"), {"type": "object"}]},
-            },
-        },
-    },
     "FeedItem": {
         "description": "a VTEX Feed v3 item, plus the CloudEvent a push would have carried",
         "type": "object",
@@ -267,6 +211,10 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
 }
+
+SCHEMAS: dict[str, Schema] = (
+    LITERAL_SCHEMAS | (msgspec.json.schema_components(TYPED, ref_template=REF_TEMPLATE)[1])
+)
 
 
 def operation(
@@ -328,25 +276,6 @@ def paths() -> dict[str, Schema]:
 SUBSCRIPTION_ID: Schema = {"type": "string", "pattern": "^[a-z0-9-]{1,64}$"}
 DLQ_PAGE: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_DLQ_PAGE}
 DLQ_PAGE_PARAM = param("page", "query", DLQ_PAGE | {"description": "the dead letters' page"})
-RETRY_NOW: Schema = {
-    "type": "object",
-    "required": ["subscription", "breaker", "breakerWas", "madeDue", "state"],
-    "additionalProperties": False,
-    "properties": {
-        "subscription": {"type": "string"},
-        "breaker": {"const": "closed"},
-        "breakerWas": {"enum": ["closed", "open", "half-open"]},
-        "madeDue": {
-            "type": "integer",
-            "minimum": 0,
-            "description": "waiting deliveries made due now (held per-order ones stay held)",
-        },
-        "state": {
-            "enum": ["enabled", "disabled"],
-            "description": "a disabled subscription stays disabled: a replay enables it",
-        },
-    },
-}
 
 
 def _dashboard_form(summary: str, body: Schema, extra: dict[str, Schema]) -> Schema:
@@ -376,7 +305,7 @@ def _operator_actions() -> dict[str, Schema]:
             "post": operation(
                 "Close the subscription's circuit breaker and make its waiting deliveries due now",
                 {
-                    "200": json_body(RETRY_NOW, "what it did"),
+                    "200": json_body(typed(RetryNow), "what it did"),
                     "404": error("no such subscription"),
                     "413": TOO_LARGE,
                     **BEARER_ERRORS,
@@ -470,19 +399,7 @@ def _endpoints() -> dict[str, Schema]:
             "get": operation(
                 "Every subscription's state: enabled, breaker, queue and dead-letter counts",
                 {
-                    "200": json_body(
-                        {
-                            "type": "object",
-                            "required": ["subscriptions"],
-                            "properties": {
-                                "subscriptions": {
-                                    "type": "array",
-                                    "items": ref("SubscriptionState"),
-                                }
-                            },
-                        },
-                        "one row per configured subscription",
-                    ),
+                    "200": json_body(typed(Subscriptions), "one row per configured subscription"),
                     **BEARER_ERRORS,
                 },
                 security=admin,
@@ -493,16 +410,7 @@ def _endpoints() -> dict[str, Schema]:
                 "Dead-lettered deliveries, newest first",
                 {
                     "200": json_body(
-                        {
-                            "type": "object",
-                            "required": ["items", "total", "next"],
-                            "properties": {
-                                "items": {"type": "array", "items": ref("DeadLetter")},
-                                "total": {"type": "integer", "minimum": 0},
-                                "next": {"type": ["integer", "null"]},
-                            },
-                        },
-                        "a page; `next` is the offset of the next page",
+                        typed(DlqPage), "a page; `next` is the offset of the next page"
                     ),
                     "400": error("offset or limit out of range"),
                     "404": error("no such subscription"),
@@ -522,42 +430,14 @@ def _endpoints() -> dict[str, Schema]:
             "post": operation(
                 "Queue dead-lettered deliveries again, by subscription or by entry ids",
                 {
-                    "200": json_body(
-                        {
-                            "type": "object",
-                            "required": ["replayed"],
-                            "properties": {"replayed": {"type": "integer", "minimum": 0}},
-                        },
-                        "how many were queued again",
-                    ),
+                    "200": json_body(typed(Replayed), "how many were queued again"),
                     "400": error("neither or both of `subscription` and `ids`, or another field"),
                     "404": error("no such subscription"),
                     "413": TOO_LARGE,
                     **BEARER_ERRORS,
                 },
                 security=admin,
-                body=json_body(
-                    {
-                        "oneOf": [
-                            {
-                                "type": "object",
-                                "required": ["subscription"],
-                                "properties": {"subscription": {"type": "string"}},
-                                "additionalProperties": False,
-                            },
-                            {
-                                "type": "object",
-                                "required": ["ids"],
-                                "properties": {
-                                    "ids": {"type": "array", "items": {"type": "string"}}
-                                },
-                                "additionalProperties": False,
-                            },
-                        ]
-                    },
-                    "what to replay",
-                )
-                | {"required": True},
+                body=json_body(typed(ReplayBody), "what to replay") | {"required": True},
             )
         },
         "/admin/dlq/{id}": {
@@ -749,35 +629,12 @@ def _endpoints() -> dict[str, Schema]:
                 {
                     "200": json_body({"type": "boolean"}, "true when the expression yields true"),
                     "400": json_body(
-                        {
-                            "allOf": [ref("Error")],
-                            "properties": {
-                                "message": {"type": "string"},
-                                "position": {"type": ["integer", "null"]},
-                            },
-                        },
+                        typed(JsonataFailed),
                         "bad body, or the expression does not compile or fails",
                     ),
                     "413": TOO_LARGE,
                     "422": json_body(
-                        {
-                            "allOf": [ref("Error")],
-                            "properties": {
-                                "limit": {
-                                    "enum": [
-                                        "expression length",
-                                        "time",
-                                        "call depth",
-                                        "sequence length",
-                                        "memory",
-                                    ]
-                                },
-                                "message": {"type": "string"},
-                                "position": {"type": ["integer", "null"]},
-                            },
-                            "required": ["limit"],
-                        },
-                        "a limit stopped the expression: `limit` says which",
+                        typed(JsonataStopped), "a limit stopped the expression: `limit` says which"
                     ),
                     **BEARER_ERRORS,
                     "503": {
@@ -786,22 +643,7 @@ def _endpoints() -> dict[str, Schema]:
                     },
                 },
                 security=admin,
-                body=json_body(
-                    {
-                        "type": "object",
-                        "required": ["Expression", "Document"],
-                        "properties": {
-                            "Expression": {"type": "string", "minLength": 1},
-                            "Document": {
-                                "type": "string",
-                                "minLength": 1,
-                                "contentMediaType": "application/json",
-                                "description": "the order, as JSON text (400 when it is not)",
-                            },
-                        },
-                    },
-                    "the expression and the order",
-                )
+                body=json_body(typed(JsonataTest), "the expression and the order")
                 | {"required": True},
             )
         },

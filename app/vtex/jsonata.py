@@ -15,9 +15,11 @@ import sys
 from pathlib import Path
 
 import orjson
+from msgspec import to_builtins
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.api_types import JsonataFailed, JsonataStopped, JsonataTest, decode
 from app.config import Settings
 from app.errors import BadRequest
 from app.filters import EvaluationError, ExpressionError
@@ -33,43 +35,33 @@ MAX_BODY_BYTES = 1024 * 1024
 
 def parse_request(body: bytes) -> tuple[str, str]:
     """The expression and the document (JSON text, checked here, parsed by the sandbox)."""
+    test = decode(body, JsonataTest)
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("Expression"), str):
-        raise BadRequest('give {"Expression": "<JSONata>", "Document": "<JSON as a string>"}')
-    document = doc.get("Document")
-    if not isinstance(document, str):
-        raise BadRequest("`Document` must be the order as a JSON string, as in VTEX")
-    try:
-        orjson.loads(document)
+        orjson.loads(test.Document)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"`Document` is not valid JSON: {exc}") from exc
-    return doc["Expression"], document
+    return test.Expression, test.Document
 
 
 def compile_error(exc: ExpressionError) -> Response:
     """400 for an expression that does not compile; 422 for one over the length limit."""
-    return json_response(
-        {
-            "error": f"expression does not compile: {exc}"
-            if exc.limit is None
-            else f"expression refused: {exc.message}",
-            "message": exc.message,
-            "position": exc.position,
-            "limit": exc.limit,
-        },
-        400 if exc.limit is None else 422,
-    )
+    if exc.limit is None:
+        error = f"expression does not compile: {exc}"
+        return _refused(JsonataFailed(error, exc.message, exc.position, None), 400)
+    refused = f"expression refused: {exc.message}"
+    return _refused(JsonataStopped(refused, exc.limit, exc.message, exc.position), 422)
 
 
 def evaluation_error(exc: EvaluationError) -> Response:
     """400 for an expression that fails on the document; 422 when a limit stopped it."""
-    return json_response(
-        {"error": f"evaluation failed: {exc}", "limit": exc.limit},
-        400 if exc.limit is None else 422,
-    )
+    error = f"evaluation failed: {exc}"
+    if exc.limit is None:
+        return _refused(JsonataFailed(error, limit=None), 400)
+    return _refused(JsonataStopped(error, exc.limit), 422)
+
+
+def _refused(answer: JsonataFailed | JsonataStopped, status: int) -> Response:
+    return json_response(to_builtins(answer), status)
 
 
 class JsonataEndpoint:

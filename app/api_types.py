@@ -1,0 +1,246 @@
+"""The JSON bodies of the API as types: requests are decoded with them, `/openapi.json`'s schemas
+are generated from them (app/openapi.py), so the two cannot differ.
+
+`decode(body, Type)` is the one reader of a typed request body: a BadRequest naming the field and
+saying what the route takes (`Type.usage`) for any body the type refuses. The answers' types
+forbid unknown fields, so their generated schemas say `additionalProperties: false` and
+tests/test_openapi.py (schemathesis) fails on an answer that carries anything undocumented.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, ClassVar, Literal, TypeVar
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from app.errors import BadRequest
+from app.store.schema import Breaker, Enablement
+
+REF_TEMPLATE = "#/components/schemas/{name}"
+
+Count = Annotated[int, Meta(ge=0)]
+UnixSeconds = Annotated[float | None, Meta(description="Unix time, seconds")]
+
+
+class Error(Struct):
+    """Every error the gateway answers (app/errors.py); some routes add fields."""
+
+    error: Annotated[str, Meta(description="what is wrong")]
+
+
+# ── requests ──────────────────────────────────────────────────────────────────────────────────
+
+
+class Replay(Struct, forbid_unknown_fields=True):
+    """`POST /admin/dlq/replay`: a subscription's dead letters, or entries by id (one of two)."""
+
+    usage: ClassVar[str] = 'give either {"subscription": ID} or {"ids": [...]}'
+
+    subscription: str | UnsetType = UNSET
+    ids: Annotated[list[str], Meta(description="dead-letter entry ids")] | UnsetType = UNSET
+
+
+# The request body: exactly one of the two fields (the handler says so when it is not).
+ReplayBody = Annotated[
+    Replay,
+    Meta(extra_json_schema={"oneOf": [{"required": ["subscription"]}, {"required": ["ids"]}]}),
+]
+
+
+class JsonataTest(Struct):
+    """`POST /api/orders/expressions/jsonata`: the expression and the order, as VTEX takes them."""
+
+    usage: ClassVar[str] = (
+        'give {"Expression": "<JSONata>", "Document": "<the order as a JSON string, as in VTEX>"}'
+    )
+
+    Expression: Annotated[str, Meta(min_length=1)]
+    Document: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="the order, as JSON text (400 when it is not)",
+            extra_json_schema={"contentMediaType": "application/json"},
+        ),
+    ]
+
+
+# ── answers ───────────────────────────────────────────────────────────────────────────────────
+
+
+class Answer(Struct, rename="camel", forbid_unknown_fields=True):
+    """An answer's type: camelCase names, nothing undocumented."""
+
+
+class SubscriptionState(Answer):
+    """A subscription's enablement, breaker and queues (app.store.queries.subscription_counts)."""
+
+    id: str
+    url: str | None
+    state: Enablement
+    reason: str | None
+    breaker: Breaker
+    consecutive_failures: Count
+    breaker_open_until: UnixSeconds
+    next_probe_at: Annotated[
+        float | None,
+        Meta(
+            description="Unix time, seconds: when the breaker lets its next probe go (open: its "
+            "cooldown's end; half-open: the probe in flight's lease end); null when closed"
+        ),
+    ]
+    queued: Count
+    in_flight: Count
+    dead_letters: Count
+    held: Annotated[
+        int, Meta(ge=0, description="per-order: waiting for their order's turn or reorder window")
+    ]
+
+
+class Subscriptions(Answer):
+    """`GET /admin/subscriptions`: one row per configured subscription."""
+
+    subscriptions: list[SubscriptionState]
+
+
+class Latency(Answer):
+    """Delivery latency percentiles (ms) over the last 5 minutes; null when none."""
+
+    count: Count
+    p50_ms: int | None
+    p95_ms: int | None
+    p99_ms: int | None
+
+
+class SubscriptionStats(SubscriptionState):
+    """A subscription's state and its delivery figures (app.ops.stats.collect)."""
+
+    delivered: Count
+    retried: Count
+    dead_lettered: Count
+    stale: Count
+    filter_errors: Count
+    single_fire_suppressed: Count
+    oldest_undelivered_age_s: float | None
+    latency: Latency
+    last_error: str | None
+    last_error_at: UnixSeconds
+    last_delivered_at: UnixSeconds
+
+
+class IngestTotals(Answer):
+    received: int
+    accepted: int
+    duplicates: int
+    rejected: Annotated[
+        dict[str, int], Meta(description="by reason: invalid, unauthorized, too_large, ...")
+    ]
+
+
+class Stats(Answer):
+    """`GET /ops/stats`: ingest and delivery figures."""
+
+    ingest: IngestTotals
+    ingest_per_minute: list[Annotated[tuple[int, int], Meta(description="[Unix minute, accepted]")]]
+    subscriptions: list[SubscriptionStats]
+
+
+class DeadLetter(Answer):
+    """A dead-lettered delivery (app.store.queries._delivery_view)."""
+
+    id: Annotated[str, Meta(description="the entry id, for replay and delete")]
+    event_id: str
+    order_id: str | None
+    subscription: str
+    attempts: Count
+    last_status: int | None
+    last_error: str | None
+    dead_at: UnixSeconds
+    overtaken_by: Annotated[
+        list[str],
+        Meta(
+            description='ordering = "per-order": the event ids of this order delivered after '
+            "this one was dead-lettered (at most 100)"
+        ),
+    ]
+
+
+class DlqPage(Answer):
+    """`GET /admin/dlq`: a page; `next` is the offset of the next page."""
+
+    items: list[DeadLetter]
+    total: Count
+    next: int | None
+
+
+class Replayed(Answer):
+    """How many dead letters were queued again."""
+
+    replayed: Count
+
+
+class RetryNow(Answer):
+    """What Retry now did: the breaker closed, waiting deliveries made due."""
+
+    subscription: str
+    breaker: Literal["closed"]
+    breaker_was: Breaker
+    made_due: Annotated[
+        int,
+        Meta(ge=0, description="waiting deliveries made due now (held per-order ones stay held)"),
+    ]
+    state: Annotated[
+        Enablement, Meta(description="a disabled subscription stays disabled: a replay enables it")
+    ]
+
+
+# What stops an expression (app.filters, app.sandbox): a 422's `limit`.
+JSONATA_LIMITS = ("expression length", "time", "call depth", "sequence length", "memory")
+
+
+class JsonataFailed(Error):
+    """400 from the JSONata tester: a bad body, or an expression that does not compile or fails
+    on the document (`message` and `position`: the compiler's)."""
+
+    message: str | UnsetType = UNSET
+    position: int | None | UnsetType = UNSET
+    limit: None | UnsetType = UNSET
+
+
+class JsonataStopped(Error):
+    """422 from the JSONata tester: a limit stopped the expression; `limit` says which."""
+
+    limit: Annotated[str, Meta(extra_json_schema={"enum": list(JSONATA_LIMITS)})]
+    message: str | UnsetType = UNSET
+    position: int | None | UnsetType = UNSET
+
+
+# ── decoding ──────────────────────────────────────────────────────────────────────────────────
+
+T = TypeVar("T", bound=Struct)
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(.*)`")
+
+
+def decode(body: bytes, kind: type[T]) -> T:
+    """`body` as a `kind`; BadRequest naming the field it refuses and saying what it takes."""
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"{_said(exc)}: {_usage(kind)}") from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+
+
+def _said(exc: msgspec.ValidationError) -> str:
+    """msgspec's message (it names the field: `$.ids[0]`), lowercased; an unknown field as the
+    gateway has always said it (`unknown field 'x'`)."""
+    text = str(exc)
+    unknown = _UNKNOWN_FIELD.fullmatch(text)
+    return f"unknown field {unknown[1]!a}" if unknown else text[:1].lower() + text[1:]
+
+
+def _usage(kind: type[Struct]) -> str:
+    usage: str = getattr(kind, "usage", "see /openapi.json")
+    return usage
