@@ -34,6 +34,7 @@ from app.ssrf import Refused
 from app.store.batcher import Batcher
 from app.store.client import now_ms
 from app.store.deliveries import Claimed, Deliveries, Settlement
+from app.store.schema import Outcome as Settled
 
 log = logging.getLogger("orderhook.delivery")
 
@@ -336,14 +337,14 @@ async def _read_head(stream: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _outcome_name(outcome: Outcome) -> tuple[str, int]:
+def _outcome_name(outcome: Outcome) -> tuple[Settled, int]:
     if isinstance(outcome, Delivered):
-        return "delivered", 0
+        return Settled.DELIVERED, 0
     if isinstance(outcome, Retry):
-        return "retry", now_ms() + int(outcome.delay_s * 1000)
+        return Settled.RETRY, now_ms() + int(outcome.delay_s * 1000)
     if isinstance(outcome, Gone):
-        return "gone", 0
-    return "dead", 0
+        return Settled.GONE, 0
+    return Settled.DEAD, 0
 
 
 class Deliverer:

@@ -24,7 +24,7 @@ from starlette.datastructures import Secret
 from app.config import Settings, Source
 from app.server import create_app
 from app.store.embedded import EmbeddedRedis
-from app.store.schema import Keys
+from app.store.schema import Keys, known_key
 
 TOKEN = "s3cret-token"
 HEADER = "X-Orderhook-Token"
@@ -100,8 +100,13 @@ def keys(rdb: redis.Redis) -> Iterator[Keys]:
     """A key prefix of this test's own, deleted afterwards."""
     keys = Keys(f"test-{uuid.uuid4().hex[:12]}")
     yield keys
+    unknown = set()
     for key in rdb.scan_iter(match=keys.pattern, count=1000):
+        if not known_key(key.decode()):
+            unknown.add(key.decode().removeprefix(keys.tag))
         rdb.delete(key)
+    # every key a test leaves is of a family app/store/schema.py defines (tests/test_schema.py)
+    assert not unknown, f"keys of no schema family: {sorted(unknown)[:10]}"
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ carries SCHEMA_VERSION in `Keys.schema_version` (app/store/version.py checks it 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from enum import StrEnum
@@ -207,6 +208,16 @@ def family_pattern(parts: list[str]) -> str:
     )
 
 
+def known_key(key: str) -> bool:
+    """Whether `key` (under any prefix) belongs to a family of the schema."""
+    return any(pattern.fullmatch(key) for pattern in _patterns())
+
+
+@functools.cache
+def _patterns() -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(family_pattern(parts)) for parts in families().values())
+
+
 class Entry(StrEnum):
     """The fields of an ingest stream entry."""
 
@@ -279,6 +290,15 @@ class Breaker(StrEnum):
     HALF_OPEN = "half-open"
 
 
+class Outcome(StrEnum):
+    """An attempt's outcome, as settle.lua records it."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"  # due again at its due time
+    DEAD = "dead"  # dead-lettered
+    GONE = "gone"  # 410: kept queued, the subscription disabled
+
+
 class Counter(StrEnum):
     """The stats hash's counters: a subscription's are `stat_field(sub, counter)`; ACCEPTED and
     DUPLICATES are the gateway's, REJECTED a prefix (`rejected:<reason>`)."""
@@ -314,6 +334,7 @@ LUA_TABLES: dict[str, type[StrEnum]] = {
     "ENABLEMENT": Enablement,
     "BREAKER": Breaker,
     "C": Counter,
+    "OUTCOME": Outcome,
 }
 
 

@@ -52,11 +52,11 @@ end
 local function failed(o, key)
     redis.call('HINCRBY', key, D.attempts, 1)
     redis.call('HSET', key, D.lastStatus, o.status, D.lastError, o.error, D.lastAttemptMs, now)
-    state_failed(o.sub, o.error, now, o.outcome ~= 'gone', breakers[o.sub] or DEFAULT_BREAKER)
-    if o.outcome == 'retry' then
+    state_failed(o.sub, o.error, now, o.outcome ~= OUTCOME.gone, breakers[o.sub] or DEFAULT_BREAKER)
+    if o.outcome == OUTCOME.retry then
         redis.call('ZADD', K.ready(o.sub), o.dueMs, o.id)
         redis.call('HINCRBY', K.stats, stat(o.sub, C.retried), 1)
-    elseif o.outcome == 'dead' then
+    elseif o.outcome == OUTCOME.dead then
         delivery_dead(key, o.sub, o.id, now)
         -- the order's later events go on; the entry notes them
         ordering_settled(key, o.sub, o.id, o.eventId, false, now, retention)
@@ -73,7 +73,7 @@ for i, o in ipairs(plan.outcomes) do
     else
         log_attempt(o.eventId, ARGV[2 + i])
         local key = K.delivery(o.id)
-        if o.outcome == 'delivered' then
+        if o.outcome == OUTCOME.delivered then
             delivered(o, key)
         else
             failed(o, key)
