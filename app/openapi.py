@@ -14,7 +14,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app import __version__
-from app.admin import MAX_OFFSET, MAX_PAGE
 from app.config import Settings
 from app.events import (
     ACCOUNT_LABEL,
@@ -24,6 +23,7 @@ from app.events import (
     ORDER_ID_REFUSED_CHARS,
 )
 from app.http import json_response
+from app.ops.admin import MAX_OFFSET, MAX_PAGE
 from app.ops.routes import MAX_DLQ_PAGE, MAX_FIELD_CHARS, MAX_FORM_FIELDS
 from app.vtex.feed import MAX_HANDLES, MAX_LOT
 

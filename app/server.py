@@ -16,7 +16,6 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from app import logs
-from app.admin import Admin
 from app.bodies import limit_bodies
 from app.config import Settings, load_settings
 from app.connections import BoundedHttpProtocol, bounded_receive
@@ -25,6 +24,7 @@ from app.http import EXCEPTION_HANDLERS, json_response
 from app.ingest import HOOK_DEADLINE_S, HOOK_PATH, HookEndpoint
 from app.lifecycle import tune_gc
 from app.openapi import OpenApiEndpoint
+from app.ops.admin import Admin
 from app.ops.guards import SameOriginWrites, SecurityHeaders, SignInThrottle
 from app.ops.routes import MAX_FORM_BYTES, Ops
 from app.relay import Relay
