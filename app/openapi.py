@@ -25,7 +25,7 @@ from app.events import (
 from app.http import json_response
 from app.ops.admin import MAX_OFFSET, MAX_PAGE
 from app.ops.routes import MAX_DLQ_PAGE, MAX_FIELD_CHARS, MAX_FORM_FIELDS
-from app.vtex.feed import MAX_HANDLES, MAX_LOT
+from app.pull import MAX_HANDLES, MAX_LOT
 
 Schema = dict[str, Any]
 
