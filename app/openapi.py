@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app import __version__
-from app.admin import MAX_OFFSET, MAX_PAGE
 from app.api_types import (
     REF_TEMPLATE,
     DlqPage,
@@ -41,8 +40,9 @@ from app.events import (
     ORDER_ID_REFUSED_CHARS,
 )
 from app.http import json_response
+from app.ops.admin import MAX_OFFSET, MAX_PAGE
 from app.ops.routes import MAX_DLQ_PAGE, MAX_FIELD_CHARS, MAX_FORM_FIELDS
-from app.vtex.feed import MAX_HANDLES, MAX_LOT
+from app.pull import MAX_HANDLES, MAX_LOT
 
 Schema = dict[str, Any]
 

@@ -15,8 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from app import logs
-from app.admin import Admin
+from app import logs, pull
 from app.bodies import limit_bodies
 from app.config import Settings, load_settings
 from app.connections import BoundedHttpProtocol, bounded_receive
@@ -25,6 +24,7 @@ from app.http import EXCEPTION_HANDLERS, json_response
 from app.ingest import HOOK_DEADLINE_S, HOOK_PATH, HookEndpoint
 from app.lifecycle import tune_gc
 from app.openapi import OpenApiEndpoint
+from app.ops.admin import Admin
 from app.ops.guards import SameOriginWrites, SecurityHeaders, SignInThrottle
 from app.ops.routes import MAX_FORM_BYTES, Ops
 from app.relay import Relay
@@ -33,7 +33,7 @@ from app.store.batcher import Batcher
 from app.store.client import Store, open_store
 from app.store.embedded import EmbeddedRedis
 from app.store.schema import Keys
-from app.vtex import feed, jsonata
+from app.vtex import jsonata
 
 log = logging.getLogger("orderhook.server")
 
@@ -142,7 +142,7 @@ class Gateway(Starlette):
 # Body limits of the routes that need another than DEFAULT_MAX_BODY_BYTES (app/bodies.py).
 BODY_LIMITS = {
     jsonata.PATH: jsonata.MAX_BODY_BYTES,
-    "/feed/{subscription}/commit": feed.MAX_COMMIT_BYTES,
+    "/feed/{subscription}/commit": pull.MAX_COMMIT_BYTES,
     "/ops/login": MAX_FORM_BYTES,
     "/ops/replay": MAX_FORM_BYTES,
 }
@@ -187,7 +187,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/openapi.json", OpenApiEndpoint(settings).handle, methods=["GET"]),
         *Admin(settings).routes(),
         *Ops(settings).routes(),
-        *feed.Feed(settings).routes(),
+        *pull.Feed(settings).routes(),
         Route(jsonata.PATH, tester.handle, methods=["POST"]),
     ]
     guards = [  # outermost first; the hook skips them (Gateway)

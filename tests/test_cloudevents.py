@@ -42,7 +42,7 @@ from app.events import (
     parse_body,
     utc_now_iso,
 )
-from app.vtex.feed import feed_item
+from app.pull import feed_item
 from tests import strategies
 from tests.conftest import notification
 

@@ -9,7 +9,7 @@ from app.params import parse_int
 from app.retry import parse_retry_after
 from tests.relaying import ADMIN, Gateway, hook, subscription, until
 from tests.subscribers import Reply, Sink
-from tests.test_vtex_feed import FEED, PULL
+from tests.test_pull import FEED, PULL
 
 NOT_NUMBERS = ["²", "١٢", "-1", "1e3", "99999999999999999999", "", " 5", "5 ", "+5", "9" * 5000]
 

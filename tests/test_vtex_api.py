@@ -10,8 +10,18 @@ from starlette.datastructures import Secret
 
 from app.config import Source
 from app.dev.fake_vtex import APP_KEY, APP_TOKEN, FakeVtex
-from app.vtex.api import VtexApi, VtexRedirect, VtexTooLarge, VtexUnreachable
-from app.vtex.urls import FEED_PATH, HOOK_CONFIG_PATH, ORDER_PATH, VtexRefused
+from app.vtex.api import (
+    FEED,
+    GET_ORDER,
+    HOOK_CONFIG,
+    Endpoint,
+    VtexApi,
+    VtexRedirect,
+    VtexRefused,
+    VtexTooLarge,
+    VtexUnreachable,
+)
+from app.vtex.urls import FEED_PATH, HOOK_CONFIG_PATH, ORDER_PATH
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.anyio
@@ -129,3 +139,27 @@ async def test_redirect_is_named_by_its_origin_only(
     where = shown.format(vtex=vtex.url)
     assert str(info.value) == f"HTTP 302 from VTEX Get Order: a redirect to {where}, not followed"
     assert len(vtex.requests) == 1  # not followed, not even to VTEX itself
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "method", "more", "path"),
+    [
+        (GET_ORDER, "GET", ("v1-01",), "/mystore/api/oms/pvt/orders/v1-01"),
+        (FEED, "GET", (), "/mystore/api/orders/feed"),
+        (HOOK_CONFIG, "DELETE", (), "/mystore/api/orders/hook/config"),
+    ],
+)
+async def test_each_endpoint_is_called_with_the_sources_credentials(
+    api: VtexApi, vtex: FakeVtex, endpoint: Endpoint, method: str, more: tuple[str, ...], path: str
+) -> None:
+    await api.request(endpoint, method, SOURCE, "mystore", *more)
+    assert [(s.method, s.raw_path, s.credentials) for s in vtex.requests] == [
+        (method, path, (APP_KEY, APP_TOKEN))
+    ]
+
+
+async def test_a_source_without_credentials_is_refused_unsent(api: VtexApi, vtex: FakeVtex) -> None:
+    bare = Source("mystore", "x-h", Secret("t"))
+    with pytest.raises(VtexRefused, match="^refused to call VTEX: the source has no app key"):
+        await api.request(FEED, "GET", bare, "mystore")
+    assert vtex.requests == []

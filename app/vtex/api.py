@@ -1,4 +1,10 @@
-"""Calls to VTEX's API with an account's app key and token: the one place they are sent.
+"""The one VTEX API client: base URL, an account's app key and token, timeouts, size caps.
+
+`VtexApi` is the one place the credentials are sent and the one place the base URL is read;
+each VTEX API the gateway uses is an `Endpoint` here (its path, its name in messages, its size
+cap, its timeout): Get Order (enrichment), Feed v3 (the feed backup), the hook configuration
+(`orderhook vtex hook`). The relay's calls go over the relay's session, whose connector is the
+SSRF guard (app/ssrf.py); `VtexApi.standalone` opens the CLI's own session.
 
 Every call's URL is built by `vtex_url` from encoded parts; no redirect is ever followed (the
 credential headers would go along to wherever VTEX, or whoever answers for it, points); every
@@ -13,7 +19,8 @@ VtexError (OrderhookError; it and VtexRefused live beside the URL builder, app/v
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,20 +29,34 @@ import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from app.config import Source
+from app.config import Settings, Source
 from app.redaction import redirect_origin
-from app.vtex.urls import VtexError, VtexRefused, vtex_url
+from app.vtex.urls import (
+    FEED_PATH,
+    HOOK_CONFIG_PATH,
+    ORDER_PATH,
+    VtexError,
+    VtexRefused,
+    vtex_url,
+)
 
 MAX_ORDER_BYTES = 8 * 1024 * 1024  # Get Order: the largest real orders are a few hundred KB
 MAX_FEED_BYTES = 1024 * 1024  # a Feed v3 lot: at most 10 items of a few hundred bytes
 MAX_CONFIG_BYTES = 256 * 1024  # the hook configuration; a commit's or a delete's answer
 READ_CHUNK_BYTES = 64 * 1024
+ORDER_TIMEOUT = aiohttp.ClientTimeout(total=10)  # the router waits for it
+FEED_TIMEOUT = aiohttp.ClientTimeout(total=15)
+CONFIG_TIMEOUT = aiohttp.ClientTimeout(total=15)
 
 __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_FEED_BYTES",
     "MAX_ORDER_BYTES",
+    "FEED",
+    "GET_ORDER",
+    "HOOK_CONFIG",
     "Answer",
+    "Endpoint",
     "VtexApi",
     "VtexError",
     "VtexRedirect",
@@ -68,12 +89,63 @@ class Answer:
         return orjson.loads(self.body)
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """One VTEX API: its path, its name in messages, its answer's size cap, its timeout."""
+
+    segments: tuple[str, ...]
+    what: str
+    max_bytes: int
+    timeout: aiohttp.ClientTimeout
+
+
+GET_ORDER = Endpoint(ORDER_PATH, "Get Order", MAX_ORDER_BYTES, ORDER_TIMEOUT)  # + the order id
+FEED = Endpoint(FEED_PATH, "Feed", MAX_FEED_BYTES, FEED_TIMEOUT)  # GET takes, POST commits
+HOOK_CONFIG = Endpoint(HOOK_CONFIG_PATH, "hook configuration", MAX_CONFIG_BYTES, CONFIG_TIMEOUT)
+
+
 class VtexApi:
     """VTEX's API for the accounts of one base URL template, over a session made elsewhere."""
 
     def __init__(self, base_url: str, session: aiohttp.ClientSession) -> None:
         self.base_url = base_url
         self.session = session
+
+    @classmethod
+    def of(cls, settings: Settings, session: aiohttp.ClientSession) -> VtexApi:
+        """The configured VTEX (`[vtex] base_url`), over the relay's guarded session."""
+        return cls(settings.vtex_base_url, session)
+
+    @classmethod
+    @asynccontextmanager
+    async def standalone(cls, settings: Settings) -> AsyncIterator[VtexApi]:
+        """The configured VTEX over a session of its own (the CLI's), closed on leaving."""
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            yield cls.of(settings, session)
+
+    async def request(
+        self,
+        endpoint: Endpoint,
+        method: str,
+        source: Source,
+        account: str,
+        *more: str,
+        query: Mapping[str, str] | None = None,
+        json: Any = None,
+    ) -> Answer:
+        """One call to `endpoint` (`more`: path segments after its own) with the source's
+        credentials; VtexError (VtexRefused included) for no usable answer."""
+        return await self.call(
+            method,
+            source,
+            account,
+            (*endpoint.segments, *more),
+            what=endpoint.what,
+            max_bytes=endpoint.max_bytes,
+            timeout=endpoint.timeout,
+            query=query,
+            json=json,
+        )
 
     async def call(
         self,
@@ -110,7 +182,14 @@ class VtexApi:
             raise VtexUnreachable(f"VTEX {what} failed: {type(exc).__name__}") from None
 
 
+def has_credentials(source: Source) -> bool:
+    """Whether the source has an app key and token to call VTEX with."""
+    return source.app_key is not None and source.app_token is not None
+
+
 def credential_headers(source: Source) -> dict[str, str]:
+    if not has_credentials(source):  # the config refuses this for every user of the API
+        raise VtexRefused("refused to call VTEX: the source has no app key and token")
     return {
         "X-VTEX-API-AppKey": str(source.app_key),
         "X-VTEX-API-AppToken": str(source.app_token),

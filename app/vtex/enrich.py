@@ -12,8 +12,8 @@ subscribers get it in `data.order`.
   routed without the order, with `orderUnavailable` saying why. A redirect is never followed
   (the credentials would go along) and counts as a 5xx.
 - What asking again would not change marks it at once: 404 (VTEX keeps two years of orders), an
-  answer over `MAX_ORDER_BYTES` (read no further), an account or order id no URL is safely built
-  from.
+  answer over `MAX_ORDER_BYTES` (app/vtex/api.py; read no further), an account or order id no
+  URL is safely built from.
 """
 
 from __future__ import annotations
@@ -33,19 +33,10 @@ from app.config import Settings, Source, source_for
 from app.errors import StoreUnavailable
 from app.retry import parse_retry_after
 from app.store.client import Store
-from app.vtex.api import (
-    MAX_ORDER_BYTES,
-    Answer,
-    VtexApi,
-    VtexError,
-    VtexRefused,
-    VtexTooLarge,
-)
-from app.vtex.urls import ORDER_PATH
+from app.vtex.api import GET_ORDER, Answer, VtexApi, VtexError, VtexRefused, VtexTooLarge
 
 log = logging.getLogger("orderhook.enrich")
 
-FETCH_TIMEOUT = aiohttp.ClientTimeout(total=10)
 DEFAULT_HOLD_S = 60.0  # VTEX advises a minute after a 429
 CONCURRENCY = 16
 
@@ -62,7 +53,7 @@ class Enricher:
     def __init__(self, settings: Settings, store: Store, session: aiohttp.ClientSession) -> None:
         self.settings = settings
         self.store = store
-        self.api = VtexApi(settings.vtex_base_url, session)
+        self.api = VtexApi.of(settings, session)
         self.sources = [s for s in settings.sources if s.enrich]
         self._limit = asyncio.Semaphore(CONCURRENCY)
 
@@ -102,15 +93,7 @@ class Enricher:
         except StoreUnavailable as exc:
             return Unavailable(str(exc))
         try:
-            answer = await self.api.call(
-                "GET",
-                source,
-                account,
-                (*ORDER_PATH, event["orderId"]),
-                what="Get Order",
-                max_bytes=MAX_ORDER_BYTES,
-                timeout=FETCH_TIMEOUT,
-            )
+            answer = await self.api.request(GET_ORDER, "GET", source, account, event["orderId"])
         except (VtexRefused, VtexTooLarge) as exc:  # the same again next time
             return Unavailable(str(exc), final=True)
         except VtexError as exc:  # unreachable, redirected: as a 5xx

@@ -24,13 +24,11 @@ from app.lifecycle import sleep_unless
 from app.logs import log_event
 from app.retry import parse_retry_after
 from app.store.client import Store
-from app.vtex.api import MAX_FEED_BYTES, Answer, VtexApi, VtexError
-from app.vtex.urls import FEED_PATH
+from app.vtex.api import FEED, Answer, VtexApi, VtexError
 
 log = logging.getLogger("orderhook.feed")
 
 MAX_LOT = 10
-TIMEOUT = aiohttp.ClientTimeout(total=15)
 ERROR_PAUSE_S = 10.0
 _HOOK_FIELDS = {  # a feed item's field: the hook's name for it
     "domain": "Domain",
@@ -60,7 +58,7 @@ class FeedPoller:
         self.settings = settings
         self.source = source
         self.store = store
-        self.api = VtexApi(settings.vtex_base_url, session)
+        self.api = VtexApi.of(settings, session)
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -132,16 +130,7 @@ class FeedPoller:
             )
 
     async def _call(self, method: str, **kwargs: Any) -> Answer:
-        return await self.api.call(
-            method,
-            self.source,
-            self.source.account,
-            FEED_PATH,
-            what="Feed",
-            max_bytes=MAX_FEED_BYTES,
-            timeout=TIMEOUT,
-            **kwargs,
-        )
+        return await self.api.request(FEED, method, self.source, self.source.account, **kwargs)
 
 
 def _reason(exc: Exception) -> str:

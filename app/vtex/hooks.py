@@ -14,16 +14,12 @@ import asyncio
 import sys
 from typing import Any
 
-import aiohttp
-
 from app.config import Settings, Source, load_settings, source_for
 from app.errors import BadRequest, ConfigError
 from app.events import check_account
-from app.vtex.api import MAX_CONFIG_BYTES, Answer, VtexApi, VtexError
-from app.vtex.urls import HOOK_CONFIG_PATH
+from app.vtex.api import HOOK_CONFIG, Answer, VtexApi, VtexError, has_credentials
 
-HOOK_PATH = "/" + "/".join(HOOK_CONFIG_PATH)  # as messages name it
-TIMEOUT = aiohttp.ClientTimeout(total=15)
+HOOK_PATH = "/" + "/".join(HOOK_CONFIG.segments)  # as messages name it
 DEFAULT_STATUSES = (
     "order-created",
     "payment-pending",
@@ -76,9 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings, source: Source) -> int:
-    async with aiohttp.ClientSession(trust_env=False) as session:
-        api = HookApi(VtexApi(settings.vtex_base_url, session), args.account, source)
-        return await _act(args, settings, source, api)
+    async with VtexApi.standalone(settings) as vtex:
+        return await _act(args, settings, source, HookApi(vtex, args.account, source))
 
 
 async def _act(args: argparse.Namespace, settings: Settings, source: Source, api: HookApi) -> int:
@@ -107,7 +102,7 @@ def credentials_for(settings: Settings, account: str) -> Source:
     source = source_for(settings.sources, account)
     if source is None:
         raise HookError(f"no [[sources]] entry for account {account!r}")
-    if source.app_key is None or source.app_token is None:
+    if not has_credentials(source):
         raise HookError(f"the source of {account!r} needs app_key_env and app_token_env")
     return source
 
@@ -166,15 +161,8 @@ class HookApi:
 
     async def _call(self, method: str, json: Any = None) -> Answer:
         try:
-            answer = await self.api.call(
-                method,
-                self.source,
-                self.account,
-                HOOK_CONFIG_PATH,
-                what="hook configuration",
-                max_bytes=MAX_CONFIG_BYTES,
-                timeout=TIMEOUT,
-                json=json,
+            answer = await self.api.request(
+                HOOK_CONFIG, method, self.source, self.account, json=json
             )
         except VtexError as exc:
             raise HookError(str(exc)) from None
