@@ -199,7 +199,7 @@ class SubscriptionWorker:
             self._wake.set()
 
     async def _attempt(self, item: Claimed) -> None:
-        event = orjson.loads(item.event_json)
+        event = item.event if item.event is not None else orjson.loads(item.event_json)
         try:
             body = await self.transforms.body(self.sub, event, item.event_json)
         except (EvaluationError, orjson.JSONEncodeError) as exc:  # dead: no retry can help

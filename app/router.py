@@ -284,7 +284,7 @@ class Router:
         for r in routed:
             for d in r.deliveries:
                 if d.delivery_id in claimed:
-                    slots.start(d.sub, Claimed(d.delivery_id, r.event_json, 0))
+                    slots.start(d.sub, Claimed(d.delivery_id, r.event_json, 0, r.event))
                 else:  # in the ready set (or its order's line: it may have let another go)
                     queued.add(d.sub)
         return queued

@@ -24,9 +24,14 @@ RETRY_NOW_CHUNK = 1000  # deliveries made due per script run (each run blocks Re
 
 @dataclass(frozen=True)
 class Claimed:
+    """A delivery in flight for this process. `event` is the event already decoded, when the
+    router put it in flight as it routed it (the deliverer decodes `event_json` otherwise);
+    nobody changes it."""
+
     delivery_id: str
     event_json: bytes
     attempts: int
+    event: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
