@@ -175,6 +175,26 @@ class DlqPage(Answer):
     next: int | None
 
 
+MAX_HANDLES = 1000  # handles in one feed commit
+
+
+class Commit(Struct):
+    """`POST /feed/{subscription}/commit`: the handles of taken items to remove."""
+
+    usage: ClassVar[str] = 'give {"handles": ["...", ...]}'
+
+    handles: Annotated[
+        list[str],
+        Meta(max_length=MAX_HANDLES, description="handles from GET /feed/{subscription}"),
+    ]
+
+
+class Committed(Answer):
+    """How many of the handles' items were still held, and are now removed."""
+
+    committed: Count
+
+
 class Replayed(Answer):
     """How many dead letters were queued again."""
 

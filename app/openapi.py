@@ -20,6 +20,8 @@ from starlette.responses import Response
 from app import __version__
 from app.api_types import (
     REF_TEMPLATE,
+    Commit,
+    Committed,
     DlqPage,
     Error,
     JsonataFailed,
@@ -42,7 +44,7 @@ from app.events import (
 from app.http import json_response
 from app.ops.admin import MAX_OFFSET, MAX_PAGE
 from app.ops.routes import MAX_DLQ_PAGE, MAX_FIELD_CHARS, MAX_FORM_FIELDS
-from app.pull import MAX_HANDLES, MAX_LOT
+from app.pull import MAX_LOT
 
 Schema = dict[str, Any]
 
@@ -107,7 +109,7 @@ BEARER_ERRORS: dict[str, Schema] = {
 
 # Every typed body, request or answer; their components are generated (with the types they use).
 TYPED: tuple[Any, ...] = (Error, ReplayBody, JsonataTest, JsonataFailed, JsonataStopped)
-TYPED += (Subscriptions, DlqPage, Replayed, RetryNow, Stats)
+TYPED += (Subscriptions, DlqPage, Replayed, RetryNow, Stats, Commit, Committed)
 
 
 def typed(kind: Any) -> Schema:
@@ -590,14 +592,7 @@ def _endpoints() -> dict[str, Schema]:
             "post": operation(
                 "Commit taken items by their handles",
                 {
-                    "200": json_body(
-                        {
-                            "type": "object",
-                            "required": ["committed"],
-                            "properties": {"committed": {"type": "integer", "minimum": 0}},
-                        },
-                        "how many were still held and are now removed",
-                    ),
+                    "200": json_body(typed(Committed), "how many were held and are now removed"),
                     "400": error("not {handles: [...]}, or too many handles"),
                     "401": error("missing or invalid bearer token for this subscription"),
                     "404": error("no such pull subscription"),
@@ -606,21 +601,7 @@ def _endpoints() -> dict[str, Schema]:
                 },
                 security=feed,
                 parameters=[param("subscription", "path", {"type": "string"})],
-                body=json_body(
-                    {
-                        "type": "object",
-                        "required": ["handles"],
-                        "properties": {
-                            "handles": {
-                                "type": "array",
-                                "items": {"type": "string"},
-                                "maxItems": MAX_HANDLES,
-                            }
-                        },
-                    },
-                    "the handles to commit",
-                )
-                | {"required": True},
+                body=json_body(typed(Commit), "the handles to commit") | {"required": True},
             )
         },
         "/api/orders/expressions/jsonata": {

@@ -13,14 +13,16 @@ import binascii
 import logging
 from typing import Any
 
+import msgspec
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.api_types import Commit, Committed, decode
 from app.config import Settings, Subscription
 from app.delivery import Transforms
-from app.errors import BadRequest, NotFound, Unauthorized
+from app.errors import NotFound, Unauthorized
 from app.events import cloudevent, cloudevent_text, default_data
 from app.filters import EvaluationError
 from app.http import RETRY_AFTER_S, json_response
@@ -33,7 +35,6 @@ log = logging.getLogger("orderhook.feed")
 
 MAX_LOT = 10  # as in VTEX
 DEFAULT_LOT = 1
-MAX_HANDLES = 1000
 # The commit route's body limit (app/bodies.py). A handle is the base64 of
 # "<event uuid>.<subscription id>~<ms>", at most 36 + 1 + 64 + 1 + 13 characters: 156 in base64;
 # MAX_HANDLES of them, quoted and comma-separated, are ~160 KB; the rest is room for whitespace.
@@ -114,17 +115,10 @@ class Feed:
 
     async def commit(self, request: Request) -> Response:
         sub, deliveries = self._authorized(request)
-        try:
-            body = orjson.loads(await request.body())  # within MAX_COMMIT_BYTES
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"body is not valid JSON: {exc}") from exc
-        handles = body.get("handles") if isinstance(body, dict) else None
-        if not isinstance(handles, list) or not all(isinstance(h, str) for h in handles):
-            raise BadRequest('give {"handles": ["...", ...]}')
-        if len(handles) > MAX_HANDLES:
-            raise BadRequest(f"at most {MAX_HANDLES} handles at once")
+        handles = decode(await request.body(), Commit).handles  # within MAX_COMMIT_BYTES
         receipts = [r for r in (decode_handle(h) for h in handles) if r is not None]
-        return json_response({"committed": await deliveries.feed_commit(sub.id, receipts)})
+        committed = Committed(await deliveries.feed_commit(sub.id, receipts))
+        return json_response(msgspec.to_builtins(committed))
 
     def routes(self) -> list[Route]:
         return [

@@ -15,6 +15,7 @@ import pytest
 
 from app.api_types import (
     REF_TEMPLATE,
+    Commit,
     DlqPage,
     JsonataTest,
     Replay,
@@ -38,11 +39,11 @@ from tests.subscribers import Sink
 DECODED_WITH: dict[tuple[str, str], Any] = {
     ("/admin/dlq/replay", "post"): ReplayBody,
     (JSONATA_PATH, "post"): JsonataTest,
+    ("/feed/{subscription}/commit", "post"): Commit,
 }
 # Bodies still read by hand, and described by hand: the hook (app.events.parse_body gives VTEX's
-# own error texts; tests/test_openapi.py holds its patterns to what ingest takes) and the feed's
-# commit (app/vtex/feed.py, not yet typed).
-READ_BY_HAND = {("/hooks/vtex", "post"), ("/feed/{subscription}/commit", "post")}
+# own error texts; tests/test_openapi.py holds its patterns to what ingest takes).
+READ_BY_HAND = {("/hooks/vtex", "post")}
 
 
 def generated(kind: Any) -> tuple[dict[str, Any], dict[str, Any]]:
