@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,14 +20,19 @@ from app import cli_ops, logs, preflight
 from app.config import Settings, load_settings
 from app.connections import BoundedHttpProtocol
 from app.dev import fake_vtex
-from app.errors import ConfigError, DataDirInUse, StoreMayEvict, StoreUnavailable
+from app.errors import (
+    ConfigError,
+    DataDirInUse,
+    SchemaMismatch,
+    StoreMayEvict,
+    StoreUnavailable,
+)
 from app.lifecycle import raise_open_files_limit, tune_gc
 from app.relay import run_worker
+from app.runtime import open_runtime, schema_refused, start_embedded
 from app.server import create_app
 from app.signing import new_secret
-from app.store.client import open_store
-from app.store.embedded import EmbeddedRedis, claim_data_dir, store_lost
-from app.store.schema import Keys
+from app.store.embedded import EMBEDDED_SOCKET, claim_data_dir, store_lost
 from app.vtex import hooks
 from app.vtex.jsonata import cli_test
 
@@ -33,6 +40,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 GRACEFUL_SHUTDOWN_S = 20
 EXIT_STORE_LOST = 1  # the embedded redis-server kept dying: for the supervisor to restart us
+EXIT_SCHEMA_REFUSED = 2  # Redis holds data of a schema version this orderhook does not read
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,16 +99,14 @@ def worker(args: argparse.Namespace) -> int:
             "orderhook: worker needs REDIS_URL: workers share the gateway's Redis", file=sys.stderr
         )
         return 2
-    if preflight.refuses_start(settings):
-        return 2
-    if _may_evict(settings, settings.redis_url):
+    if preflight.refuses_start(settings) or _store_refused(settings):
         return 2
     tune_gc()
     # uvloop, as uvicorn gives `serve`: on the default loop the loop itself was the worker's
     # largest cost (bench/profile.py delivery; BENCHMARKS.md)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run_worker(settings))
-    return 0
+    return EXIT_SCHEMA_REFUSED if schema_refused.is_set() else 0
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -114,10 +120,30 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if settings.redis_url is None and _data_dir_in_use(settings):
         return 2
-    if args.workers > 1:
-        return _serve_many(args, settings)
-    if settings.redis_url is not None and _may_evict(settings, settings.redis_url):
-        return 2
+    with contextlib.ExitStack() as stack:
+        if settings.redis_url is None:
+            try:
+                settings = _start_embedded(stack, settings)
+            except StoreUnavailable as exc:
+                print(f"orderhook: {exc}", file=sys.stderr)
+                return 1
+        if _store_refused(settings):
+            return 2
+        if args.workers > 1:
+            return _serve_many(args, settings)
+        return _serve_one(args, settings)
+
+
+def _start_embedded(stack: contextlib.ExitStack, settings: Settings) -> Settings:
+    """Start the embedded store for this process and the gateway processes it runs, before
+    them (its data checked like any Redis's), and stop it after them: `settings` with its URL.
+    """
+    embedded = asyncio.run(start_embedded(settings))
+    stack.callback(lambda: asyncio.run(embedded.stop()))
+    return dataclasses.replace(settings, redis_url=embedded.url)
+
+
+def _serve_one(args: argparse.Namespace, settings: Settings) -> int:
     raise_open_files_limit()
     BoundedHttpProtocol.configure(settings)
     app = create_app(settings)
@@ -132,28 +158,20 @@ def serve(args: argparse.Namespace) -> int:
 def _serve_many(args: argparse.Namespace, settings: Settings) -> int:
     """`--workers N`: uvicorn's supervisor runs N gateway processes on one listening socket,
     each with its own router and deliverer, all on one Redis: REDIS_URL's, or the embedded one
-    this process starts for them (and stops after them)."""
-    with contextlib.ExitStack() as stack:
-        if settings.redis_url is None:
-            embedded = EmbeddedRedis(settings.data_dir, settings.embedded_appendfsync)
-            asyncio.run(embedded.start())
-            stack.callback(lambda: asyncio.run(embedded.stop()))
-            embedded.watch()  # restarted if it dies; if it cannot be, the workers stop
-            os.environ["REDIS_URL"] = embedded.url
-        if _may_evict(settings, os.environ["REDIS_URL"]):
-            return 2
-        if args.config:
-            os.environ["ORDERHOOK_CONFIG"] = str(Path(args.config).resolve())
-        _exit_cleanly_on_stop_signals()
-        raise_open_files_limit()  # the worker processes inherit it
-        uvicorn.run(
-            "app.server:app_from_environment",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            **_uvicorn(settings),
-        )
+    this process started for them (and stops after them)."""
+    os.environ["REDIS_URL"] = settings.redis_url or ""
+    if args.config:
+        os.environ["ORDERHOOK_CONFIG"] = str(Path(args.config).resolve())
+    _exit_cleanly_on_stop_signals()
+    raise_open_files_limit()  # the worker processes inherit it
+    uvicorn.run(
+        "app.server:app_from_environment",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        **_uvicorn(settings),
+    )
     return EXIT_STORE_LOST if store_lost.is_set() else 0
 
 
@@ -171,19 +189,13 @@ def _uvicorn(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def _check_store(settings: Settings, url: str) -> None:
-    """StoreUnavailable unless the Redis at `url` answers; StoreMayEvict unless it runs
-    maxmemory-policy noeviction."""
-    keys = Keys(settings.key_prefix)
-    async with open_store(
-        url,
-        keys,
-        settings.redis_timeout_s,
-        settings.dedupe_window_s,
-        assume_noeviction=settings.assume_noeviction,
-    ) as store:
-        await store.ping()
-        await store.check_eviction()
+async def _check_store(settings: Settings) -> None:
+    """Open the runtime as the gateway does (which checks the data's schema version: else
+    SchemaMismatch), without waiting for Redis: StoreUnavailable unless it answers;
+    StoreMayEvict unless it runs maxmemory-policy noeviction."""
+    async with open_runtime(settings, wait_for_redis=False) as runtime:
+        await runtime.store.ping()
+        await runtime.store.check_eviction()
 
 
 def _data_dir_in_use(settings: Settings) -> bool:
@@ -197,13 +209,14 @@ def _data_dir_in_use(settings: Settings) -> bool:
     return False
 
 
-def _may_evict(settings: Settings, url: str) -> bool:
-    """True, after one line on stderr, when the Redis at `url` may evict accepted events.
-    A Redis not answering yet is no reason to refuse: the gateway answers 503 until it does,
-    and checks its policy then (the lifespan, every /readyz and every POLICY_CHECK_EVERY_S)."""
+def _store_refused(settings: Settings) -> bool:
+    """True, after one line on stderr, when the configured Redis may evict accepted events or
+    holds data of a schema version this orderhook does not read. A Redis not answering yet is
+    no reason to refuse: the gateway answers 503 until it does, and checks its policy and
+    schema then (its policy again on every /readyz and every POLICY_CHECK_EVERY_S)."""
     try:
-        asyncio.run(_check_store(settings, url))
-    except StoreMayEvict as exc:
+        asyncio.run(_check_store(settings))
+    except (StoreMayEvict, SchemaMismatch) as exc:
         print(f"orderhook: refusing to start: {exc}", file=sys.stderr)
         return True
     except StoreUnavailable:
@@ -228,15 +241,31 @@ def check(args: argparse.Namespace) -> int:
 def _check_redis(settings: Settings) -> tuple[bool, str]:
     """`check`: whether Redis will do, and the words that say so (its address, never its
     password)."""
+    store = "Redis"
     if settings.redis_url is None:
-        return True, "; REDIS_URL is unset: the embedded store will be used"
+        settings, store = _running_embedded(settings), f"the embedded store in {settings.data_dir}"
     try:
-        asyncio.run(_check_store(settings, settings.redis_url))
-    except StoreMayEvict as exc:
+        asyncio.run(_check_store(settings))
+    except (StoreMayEvict, SchemaMismatch) as exc:
         return False, f", but {exc}"
     except StoreUnavailable as exc:
         return False, f", but Redis does not answer: {exc}"
-    return True, f", {len(settings.subscriptions)} subscription(s), Redis answers"
+    return True, f", {len(settings.subscriptions)} subscription(s), {store} answers"
+
+
+def _running_embedded(settings: Settings) -> Settings:
+    """`settings` on the embedded store a running gateway serves on this data directory, if
+    one answers there; else unchanged (`check` starts the store on it, and stops it)."""
+    socket_path = settings.data_dir.resolve() / EMBEDDED_SOCKET
+    if not socket_path.is_socket():
+        return settings
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(settings.redis_timeout_s)
+        try:
+            probe.connect(str(socket_path))
+        except OSError:
+            return settings
+    return dataclasses.replace(settings, redis_url=f"unix://{socket_path}")
 
 
 def _exit_cleanly_on_stop_signals() -> None:
@@ -245,11 +274,14 @@ def _exit_cleanly_on_stop_signals() -> None:
     uvicorn handles SIGTERM and SIGINT itself (stop accepting, finish requests in flight, run
     the lifespan shutdown), then restores the previous handlers and raises the signal again.
     These handlers are the previous ones: a graceful stop is a normal exit, not a crash —
-    unless the embedded store died for good and the gateway stopped itself (exit 1).
+    unless the embedded store died for good and the gateway stopped itself (exit 1), or
+    found, once Redis answered, data of a schema version it does not read (exit 2).
     """
 
     def stop(signum: int, frame: object) -> None:
-        raise SystemExit(EXIT_STORE_LOST if store_lost.is_set() else 0)
+        if store_lost.is_set():
+            raise SystemExit(EXIT_STORE_LOST)
+        raise SystemExit(EXIT_SCHEMA_REFUSED if schema_refused.is_set() else 0)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)

@@ -6,6 +6,8 @@ OrderhookError
 │   ├── StoreMayEvict      Redis's maxmemory-policy is not noeviction: it may drop queued events
 │   │                      (HTTP 503; `orderhook serve` and `orderhook check` refuse it)
 │   └── DataDirInUse       the embedded store's data directory is another process's (exit 2)
+├── SchemaMismatch         Redis holds data of a newer or unknown layout under the key prefix
+│                          (`orderhook serve`, `worker` and `check` refuse it: exit 2)
 └── RequestError           the request is refused; carries its HTTP status
     ├── Unauthorized       401: no source's auth header matches, or the account is not allowed
     ├── BadRequest         400: invalid JSON, not an object, a missing or mistyped field
@@ -59,6 +61,15 @@ class StoreMayEvict(StoreUnavailable):
 class DataDirInUse(StoreUnavailable):
     """Another process (a gateway, or the redis-server it left) holds the embedded store's data
     directory: a second server on the same files would corrupt them."""
+
+
+class SchemaMismatch(OrderhookError):
+    """The data under the key prefix is of a schema version this orderhook does not read (a
+    newer one, or not a version number). The message is one line: what was found, and what to
+    do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 class RequestError(OrderhookError):

@@ -16,10 +16,8 @@ from app import logs
 from app.config import Settings
 from app.delivery import Deliverer, Transforms
 from app.router import Router
-from app.runtime import Runtime
+from app.runtime import Runtime, open_runtime
 from app.ssrf import GuardedConnector
-from app.store.client import open_store
-from app.store.schema import Keys
 from app.vtex.enrich import Enricher
 from app.vtex.feed_backup import FeedPoller
 
@@ -100,10 +98,8 @@ async def run_worker(settings: Settings) -> None:
         )
         await stop.wait()
         return
-    url = settings.redis_url or ""
-    keys = Keys(settings.key_prefix)
-    async with open_store(url, keys, settings.redis_timeout_s, settings.dedupe_window_s) as store:
-        relay = Relay(Runtime.on(settings, store))
+    async with open_runtime(settings) as runtime:
+        relay = Relay(runtime)
         await relay.start()
         log.info("worker %s started", relay.router.consumer)
         flusher = asyncio.create_task(logs.flush_periodically())

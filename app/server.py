@@ -1,4 +1,4 @@
-"""The Starlette application: its routes, and a lifespan that opens and closes the store."""
+"""The Starlette application: its routes, and a lifespan that opens and closes the runtime."""
 
 from __future__ import annotations
 
@@ -28,37 +28,12 @@ from app.ops.admin import Admin
 from app.ops.guards import SameOriginWrites, SecurityHeaders, SignInThrottle
 from app.ops.routes import MAX_FORM_BYTES, Ops
 from app.relay import Relay
-from app.runtime import Runtime
+from app.runtime import open_runtime
 from app.store.batcher import Batcher
-from app.store.client import Store, open_store
-from app.store.embedded import EmbeddedRedis
-from app.store.schema import Keys
+from app.store.client import Store
 from app.vtex import jsonata
 
 log = logging.getLogger("orderhook.server")
-
-
-@contextlib.asynccontextmanager
-async def store_for(settings: Settings) -> AsyncIterator[Store]:
-    """The configured Redis, or the embedded one started here and stopped on the way out."""
-    keys = Keys(settings.key_prefix)
-    async with contextlib.AsyncExitStack() as stack:
-        url = settings.redis_url
-        if url is None:
-            embedded = EmbeddedRedis(settings.data_dir, settings.embedded_appendfsync)
-            await embedded.start()
-            stack.push_async_callback(embedded.stop)
-            embedded.watch()  # restarted if it dies; if it cannot be, this process exits 1
-            url = embedded.url
-        yield await stack.enter_async_context(
-            open_store(
-                url,
-                keys,
-                settings.redis_timeout_s,
-                settings.dedupe_window_s,
-                assume_noeviction=settings.assume_noeviction,
-            )
-        )
 
 
 async def healthz(request: Request) -> Response:
@@ -68,7 +43,7 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """200 when Redis answers, runs noeviction and takes a write (is not out of memory)."""
     try:
-        await request.app.state.store.check_ready()
+        await request.app.state.runtime.store.check_ready()
     except StoreUnavailable as exc:
         return json_response({"status": "unavailable", "error": exc.public}, 503)
     return json_response({"status": "ready"})
@@ -153,16 +128,15 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not settings.sources:
             log.warning("no [[sources]] configured: every hook request will be refused with 401")
-        async with store_for(settings) as store:
+        async with open_runtime(settings) as runtime:
+            store = runtime.store
             known_problem = await check_eviction_policy(store)  # before any hook is taken
             commit = Batcher(store.append, name="ingest", deadline_s=HOOK_DEADLINE_S)
             commit.start()
-            runtime = Runtime.on(settings, store)
             relay = Relay(runtime)
             if settings.subscriptions:  # without any, events wait in the stream for the first
                 await relay.start()
-            app.state.store, app.state.commit = store, commit
-            app.state.runtime, app.state.relay = runtime, relay
+            app.state.runtime, app.state.commit, app.state.relay = runtime, commit, relay
             flusher = asyncio.create_task(logs.flush_periodically())
             watch = asyncio.create_task(watch_eviction_policy(store, known_problem))
             every_s = settings.unreachable_warning_s

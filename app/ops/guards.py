@@ -112,7 +112,7 @@ class SignInThrottle:
         if scope["type"] != "http" or not presents_token(scope):
             await self.app(scope, receive, send)
             return
-        throttle = Throttle(scope["app"].state.store, self.settings)
+        throttle = Throttle(scope["app"].state.runtime.store, self.settings)
         client = (scope.get("client") or ("unknown", 0))[0]
         try:
             refused = await throttle.check(client)

@@ -59,7 +59,7 @@ class Ops:
         return runtime
 
     def _sessions(self, request: Request) -> Sessions:
-        return Sessions(request.app.state.store, self.settings)
+        return Sessions(request.app.state.runtime.store, self.settings)
 
     async def _role(self, request: Request) -> Role | None:
         """The dashboard's caller: the bearer token's role, else its session's."""

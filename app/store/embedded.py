@@ -51,6 +51,7 @@ LOCK_WAIT_S = 15.0
 RESTART_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 4.0)  # before each restart of a server dying in a row
 STABLE_AFTER_S = 60.0  # a server up this long that dies starts the count again
 _MAX_UNIX_PATH = 100
+EMBEDDED_SOCKET = "redis.sock"  # in the data directory, unless that path is too long
 _PR_SET_PDEATHSIG = 1
 _TRUNCATED = re.compile(rb"Truncating the AOF.* at offset (\d+)")
 
@@ -129,11 +130,11 @@ class EmbeddedRedis:
         return self.data_dir / "redis.log"
 
     def _choose_socket_path(self) -> str:
-        path = str(self.data_dir / "redis.sock")
+        path = str(self.data_dir / EMBEDDED_SOCKET)
         if len(path) <= _MAX_UNIX_PATH:
             return path
         self._socket_dir = tempfile.mkdtemp(prefix="orderhook-")
-        return os.path.join(self._socket_dir, "redis.sock")
+        return os.path.join(self._socket_dir, EMBEDDED_SOCKET)
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

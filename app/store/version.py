@@ -1,0 +1,104 @@
+"""The layout's version in Redis, checked when a process opens the store.
+
+The data under a key prefix carries the SCHEMA_VERSION (app/store/schema.py) it was written
+in, at `Keys.schema_version`. On open:
+
+- no version and no other key under the prefix: a fresh store, stamped with SCHEMA_VERSION;
+- no version but data: written before versions were stamped, version 0, migrated;
+- an older version: migrated, one MIGRATIONS step at a time, then stamped;
+- this version: nothing to do;
+- a newer version, or not a version number: SchemaMismatch (`orderhook serve`, `worker` and
+  `check` say so in one line and exit 2): a newer orderhook wrote it, or something else did.
+
+The stamp is written with SET NX, so processes starting at once agree on one value. A future
+migration that rewrites data must also keep two processes from running it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+from app.errors import SchemaMismatch
+from app.store.client import Store, text
+from app.store.schema import SCHEMA_VERSION
+
+log = logging.getLogger("orderhook.store")
+
+UNVERSIONED = 0  # data written before the layout's version was stamped
+SCAN_COUNT = 1000
+
+
+async def _stamp_unversioned(store: Store) -> None:
+    """Version 0 → 1: the unversioned layout is version 1's; the stamp is all it lacks."""
+
+
+# from_version: the coroutine that turns data of that version into the next version's.
+MIGRATIONS: dict[int, Callable[[Store], Awaitable[None]]] = {
+    UNVERSIONED: _stamp_unversioned,
+}
+
+
+async def check_schema(store: Store) -> None:
+    """Make the data under the store's prefix SCHEMA_VERSION's (stamp, or migrate then stamp);
+    SchemaMismatch if it is of a newer or unknown version."""
+    found = await store.guard(partial(store.client.get, store.keys.schema_version))
+    if found is None:
+        version = UNVERSIONED if await _holds_data(store) else SCHEMA_VERSION
+    else:
+        version = _parse(store, text(found))
+    if version == SCHEMA_VERSION and found is not None:
+        return
+    await _migrate(store, version)
+    stamped = await store.guard(
+        partial(store.client.set, store.keys.schema_version, SCHEMA_VERSION, nx=found is None)
+    )
+    if not stamped:  # another process stamped it first: read what it wrote
+        await check_schema(store)
+
+
+async def _holds_data(store: Store) -> bool:
+    """Whether any key exists under the prefix (SCAN, stopping at the first)."""
+    cursor = 0
+    while True:
+        scan = partial(store.client.scan, cursor, match=store.keys.pattern, count=SCAN_COUNT)
+        cursor, found = await store.guard(scan)
+        if found:
+            return True
+        if cursor == 0:
+            return False
+
+
+async def _migrate(store: Store, version: int) -> None:
+    """Run the migrations from `version` up to SCHEMA_VERSION, logging each."""
+    while version < SCHEMA_VERSION:
+        log.warning(
+            "redis at %s: migrating orderhook data under key prefix %r from schema version %d "
+            "to %d",
+            store.address,
+            store.keys.prefix,
+            version,
+            version + 1,
+        )
+        await MIGRATIONS[version](store)
+        version += 1
+
+
+def _parse(store: Store, found: str) -> int:
+    """The stored version, if this orderhook reads or can migrate it; else SchemaMismatch."""
+    where = f"redis at {store.address} holds orderhook data"
+    remedy = "set [store] key_prefix to a fresh prefix"
+    if not found.isascii() or not found.isdigit():
+        raise SchemaMismatch(
+            f"{where} under key prefix {store.keys.prefix!r} whose schema version "
+            f"({store.keys.schema_version}) is {found!r}, not a number; this orderhook reads "
+            f"version {SCHEMA_VERSION}: fix or delete that key, or {remedy}"
+        )
+    version = int(found)
+    if version > SCHEMA_VERSION:
+        raise SchemaMismatch(
+            f"{where} of schema version {version} under key prefix {store.keys.prefix!r}; "
+            f"this orderhook reads version {SCHEMA_VERSION}: upgrade orderhook, or {remedy}"
+        )
+    return version
