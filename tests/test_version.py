@@ -24,6 +24,7 @@ from tests.conftest import Gateway as LiveGateway
 from tests.relaying import Gateway, body, hook, subscription
 from tests.subscribers import Reply, Sink
 from tests.test_check import wait_for_line
+from tests.test_server import embedded_gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -61,6 +62,8 @@ async def test_unversioned_data_is_stamped_then_routed_and_delivered(
     async with gateway(erp):
         got = await sink.wait_for("/erp", 3)
         assert rdb.get(keys.schema_version) == b"1"
+        while rdb.exists(keys.inflight("erp")):  # settled, before the relay stops
+            await asyncio.sleep(0.02)
     assert {body(r)["id"] for r in got[1:]} == {retried, waiting}
 
 
@@ -158,3 +161,16 @@ def test_a_redis_answering_late_is_checked_once_it_answers(keys: Keys, tmp_path:
         gateway.stop()
         server.terminate()
         server.wait(10)
+
+
+def test_check_reads_the_embedded_store_a_running_gateway_serves(tmp_path: Path) -> None:
+    """`check` beside a running gateway (a deploy's release step) asks that gateway's embedded
+    store, rather than wait for its data directory."""
+    gateway = embedded_gateway(tmp_path).start()
+    try:
+        started = time.monotonic()
+        done = orderhook("check", gateway.config, gateway.env)
+        assert done.returncode == 0, done.stderr
+        assert "the embedded store in " in done.stdout and time.monotonic() - started < 10
+    finally:
+        assert gateway.stop() == 0
