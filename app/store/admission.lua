@@ -20,7 +20,7 @@ local function admission_lease(sub, now, wanted, lease_until, rate, may_probe)
     if state[1] == ENABLEMENT.disabled then
         return {count = 0, disabled = true, wake = -1}
     end
-    local grant = {count = wanted, probe = false, rate = rate, now = now}
+    local grant = {count = wanted, probe = false, now = now, wake = -1}
     if state[2] == BREAKER.open or state[2] == BREAKER.half_open then
         if not may_probe then
             return {count = 0, wake = -1}

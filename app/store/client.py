@@ -80,6 +80,8 @@ class Store:
         self.deadline_s = deadline_s
         # Where Redis hides its maxmemory-policy, the operator's word that it is noeviction.
         self.assume_noeviction = assume_noeviction
+        # False while the data's schema version is not checked (open_runtime): no script runs.
+        self.schema_checked = True
         # What the last policy check found wrong (events are refused meanwhile), or None.
         self.eviction_problem: str | None = None
         self._ingest = register(client, keys, "ingest.lua", rules=False)
@@ -101,8 +103,17 @@ class Store:
         return [Appended(created=bool(flag), entry_id=text(entry)) for flag, entry in rows]
 
     async def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run a registered Lua script under the guard."""
-        return await self.guard(partial(script, keys=list(keys), args=cast(list[Any], args)))
+        """Run a registered Lua script under the guard. Every script declares at least one key
+        of the prefix's hash slot (the stats hash if the script names none): its other keys are
+        in that slot too, and a cluster or proxy routes it there. StoreUnavailable until the
+        data's schema version is checked (`schema_checked`, app/runtime.py)."""
+        if not self.schema_checked:
+            raise StoreUnavailable(
+                f"redis at {self.address}: the data's schema version is not checked yet",
+                public="redis: the data's schema version is not checked yet",
+            )
+        declared = list(keys) or [self.keys.stats]
+        return await self.guard(partial(script, keys=declared, args=cast(list[Any], args)))
 
     async def ping(self) -> bool:
         return bool(await self.guard(self.client.ping))

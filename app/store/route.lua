@@ -57,20 +57,24 @@ local function create(d, e, event, key)
         error(d.error, 0)
     end
     delivery_create(key, d.id, d.sub, e.eventId, e.orderId, event, now)
-    local lease = tonumber(d.lease) or 0
+    local lease, grant = tonumber(d.lease) or 0, nil
     if lease > 0 then -- this process's worker has a slot for it: in flight if admitted
-        local grant = admission_lease(d.sub, now, 1, lease, tonumber(d.rate) or 0, false)
-        admission_spent(d.sub, grant, grant.count)
+        grant = admission_lease(d.sub, now, 1, lease, tonumber(d.rate) or 0, false)
         lease = grant.count > 0 and lease or 0
     end
-    if d.ordered ~= nil then
-        return ordering_enqueue(d.sub, d.id, key, e.order, d.ordered, now, lease)
+    local result = 'queued'
+    if d.ordered ~= nil then -- in flight only if its order's line releases it at once
+        result = ordering_enqueue(d.sub, d.id, key, e.order, d.ordered, now, lease)
     elseif lease > 0 then
         redis.call('ZADD', K.inflight(d.sub), lease, d.id)
-        return 'claimed'
+        result = 'claimed'
+    else
+        redis.call('ZADD', K.ready(d.sub), now, d.id)
     end
-    redis.call('ZADD', K.ready(d.sub), now, d.id)
-    return 'queued'
+    if grant then -- the token bucket pays only for a delivery that went in flight
+        admission_spent(d.sub, grant, result == 'claimed' and 1 or 0)
+    end
+    return result
 end
 
 -- A delivery `create` failed on: dead-lettered at once with the error as its reason (visible in
