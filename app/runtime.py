@@ -88,10 +88,8 @@ async def open_runtime(
                 assume_noeviction=settings.assume_noeviction,
             )
         )
-        store.schema_checked = False  # no script writes before the version is known
         try:
             await check_schema(store)
-            store.schema_checked = True
         except StoreUnavailable:
             if not wait_for_redis:
                 raise
@@ -111,19 +109,16 @@ async def check_schema_when_answering(store: Store) -> None:
     """Check the schema as soon as Redis answers; on a mismatch, log it and stop the process
     as on SIGTERM (it exits 2)."""
     while True:
+        await asyncio.sleep(SCHEMA_RETRY_S)
         try:
             await check_schema(store)
         except StoreUnavailable:
-            await asyncio.sleep(SCHEMA_RETRY_S)
             continue
         except SchemaMismatch as exc:
             log.error("refusing to go on: %s", exc)
             schema_refused.set()
             os.kill(os.getpid(), signal.SIGTERM)
-            return
         except Exception:  # e.g. a key of another type there: said, and tried again
-            log.exception("cannot check the data's schema version; scripts wait, retrying")
-            await asyncio.sleep(SCHEMA_RETRY_S)
+            log.exception("cannot check the data's schema version; retrying")
             continue
-        store.schema_checked = True
         return

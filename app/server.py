@@ -76,11 +76,12 @@ async def watch_eviction_policy(store: Store, known: str | None) -> None:
         known = await check_eviction_policy(store, known)
 
 
-async def warn_while_unreachable(store: Store, every_s: float) -> None:
+async def warn_while_unreachable(store: Store, every_s: float, stop: asyncio.Event) -> None:
     """Log a warning now and every `every_s` while Redis does not answer (naming its address
-    and why), and once when it answers again: hooks are answered 503 meanwhile."""
+    and why), and once when it answers again: hooks are answered 503 meanwhile. Ends when
+    `stop` is set (a cancel that lands inside the Redis client's connect can be lost there)."""
     down = False
-    while True:
+    while not stop.is_set():
         try:
             await store.ping()
         except StoreUnavailable as exc:
@@ -90,7 +91,8 @@ async def warn_while_unreachable(store: Store, every_s: float) -> None:
             if down:
                 log.warning("redis at %s answers now: hooks are accepted", store.address)
             down = False
-        await asyncio.sleep(every_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
 
 
 class Gateway(Starlette):
@@ -140,13 +142,16 @@ def create_app(settings: Settings) -> Starlette:
             flusher = asyncio.create_task(logs.flush_periodically())
             watch = asyncio.create_task(watch_eviction_policy(store, known_problem))
             every_s = settings.unreachable_warning_s
-            ping = asyncio.create_task(warn_while_unreachable(store, every_s))
+            stop_pinging = asyncio.Event()
+            ping = asyncio.create_task(warn_while_unreachable(store, every_s, stop_pinging))
             try:
                 yield
             finally:
                 flusher.cancel()
                 watch.cancel()
+                stop_pinging.set()
                 ping.cancel()
+                await asyncio.wait([ping], timeout=every_s)  # done before the store closes
                 logs.outcomes.flush()
                 await relay.stop()
                 await commit.close()

@@ -9,7 +9,6 @@ import orjson
 import pytest
 import redis
 
-from app.errors import StoreUnavailable
 from app.events import normalize, parse_body, utc_now_iso
 from app.ordering import OrderPlace
 from app.ordering.position import encode as order_position
@@ -17,7 +16,6 @@ from app.store.client import Store, open_store
 from app.store.deliveries import Deliveries
 from app.store.routing import Planned, Routed, Routing
 from app.store.schema import Enablement, Keys, State
-from app.store.version import check_schema
 from tests.test_ordering import state_notification
 
 pytestmark = pytest.mark.anyio
@@ -85,17 +83,3 @@ async def test_a_disabled_subscription_admits_no_delivery_at_routing(
         entries = planned(await routed(store, [("o-1", 0)]), "r", ordered=False)
         claimed, _ = await Routing(store, 3600).route(entries)
     assert claimed == set() and rdb.zcard(keys.ready("r")) == 1
-
-
-async def test_no_script_runs_before_the_schema_version_is_checked(
-    redis_url: str, keys: Keys
-) -> None:
-    """open_runtime clears `schema_checked` until check_schema passes: a write then is 503."""
-    async with open_store(redis_url, keys, 2.0, 3600) as store:
-        store.schema_checked = False
-        event = normalize(parse_body(orjson.dumps(state_notification("o-1", 0))), utc_now_iso())
-        with pytest.raises(StoreUnavailable, match="schema version is not checked"):
-            await store.append([event])
-        await check_schema(store)
-        store.schema_checked = True
-        assert (await store.append([event]))[0].created

@@ -80,8 +80,6 @@ class Store:
         self.deadline_s = deadline_s
         # Where Redis hides its maxmemory-policy, the operator's word that it is noeviction.
         self.assume_noeviction = assume_noeviction
-        # False while the data's schema version is not checked (open_runtime): no script runs.
-        self.schema_checked = True
         # What the last policy check found wrong (events are refused meanwhile), or None.
         self.eviction_problem: str | None = None
         self._ingest = register(client, keys, "ingest.lua", rules=False)
@@ -105,13 +103,7 @@ class Store:
     async def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a registered Lua script under the guard. Every script declares at least one key
         of the prefix's hash slot (the stats hash if the script names none): its other keys are
-        in that slot too, and a cluster or proxy routes it there. StoreUnavailable until the
-        data's schema version is checked (`schema_checked`, app/runtime.py)."""
-        if not self.schema_checked:
-            raise StoreUnavailable(
-                f"redis at {self.address}: the data's schema version is not checked yet",
-                public="redis: the data's schema version is not checked yet",
-            )
+        in that slot too, and a cluster or proxy routes it there."""
         declared = list(keys) or [self.keys.stats]
         return await self.guard(partial(script, keys=declared, args=cast(list[Any], args)))
 
