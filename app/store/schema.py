@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
+from types import MappingProxyType
 
 # The layout's version. Raise it with any change in a key family, a field or a stored value,
 # and teach app/store/version.py to migrate data of the version before.
@@ -181,9 +183,10 @@ class Keys:
         return self.tag.replace("{", "\\{").replace("}", "\\}") + ":*"
 
 
-def families() -> dict[str, list[str]]:
+@functools.cache  # Keys does not change while the process runs
+def families() -> Mapping[str, tuple[str, ...]]:
     """Every key family by name, as parts: text at even places, parameter names at odd ones;
-    the tag is the parameter "TAG". E.g. "ready": ["", "TAG", ":s:", "sub", ":ready"]."""
+    the tag is the parameter "TAG". E.g. "ready": ("", "TAG", ":s:", "sub", ":ready")."""
     probe = Keys("\0prefix\0")
     found = {}
     for name, member in inspect.getmembers(Keys):
@@ -196,11 +199,11 @@ def families() -> dict[str, list[str]]:
             built = member(probe, *(f"\0{p}\0" for p in params))
         else:
             continue
-        found[name] = built.replace(probe.tag, "\0TAG\0").split("\0")
-    return found
+        found[name] = tuple(built.replace(probe.tag, "\0TAG\0").split("\0"))
+    return MappingProxyType(found)
 
 
-def family_pattern(parts: list[str]) -> str:
+def family_pattern(parts: Sequence[str]) -> str:
     """A regex matching the family's keys under any prefix (for tests that scan Redis)."""
     return "".join(
         re.escape(p) if i % 2 == 0 else (r"\{[^}]*\}" if p == "TAG" else ".+")
@@ -342,7 +345,13 @@ def lua_prelude(keys: Keys) -> str:
     """The Lua side of this module, prepended to every script: K (key builders, with this
     prefix's tag), the field and value tables, and `stat(owner, counter)`. Every table raises
     on a name it does not have, so a misspelt field fails the script instead of writing
-    another field."""
+    another field. Made once per prefix (every script of a store starts with it)."""
+    return _prelude(keys.prefix)
+
+
+@functools.cache
+def _prelude(prefix: str) -> str:
+    keys = Keys(prefix)
     lines = [
         "local function strict(name, t)",
         "    return setmetatable(t, {__index = function(_, k)",
@@ -365,7 +374,7 @@ def lua_prelude(keys: Keys) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _lua_key(name: str, parts: list[str]) -> str:
+def _lua_key(name: str, parts: Sequence[str]) -> str:
     """`K.ready = function(sub) return TAG .. ':s:' .. sub .. ':ready' end`; a key without
     parameters is a string, `K.stats`."""
     params = [p for i, p in enumerate(parts) if i % 2 == 1 and p != "TAG"]

@@ -8,6 +8,7 @@ order.lua and the position's constants).
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 
 import redis.asyncio as aioredis
@@ -21,6 +22,7 @@ def load_script(name: str) -> str:
     return resources.files("app.store").joinpath(name).read_text(encoding="utf-8")
 
 
+@functools.cache  # the same text for every script and every store: read once
 def shared_rules() -> str:
     """The rules the delivery scripts share: the subscription state's rules (state.lua), a
     delivery's (delivery.lua), admission (admission.lua) and the per-order ones (app/ordering)."""
