@@ -8,6 +8,7 @@ import httpx
 import pytest
 import redis
 
+from app.api_types import MAX_HANDLES
 from app.store.schema import Keys
 from tests.relaying import Gateway, hook
 
@@ -93,6 +94,12 @@ async def test_feed_errors(gateway: Gateway) -> None:
         assert r.status_code == 400
         r = await client.post("/feed/pull/commit", json={"handles": ["junk!"]}, headers=FEED)
         assert r.json() == {"committed": 0}
+        too_many = {"handles": ["h"] * (MAX_HANDLES + 1)}  # the most the type takes, and one
+        r = await client.post("/feed/pull/commit", json=too_many, headers=FEED)
+        assert r.status_code == 400 and f"length <= {MAX_HANDLES}" in r.json()["error"]
+        assert "$.handles" in r.json()["error"]
+        r = await client.post("/feed/pull/commit", json={"handle": []}, headers=FEED)
+        assert r.status_code == 400 and "handles" in r.json()["error"]
 
 
 async def test_pull_transforms_run_in_the_transform_pool_and_a_memory_bomb_stays_there(
