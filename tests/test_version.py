@@ -117,6 +117,14 @@ def test_a_version_that_is_no_number_is_refused(
     assert_refused(done, "is 'v2\\nnext', not a number")
 
 
+def test_a_version_key_of_another_type_is_refused(
+    redis_url: str, rdb: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    rdb.hset(keys.schema_version, "version", "1")  # another program's hash under our name
+    done = orderhook("check", config_for(tmp_path, keys), {**os.environ, "REDIS_URL": redis_url})
+    assert_refused(done, "that is no orderhook schema version (WRONGTYPE")
+
+
 @pytest.mark.parametrize("command", ["serve", "check"])
 def test_the_embedded_store_holding_a_newer_schema_is_refused(
     command: str, keys: Keys, tmp_path: Path

@@ -20,6 +20,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+from redis.exceptions import ResponseError
+
 from app.errors import SchemaMismatch
 from app.store.client import Store, text
 from app.store.schema import SCHEMA_VERSION
@@ -43,7 +45,15 @@ MIGRATIONS: dict[int, Callable[[Store], Awaitable[None]]] = {
 async def check_schema(store: Store) -> None:
     """Make the data under the store's prefix SCHEMA_VERSION's (stamp, or migrate then stamp);
     SchemaMismatch if it is of a newer or unknown version."""
-    found = await store.guard(partial(store.client.get, store.keys.schema_version))
+    try:
+        found = await store.guard(partial(store.client.get, store.keys.schema_version))
+    except ResponseError as exc:  # WRONGTYPE: not a version this orderhook wrote
+        raise SchemaMismatch(
+            f"redis at {store.address} holds a {store.keys.schema_version} that is no "
+            f"orderhook schema version ({exc}); this orderhook reads version {SCHEMA_VERSION}: "
+            "delete that key if it is not another program's, or set [store] key_prefix to a "
+            "fresh prefix"
+        ) from exc
     if found is None:
         version = UNVERSIONED if await _holds_data(store) else SCHEMA_VERSION
     else:
