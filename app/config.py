@@ -11,7 +11,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
@@ -26,23 +26,14 @@ from app.events import check_account
 from app.filters import (
     EVALUATION_TIMEOUT_MS,
     MAX_JSONATA_TIMEOUT_MS,
-    SINGLE_FIRE_RETENTION_S,
-    EveryEvent,
-    Expression,
-    ExpressionError,
-    Filter,
-    FromOrders,
-    FromWorkflow,
     Limits,
-    compile_expression,
 )
-from app.retry import DEFAULT_RETRY_SCHEDULE_S
-from app.signing import secret_key
+from app.subscriptions.secrets import from_file
+from app.subscriptions.spec import SpecError, Subscription, SubscriptionSpec, resolve
 from app.vtex.urls import base_url_problem
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 DEFAULT_DEDUPE_WINDOW_S = 7 * 24 * 3600
-MAX_REORDER_WINDOW_S = 3600.0
 DEFAULT_BODY_TIMEOUT_S = 10.0  # a hook body is a few hundred bytes; a trickle is an attack
 DEFAULT_KEY_PREFIX = "orderhook"
 DEFAULT_DATA_DIR = "./data"
@@ -53,18 +44,12 @@ DEFAULT_KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this (
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 256  # per peer address and process; 0: no cap
 ANY_ACCOUNT = "*"
 DEFAULT_VTEX_BASE_URL = "https://{account}.vtexcommercestable.com.br"
-DEFAULT_DELIVERY_TIMEOUT_S = 10.0
-DEFAULT_MAX_IN_FLIGHT = 8
 DEFAULT_ROUTER_CLAIM_IDLE_S = 30.0
 DEFAULT_LOG_RETENTION_S = 7 * 24 * 3600
 DEFAULT_SESSION_MAX_AGE_S = 12 * 3600
 DEFAULT_SIGN_IN_FAILURES_PER_CLIENT = 10
 DEFAULT_SIGN_IN_FAILURES_TOTAL = 300
 DEFAULT_DASHBOARD_REFRESH_S = 5.0
-DEFAULT_VISIBILITY_TIMEOUT_S = 240.0  # VTEX Feed v3's default
-DEFAULT_PULL_RETENTION_S = 4 * 24 * 3600.0  # VTEX Feed v3: 4 to 14 days
-MAX_PULL_RETENTION_S = 14 * 24 * 3600.0
-_SUBSCRIPTION_ID = re.compile(r"\A[a-z0-9-]{1,64}\Z")
 
 AppendFsync = Literal["always", "everysec", "no"]
 
@@ -109,47 +94,6 @@ class _IngestFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
 
-class _FromWorkflowFile(
-    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type", tag="FromWorkflow"
-):
-    status: list[str | None]
-    disableSingleFire: bool | None = None  # noqa: N815  (refused with VTEX's reason, not unknown)
-
-
-class _FromOrdersFile(
-    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type", tag="FromOrders"
-):
-    expression: str
-    disableSingleFire: bool = False  # noqa: N815  (VTEX's name and meaning: app/filters.py)
-    single_fire_retention_s: int = SINGLE_FIRE_RETENTION_S
-
-
-class _SubscriptionFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    id: str
-    url: str | None = None
-    mode: Literal["push", "pull"] = "push"
-    token: str | None = None
-    token_env: str | None = None
-    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT_S
-    retention: float = DEFAULT_PULL_RETENTION_S
-    max_per_second: float = 0  # deliveries a second, across every process; 0: no limit
-    breaker_threshold: int = 10  # consecutive failures that open the circuit breaker
-    breaker_cooldown: float = 30.0  # seconds, doubling on each failed probe ...
-    breaker_cooldown_max: float = 3600.0  # ... up to this
-    disable_after: float = 5 * 24 * 3600.0  # failing this long without a success disables
-    secret: str | list[str] | None = None
-    secret_env: str | None = None
-    filter: _FromWorkflowFile | _FromOrdersFile | None = None
-    transform: str | None = None
-    retry_schedule: list[float] | None = None
-    timeout: float = DEFAULT_DELIVERY_TIMEOUT_S
-    accounts: list[str] | None = None
-    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
-    ordering: Literal["none", "per-order"] = "none"
-    reorder_window: float = 0.0  # per-order: hold each event this long, to sort late arrivals
-    drop_stale: bool = False  # per-order: skip an event older than the last one delivered
-
-
 class _DeliveryFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     router_claim_idle_s: float = DEFAULT_ROUTER_CLAIM_IDLE_S
     # One evaluation of a filter or transform; also the longest it may hold the event loop.
@@ -167,7 +111,7 @@ class _OpsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class _ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     allow_networks: list[str] = msgspec.field(default_factory=list)
     sources: list[_SourceFile] = msgspec.field(default_factory=list)
-    subscriptions: list[_SubscriptionFile] = msgspec.field(default_factory=list)
+    subscriptions: list[SubscriptionSpec] = msgspec.field(default_factory=list)
     store: _StoreFile = msgspec.field(default_factory=_StoreFile)
     server: _ServerFile = msgspec.field(default_factory=_ServerFile)
     ingest: _IngestFile = msgspec.field(default_factory=_IngestFile)
@@ -197,52 +141,6 @@ def source_for(sources: Sequence[Source], account: str) -> Source | None:
     exact = [s for s in sources if s.account == account]
     candidates = exact or [s for s in sources if s.allows(account)]
     return candidates[0] if candidates else None
-
-
-@dataclass(frozen=True)
-class Subscription:
-    """A downstream system: where its events go, which ones, and how they are retried."""
-
-    id: str
-    url: str
-    secrets: tuple[Secret, ...]
-    filter: Filter = EveryEvent()
-    transform: Expression | None = None
-    retry_schedule_s: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE_S
-    timeout_s: float = DEFAULT_DELIVERY_TIMEOUT_S
-    accounts: frozenset[str] | None = None
-    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
-    mode: Literal["push", "pull"] = "push"
-    token: Secret | None = None  # a pull subscription's own bearer token
-    visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
-    retention_s: float = DEFAULT_PULL_RETENTION_S
-    max_per_second: float = 0
-    breaker_threshold: int = 10
-    breaker_cooldown_s: float = 30.0
-    breaker_cooldown_max_s: float = 3600.0
-    disable_after_s: float = 5 * 24 * 3600.0
-    ordering: Literal["none", "per-order"] = "none"
-    reorder_window_s: float = 0.0
-    drop_stale: bool = False
-
-    @property
-    def ordered(self) -> bool:
-        return self.ordering == "per-order"
-
-    def breaker(self) -> list[int]:
-        """For the settle script: threshold, cooldown ms, max cooldown ms, disable after ms."""
-        return [
-            self.breaker_threshold,
-            int(self.breaker_cooldown_s * 1000),
-            int(self.breaker_cooldown_max_s * 1000),
-            int(self.disable_after_s * 1000),
-        ]
-
-    def wants_account(self, account: str) -> bool:
-        return self.accounts is None or account in self.accounts
-
-    def signing_keys(self) -> list[bytes]:
-        return [secret_key(str(secret)) for secret in self.secrets]
 
 
 @dataclass(frozen=True)
@@ -504,7 +402,7 @@ def _from_env(name: str | None, key: str, where: str, env: Mapping[str, str]) ->
 
 
 def _resolve_subscriptions(
-    subs: list[_SubscriptionFile], where: str, env: Mapping[str, str], limits: Limits
+    subs: list[SubscriptionSpec], where: str, env: Mapping[str, str], limits: Limits
 ) -> tuple[Subscription, ...]:
     resolved = tuple(
         _resolve_subscription(s, f"subscriptions[{i}]", where, env, limits)
@@ -518,161 +416,9 @@ def _resolve_subscriptions(
 
 
 def _resolve_subscription(
-    sub: _SubscriptionFile, key: str, where: str, env: Mapping[str, str], limits: Limits
+    spec: SubscriptionSpec, key: str, where: str, env: Mapping[str, str], limits: Limits
 ) -> Subscription:
-    def fail(field_: str, expected: str) -> ConfigError:
-        return ConfigError(f"config {where}: `{key}.{field_}` {expected}")
-
-    if not _SUBSCRIPTION_ID.match(sub.id):
-        raise fail("id", "must match [a-z0-9-]+ (at most 64 characters)")
-    if sub.mode == "pull":
-        return _resolve_pull(sub, fail, env, limits)
-    url = sub.url or ""
-    if (wrong := _url_problem(url)) is not None:
-        raise fail("url", wrong)  # never the URL itself: it may carry a credential
-    if sub.timeout <= 0 or sub.max_in_flight < 1:
-        raise fail("timeout" if sub.timeout <= 0 else "max_in_flight", "must be positive")
-    schedule = DEFAULT_RETRY_SCHEDULE_S if sub.retry_schedule is None else sub.retry_schedule
-    if any(delay < 0 for delay in schedule):
-        raise fail("retry_schedule", "must hold seconds >= 0")
-    return Subscription(
-        id=sub.id,
-        url=url,
-        secrets=_subscription_secrets(sub, fail, env),
-        filter=_compile_filter(sub.filter, fail, limits),
-        transform=_compile(sub.transform, "transform", fail, limits) if sub.transform else None,
-        retry_schedule_s=tuple(float(d) for d in schedule),
-        timeout_s=sub.timeout,
-        accounts=frozenset(sub.accounts) if sub.accounts is not None else None,
-        max_in_flight=sub.max_in_flight,
-        **_breaker(sub, fail),
-        **_ordering(sub, fail),
-    )
-
-
-def _url_problem(url: str) -> str | None:
-    """What is wrong with a subscriber URL, in words that quote no part of it; None if fine."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:  # a port that is not a number from 0 to 65535, a broken IPv6 literal
-        return "must have a port from 1 to 65535 (and brackets around an IPv6 address)"
-    if parts.scheme not in ("http", "https"):
-        return "must be an http or https URL"
-    if not parts.hostname:
-        return "must name a host"
-    if port == 0:
-        return "must have a port from 1 to 65535"
-    if any(char.isspace() or not char.isprintable() for char in url):
-        return "must not contain spaces or control characters (percent-encode them)"
-    return None
-
-
-def _ordering(sub: _SubscriptionFile, fail: Callable[[str, str], ConfigError]) -> dict[str, Any]:
-    if sub.ordering != "per-order" and (sub.reorder_window or sub.drop_stale):
-        name = "reorder_window" if sub.reorder_window else "drop_stale"
-        raise fail(name, 'needs ordering = "per-order"')
-    if not 0 <= sub.reorder_window <= MAX_REORDER_WINDOW_S:
-        raise fail("reorder_window", f"must be from 0 to {MAX_REORDER_WINDOW_S:g} seconds")
-    return {
-        "ordering": sub.ordering,
-        "reorder_window_s": sub.reorder_window,
-        "drop_stale": sub.drop_stale,
-    }
-
-
-def _breaker(sub: _SubscriptionFile, fail: Callable[[str, str], ConfigError]) -> dict[str, Any]:
-    if sub.breaker_threshold < 1:
-        raise fail("breaker_threshold", "must be at least 1")
-    if not 0 < sub.breaker_cooldown <= sub.breaker_cooldown_max:
-        raise fail("breaker_cooldown", "must be positive and at most breaker_cooldown_max")
-    if sub.disable_after <= 0:
-        raise fail("disable_after", "must be positive")
-    if sub.max_per_second < 0:
-        raise fail("max_per_second", "must be 0 (no limit) or positive")
-    return {
-        "breaker_threshold": sub.breaker_threshold,
-        "breaker_cooldown_s": sub.breaker_cooldown,
-        "breaker_cooldown_max_s": sub.breaker_cooldown_max,
-        "disable_after_s": sub.disable_after,
-        "max_per_second": sub.max_per_second,
-    }
-
-
-def _resolve_pull(
-    sub: _SubscriptionFile,
-    fail: Callable[[str, str], ConfigError],
-    env: Mapping[str, str],
-    limits: Limits,
-) -> Subscription:
-    """A Feed v3-style subscription: consumers take its events with GET /feed/{id}."""
-    if sub.url is not None:
-        raise fail("url", 'is not used by a pull subscription (mode = "pull")')
-    if sub.ordering != "none" or sub.reorder_window or sub.drop_stale:
-        raise fail("ordering", "is for push subscriptions; a feed consumer orders what it takes")
-    if (sub.token is None) == (sub.token_env is None):
-        raise fail("token", "is required for a pull subscription: give `token` or `token_env`")
-    token = sub.token if sub.token is not None else env.get(sub.token_env or "")
-    if not token:
-        raise fail("token_env", f"names {sub.token_env}, which is not set or empty")
-    if sub.visibility_timeout <= 0:
-        raise fail("visibility_timeout", "must be positive")
-    if not 0 < sub.retention <= MAX_PULL_RETENTION_S:
-        raise fail("retention", "must be positive and at most 1209600 seconds (14 days)")
-    return Subscription(
-        id=sub.id,
-        url="",
-        secrets=(),
-        filter=_compile_filter(sub.filter, fail, limits),
-        transform=_compile(sub.transform, "transform", fail, limits) if sub.transform else None,
-        accounts=frozenset(sub.accounts) if sub.accounts is not None else None,
-        mode="pull",
-        token=Secret(token),
-        visibility_timeout_s=sub.visibility_timeout,
-        retention_s=sub.retention,
-    )
-
-
-def _subscription_secrets(
-    sub: _SubscriptionFile, fail: Callable[[str, str], ConfigError], env: Mapping[str, str]
-) -> tuple[Secret, ...]:
-    if (sub.secret is None) == (sub.secret_env is None):
-        raise fail("secret", "is required: give exactly one of `secret` or `secret_env`")
-    if sub.secret_env is not None:
-        values = env.get(sub.secret_env, "").split()
-        if not values:
-            raise fail("secret_env", f"names {sub.secret_env}, which is not set or empty")
-    else:
-        values = [sub.secret] if isinstance(sub.secret, str) else list(sub.secret or [])
-    for value in values or [""]:
-        try:
-            secret_key(value)
-        except ValueError as exc:
-            raise fail("secret", f"is not a valid Standard Webhooks secret: {exc}") from None
-    return tuple(Secret(v) for v in values)
-
-
-def _compile_filter(
-    spec: _FromWorkflowFile | _FromOrdersFile | None,
-    fail: Callable[[str, str], ConfigError],
-    limits: Limits,
-) -> Filter:
-    if spec is None:
-        return EveryEvent()
-    if isinstance(spec, _FromWorkflowFile):
-        if spec.disableSingleFire is not None:
-            raise fail("filter.disableSingleFire", "is for FromOrders filters only (as in VTEX)")
-        return FromWorkflow(frozenset(spec.status))
-    if spec.single_fire_retention_s < 1:
-        raise fail("filter.single_fire_retention_s", "must be a positive number of seconds")
-    expression = _compile(spec.expression, "filter.expression", fail, limits)
-    return FromOrders(expression, 0 if spec.disableSingleFire else spec.single_fire_retention_s)
-
-
-def _compile(
-    source: str, field_: str, fail: Callable[[str, str], ConfigError], limits: Limits
-) -> Expression:
-    try:
-        return compile_expression(source, limits)
-    except ExpressionError as exc:
-        raise fail(field_, f"is not valid JSONata: {exc}") from None
+        return resolve(spec, lambda: from_file(spec, env), limits)
+    except SpecError as exc:
+        raise ConfigError(f"config {where}: `{key}.{exc.field}` {exc.expected}") from None

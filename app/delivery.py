@@ -19,7 +19,6 @@ from typing import Any
 import aiohttp
 import orjson
 
-from app.config import Subscription
 from app.errors import StoreUnavailable
 from app.events import cloudevent, default_data, utc_now_iso
 from app.filters import EvaluationError, order_document
@@ -35,6 +34,7 @@ from app.store.batcher import Batcher
 from app.store.client import now_ms
 from app.store.deliveries import Claimed, Deliveries, Settlement
 from app.store.schema import Outcome as Settled
+from app.subscriptions.spec import Subscription
 
 log = logging.getLogger("orderhook.delivery")
 

@@ -19,9 +19,10 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from app.config import Settings, Subscription
+from app.config import Settings
 from app.redaction import scrub, shown_url
 from app.ssrf import foresee
+from app.subscriptions.spec import Subscription
 
 log = logging.getLogger("orderhook.cli")
 

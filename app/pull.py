@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.api_types import Commit, Committed, decode
-from app.config import Settings, Subscription
+from app.config import Settings
 from app.delivery import Transforms
 from app.errors import NotFound, Unauthorized
 from app.events import cloudevent, cloudevent_text, default_data
@@ -30,6 +30,7 @@ from app.ops.access import bearer_token, matches
 from app.params import int_param
 from app.sandbox import SandboxBusy
 from app.store.pull import PullQueue
+from app.subscriptions.spec import Subscription
 
 log = logging.getLogger("orderhook.feed")
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from app.config import Settings, Subscription
+from app.config import Settings
 from app.errors import StoreUnavailable
 from app.filters import (
     EVALUATION_PAUSE_S,
@@ -42,6 +42,7 @@ from app.store.deliveries import Claimed
 from app.store.routing import Planned, Routed, Routing
 from app.store.schema import Counter as Stat
 from app.store.schema import stat_field
+from app.subscriptions.spec import Subscription
 from app.vtex.enrich import Enricher
 
 log = logging.getLogger("orderhook.router")

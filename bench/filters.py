@@ -33,10 +33,11 @@ from typing import Any
 
 import orjson
 
-from app.config import Settings, Subscription
+from app.config import Settings
 from app.delivery import Transforms, build_body
 from app.filters import EveryEvent, FromOrders, FromWorkflow, compile_expression
 from app.router import Router
+from app.subscriptions.spec import Subscription
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = orjson.loads((ROOT / "tests" / "data" / "order-ready-for-handling.json").read_bytes())

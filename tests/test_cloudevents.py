@@ -30,7 +30,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rfc3986 import validators
 
-from app.config import Subscription
 from app.delivery import Transforms, build_body
 from app.errors import BadRequest
 from app.events import (
@@ -43,6 +42,7 @@ from app.events import (
     utc_now_iso,
 )
 from app.pull import feed_item
+from app.subscriptions.spec import Subscription
 from tests import strategies
 from tests.conftest import notification
 

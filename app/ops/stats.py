@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.config import Settings, Subscription
+from app.config import Settings
 from app.redaction import shown_url
 from app.store.client import now_ms
 from app.store.queries import Queries
 from app.store.reads import Read, both, gather, record
 from app.store.schema import Counter, rejected_field, stat_field
+from app.subscriptions.spec import Subscription
 
 LATENCY_WINDOW_S = 300
 

@@ -17,7 +17,7 @@ import msgspec
 from app.ordering import position
 
 if TYPE_CHECKING:
-    from app.config import Subscription
+    from app.subscriptions.spec import Subscription
 
 
 class OrderPlace(msgspec.Struct, rename="camel"):
