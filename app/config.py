@@ -147,6 +147,7 @@ def source_for(sources: Sequence[Source], account: str) -> Source | None:
 class Settings:
     sources: tuple[Source, ...] = ()
     subscriptions: tuple[Subscription, ...] = ()
+    subscription_specs: tuple[SubscriptionSpec, ...] = ()  # as written (app/subscriptions/apply.py)
     allow_networks: tuple[IPv4Network | IPv6Network, ...] = ()
     router_claim_idle_s: float = DEFAULT_ROUTER_CLAIM_IDLE_S
     redis_url: str | None = None
@@ -174,6 +175,11 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     dedupe_window_s: int = DEFAULT_DEDUPE_WINDOW_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    jsonata_limits: Limits = Limits()
+    secret_key: Secret | None = None  # ORDERHOOK_SECRET_KEY: seals secrets kept in Redis
+    # The environment the settings were read from: a subscription's `*_env` names are looked
+    # up in it when the catalog is read (app/subscriptions/live.py).
+    env: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     config_path: Path | None = field(default=None, compare=False)
 
 
@@ -189,12 +195,16 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
         subscriptions=_resolve_subscriptions(
             parsed.subscriptions, where, env, Limits(parsed.delivery.jsonata_timeout_ms)
         ),
+        subscription_specs=tuple(parsed.subscriptions),
+        jsonata_limits=Limits(parsed.delivery.jsonata_timeout_ms),
         allow_networks=_networks(parsed.allow_networks, where),
         router_claim_idle_s=parsed.delivery.router_claim_idle_s,
         redis_url=_redis_url(env.get("REDIS_URL") or None),
         data_dir=Path(env.get("ORDERHOOK_DATA_DIR") or DEFAULT_DATA_DIR),
         admin_token=_secret(env.get("ORDERHOOK_ADMIN_TOKEN")),
         ops_token=_secret(env.get("ORDERHOOK_OPS_TOKEN")),
+        secret_key=_secret(env.get("ORDERHOOK_SECRET_KEY")),
+        env=env,
         log_retention_s=parsed.ops.log_retention_s,
         session_max_age_s=parsed.ops.session_max_age_s,
         sign_in_failures_per_client=parsed.ops.sign_in_failures_per_client,

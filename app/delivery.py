@@ -26,7 +26,7 @@ from app.lifecycle import sleep_unless
 from app.logs import log_event
 from app.redaction import describe, redirect_origin, scrub
 from app.retry import Dead, Delivered, Gone, Outcome, Retry, decide, parse_retry_after
-from app.sandbox import TRANSFORM, ConfigExpressions, SandboxBusy, Verdict
+from app.sandbox import DEADLINE_S, TRANSFORM, ConfigExpressions, SandboxBusy, Verdict
 from app.signing import signature_headers
 from app.slots import Grant, Slots
 from app.ssrf import Refused
@@ -44,6 +44,7 @@ MAX_RESPONSE_READ = 64 * 1024
 LOGGED_BODY = 4096
 USER_AGENT = "orderhook/0.1"
 SETTLE_LINGER_S = 0.005
+RETIRE_GRACE_S = 30.0  # a deleted subscription's attempts in flight: this long to finish
 TRANSFORM_BATCH = 16  # attempts whose transforms share one round trip to the worker
 
 
@@ -80,14 +81,30 @@ def build_body(sub: Subscription, event: dict[str, Any]) -> bytes:
 class Transforms:
     """The subscriptions' transforms (push and pull), evaluated in a worker pool of their own
     (a transform that allocates without bound kills its worker, not the gateway). Attempts
-    waiting at the same time share one round trip."""
+    waiting at the same time share one round trip. `update` follows the catalog: a changed
+    set of transforms gets a new pool; the old one is closed once its evaluations are done."""
 
     def __init__(self, subscriptions: Iterable[Subscription]) -> None:
-        expressions = {TRANSFORM + s.id: s.transform for s in subscriptions if s.transform}
-        self.pool = ConfigExpressions(expressions) if expressions else None
+        self.pool: ConfigExpressions | None = None
+        self._sources: dict[str, tuple[str, Any]] = {}
+        self._started = False
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.update({s.id: s for s in subscriptions})
         self.batcher: Batcher[tuple[str, bytes], Verdict] = Batcher(
             self._evaluate, name="transform", max_batch=TRANSFORM_BATCH
         )
+
+    def update(self, subscriptions: Mapping[str, Subscription]) -> None:
+        expressions = {TRANSFORM + s.id: s.transform for s in subscriptions.values() if s.transform}
+        sources = {name: (e.source, e.limits) for name, e in expressions.items()}
+        if sources == self._sources:
+            return
+        old, self._sources = self.pool, sources
+        self.pool = ConfigExpressions(expressions) if expressions else None
+        if old is not None:
+            task = asyncio.create_task(old.retire())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     async def body(self, sub: Subscription, event: dict[str, Any], event_json: bytes) -> bytes:
         """build_body's CloudEvent, its transform run in the pool: EvaluationError if it
@@ -100,19 +117,25 @@ class Transforms:
         return orjson.dumps(cloudevent(event, data))
 
     async def _evaluate(self, items: Sequence[tuple[str, bytes]]) -> list[Verdict]:
-        if self.pool is None:  # not called: body() only submits when there is a pool
-            raise RuntimeError("no transforms to evaluate")
-        rows = await self.pool.evaluate([([name], event) for name, event in items])
+        pool = self.pool
+        if pool is None or any(name not in pool.names for name, _ in items):
+            # changed meanwhile (removed, or not in this pool yet): tried again, as a busy pool
+            raise SandboxBusy("the subscription's transform changed; trying again")
+        rows = await pool.evaluate([([name], event) for name, event in items])
         return [row[0] for row in rows]
 
     def start(self) -> None:
-        if self.pool is not None:
+        if not self._started:
+            self._started = True
             self.batcher.start()
 
     async def close(self) -> None:
-        if self.pool is not None:
+        if self._started:
             await self.batcher.close()
+        if self.pool is not None:
             await self.pool.close()
+        if self._retiring:
+            await asyncio.wait(self._retiring, timeout=DEADLINE_S)
 
 
 class SubscriptionWorker:
@@ -124,20 +147,24 @@ class SubscriptionWorker:
         settler: Batcher[Settlement, bool],
         transforms: Transforms,
     ) -> None:
-        self.sub = sub
+        self.sub = sub  # replaced when the subscription changes: the next attempt uses it
         self.transforms = transforms
         self.deliveries = deliveries
         self.session = session
         self.settler = settler
-        self.keys = sub.signing_keys()
-        self.lease_s = sub.timeout_s + LEASE_MARGIN_S
-        self.timeout = aiohttp.ClientTimeout(total=sub.timeout_s)
         self.tasks: set[asyncio.Task[None]] = set()  # attempts: at most max_in_flight
         self.settling: set[asyncio.Task[None]] = set()  # outcomes on their way to Redis
-        self._refill_at = max(1, sub.max_in_flight // 4)  # claim in chunks when busy
         self._reserved = 0  # slots promised to deliveries the router is claiming for us
         self._wake = asyncio.Event()
         self._stopping = False
+
+    @property
+    def lease_s(self) -> float:
+        return self.sub.timeout_s + LEASE_MARGIN_S
+
+    @property
+    def _refill_at(self) -> int:
+        return max(1, self.sub.max_in_flight // 4)  # claim in chunks when busy
 
     def wake(self) -> None:
         self._wake.set()
@@ -232,7 +259,7 @@ class SubscriptionWorker:
         headers = {
             "Content-Type": "application/cloudevents+json",
             "User-Agent": USER_AGENT,
-            **signature_headers(self.keys, msg_id, int(time.time()), body),
+            **signature_headers(self.sub.signing_keys(), msg_id, int(time.time()), body),
         }
         started = time.monotonic()
         try:
@@ -240,7 +267,7 @@ class SubscriptionWorker:
                 self.sub.url,
                 data=body,
                 headers=headers,
-                timeout=self.timeout,
+                timeout=aiohttp.ClientTimeout(total=self.sub.timeout_s),
                 allow_redirects=False,
             ) as response:
                 head = await _read_head(response.content, MAX_RESPONSE_READ)
@@ -288,6 +315,7 @@ class SubscriptionWorker:
             event_id=event["id"],
             record=orjson.dumps(record),
             latency_ms=_latency_ms(event) if name == "delivered" else 0,
+            breaker=self.sub.breaker(),
         )
         try:
             await asyncio.shield(self.settler.submit(settlement))
@@ -348,7 +376,10 @@ def _outcome_name(outcome: Outcome) -> tuple[Settled, int]:
 
 
 class Deliverer:
-    """Every subscription's worker, and the sweep that returns expired leases to the queue."""
+    """Every push subscription's worker, and the sweep that returns expired leases to the
+    queue. `apply` follows the catalog: a new subscription gets a worker, a changed one's
+    worker uses it from its next attempt, a deleted (or pull) one's worker finishes what it
+    has in flight and stops."""
 
     RECLAIM_EVERY_S = 1.0
 
@@ -360,18 +391,55 @@ class Deliverer:
         transforms: Transforms,
     ) -> None:
         self.deliveries = deliveries
+        self.session = session
         # The subscriber has its event by now: recording the outcome can wait a moment and
         # share one round trip with the outcomes of other attempts.
         self.settler: Batcher[Settlement, bool] = Batcher(
             deliveries.settle, name="settle", linger_s=SETTLE_LINGER_S
         )
-        subscriptions = list(subscriptions)
         self.transforms = transforms  # started and closed here
-        self.workers = {
-            s.id: SubscriptionWorker(s, deliveries, session, self.settler, self.transforms)
-            for s in subscriptions
-        }
+        self.workers: dict[str, SubscriptionWorker] = {}
+        self._tasks: dict[SubscriptionWorker, asyncio.Task[None]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._running = False
         self._stopping = asyncio.Event()
+        self.apply({s.id: s for s in subscriptions})
+
+    def apply(self, subscriptions: Mapping[str, Subscription]) -> None:
+        """Follow a change of the subscriptions (app/subscriptions/live.py)."""
+        wanted = {
+            sub_id: sub
+            for sub_id, sub in subscriptions.items()
+            if sub.mode == "push" and sub.secrets_problem is None
+        }
+        for sub_id in [s for s in self.workers if s not in wanted]:
+            self._retire(self.workers.pop(sub_id))
+        for sub_id, sub in wanted.items():
+            if sub_id in self.workers:
+                self.workers[sub_id].sub = sub
+            else:
+                worker = SubscriptionWorker(
+                    sub, self.deliveries, self.session, self.settler, self.transforms
+                )
+                self.workers[sub_id] = worker
+                if self._running:
+                    self._launch(worker)
+
+    def _launch(self, worker: SubscriptionWorker) -> None:
+        self._tasks[worker] = asyncio.create_task(worker.run(), name=f"deliver-{worker.sub.id}")
+
+    def _retire(self, worker: SubscriptionWorker) -> None:
+        """Stop a worker the catalog no longer has: what it has in flight finishes."""
+        task = self._tasks.pop(worker, None)
+
+        async def retire() -> None:
+            await worker.stop(RETIRE_GRACE_S)
+            if task is not None:
+                await asyncio.wait([task], timeout=RETIRE_GRACE_S)
+
+        retiring = asyncio.create_task(retire())
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
 
     def wake(self, sub_ids: Iterable[str]) -> None:
         for sub_id in sub_ids:
@@ -382,17 +450,14 @@ class Deliverer:
     def reserve(self, wanted: Mapping[str, int]) -> Iterator[Slots]:
         """Slots of the workers of `wanted`'s subscriptions, all given back on the way out
         (those used are then counted by their attempts)."""
-        grants = {
-            sub: self.workers[sub].reserve(count)
-            for sub, count in wanted.items()
-            if sub in self.workers
-        }
+        workers = {sub: self.workers[sub] for sub in wanted if sub in self.workers}
+        grants = {sub: worker.reserve(wanted[sub]) for sub, worker in workers.items()}
         slots = Slots(grants, self._start)
         try:
             yield slots
         finally:
             for sub, count in slots.reserved.items():
-                self.workers[sub].release(count)
+                workers[sub].release(count)
 
     def _start(self, sub_id: str, item: Claimed) -> None:
         self.workers[sub_id].start(item)
@@ -400,14 +465,14 @@ class Deliverer:
     async def run(self) -> None:
         self.settler.start()
         self.transforms.start()
-        async with asyncio.TaskGroup() as group:
-            for worker in self.workers.values():
-                group.create_task(worker.run())
-            group.create_task(self._reclaim_expired_leases())
+        self._running = True
+        for worker in self.workers.values():
+            self._launch(worker)
+        await self._reclaim_expired_leases()
 
     async def _reclaim_expired_leases(self) -> None:
         while not self._stopping.is_set():
-            for sub_id, worker in self.workers.items():
+            for sub_id, worker in list(self.workers.items()):
                 try:
                     if await self.deliveries.reclaim_expired(sub_id):
                         worker.wake()
@@ -420,5 +485,8 @@ class Deliverer:
     async def stop(self, grace_s: float) -> None:
         self._stopping.set()
         await asyncio.gather(*(w.stop(grace_s) for w in self.workers.values()))
+        tasks = [*self._tasks.values(), *self._retiring]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
         await self.settler.close()
         await self.transforms.close()

@@ -316,6 +316,12 @@ def order_key(event: dict[str, Any]) -> str:
     return f"{event['account']}:{event['orderId']}"
 
 
+def received_ms(event: dict[str, Any]) -> int:
+    """When the gateway received the event (its `receivedAt`), in Unix ms."""
+    received = datetime.fromisoformat(str(event["receivedAt"]).replace("Z", "+00:00"))
+    return int(received.timestamp() * 1000)
+
+
 def occurrence_time(event: dict[str, Any]) -> str:
     """When the change happened (change_time's rule), or when it was received."""
     changed = event_change_time(event)

@@ -81,11 +81,12 @@ async def feed_item(
 
 class Feed:
     def __init__(self, settings: Settings) -> None:
-        self.pull = {s.id: s for s in settings.subscriptions if s.mode == "pull"}
+        self.settings = settings
 
     def _authorized(self, request: Request) -> tuple[Subscription, PullQueue]:
-        sub = self.pull.get(request.path_params["subscription"])
-        if sub is None:
+        subscriptions = request.app.state.runtime.subscriptions
+        sub = subscriptions.get(request.path_params["subscription"])
+        if sub is None or sub.mode != "pull":
             raise NotFound(f"no pull subscription {request.path_params['subscription']!r}")
         given = bearer_token(request)
         if given is None or not matches(given, sub.token):

@@ -35,18 +35,24 @@ class Relay:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        slots = sum(s.max_in_flight for s in self.settings.subscriptions if s.mode == "push") or 1
+        # No pool-wide cap: each subscription's worker holds at most its max_in_flight.
         connector = GuardedConnector(
-            self.settings.allow_networks, limit=slots, limit_per_host=0, enable_cleanup_closed=True
+            self.settings.allow_networks, limit=0, limit_per_host=0, enable_cleanup_closed=True
         )
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
-        push = [s for s in self.settings.subscriptions if s.mode == "push"]
-        self.transforms = Transforms(self.settings.subscriptions)  # the feed's too
-        self.deliverer = Deliverer(push, self.runtime.deliveries, self._session, self.transforms)
+        subscriptions = self.runtime.subscriptions
+        self.transforms = Transforms(subscriptions.all())  # the feed's too
+        self.deliverer = Deliverer(
+            subscriptions.all(), self.runtime.deliveries, self._session, self.transforms
+        )
+        subscriptions.listen(self.transforms.update)  # before the deliverer's: its workers
+        subscriptions.listen(self.deliverer.apply)  # may use a new transform at once
         enricher = None
         if any(s.enrich for s in self.settings.sources):
             enricher = Enricher(self.settings, self.runtime.store, self._session)
-        self.router = Router(self.settings, self.runtime.routing, self.deliverer, enricher)
+        self.router = Router(
+            self.settings, self.runtime.routing, self.deliverer, enricher, subscriptions
+        )
         self._tasks = [
             asyncio.create_task(self.router.run(self._stopping), name="orderhook-router"),
             asyncio.create_task(self.deliverer.run(), name="orderhook-deliverer"),
@@ -84,21 +90,14 @@ class Relay:
 
 
 async def run_worker(settings: Settings) -> None:
-    """`orderhook worker`: the relay alone, on the shared Redis, until SIGTERM or SIGINT.
-    With no subscription configured yet it waits for that signal (a deploy's worker group
-    stays up until its config brings subscriptions, then it is restarted with it)."""
+    """`orderhook worker`: the relay alone, on the shared Redis, until SIGTERM or SIGINT. It
+    delivers for every subscription in the catalog, as it changes (made through the admin API
+    or applied from a config file)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if not settings.subscriptions:
-        log.warning(
-            "worker waiting for subscriptions: none is configured ([[subscriptions]]); "
-            "it idles until stopped, restart it with a config that has some"
-        )
-        await stop.wait()
-        return
-    async with open_runtime(settings) as runtime:
+    async with open_runtime(settings, apply=True) as runtime:
         relay = Relay(runtime)
         await relay.start()
         log.info("worker %s started", relay.router.consumer)

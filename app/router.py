@@ -42,6 +42,7 @@ from app.store.deliveries import Claimed
 from app.store.routing import Planned, Routed, Routing
 from app.store.schema import Counter as Stat
 from app.store.schema import stat_field
+from app.subscriptions.live import Subscriptions
 from app.subscriptions.spec import Subscription
 from app.vtex.enrich import Enricher
 
@@ -102,6 +103,15 @@ def _matches(
     return verdict is True
 
 
+def filter_sources(subscriptions: Sequence[Subscription]) -> dict[str, tuple[str, Any]]:
+    """What the filters' pool holds: each FromOrders filter's source and limits, by name."""
+    return {
+        FILTER + s.id: (s.filter.expression.source, s.filter.expression.limits)
+        for s in subscriptions
+        if isinstance(s.filter, FromOrders)
+    }
+
+
 def filter_pool(subscriptions: Sequence[Subscription]) -> ConfigExpressions | None:
     """The worker pool of the subscriptions' FromOrders filters (None: there are none)."""
     expressions: dict[str, Expression] = {
@@ -129,14 +139,19 @@ class Router:
         routing: Routing,
         dispatch: Dispatch,
         enricher: Enricher | None = None,
+        subscriptions: Subscriptions | None = None,
     ) -> None:
         self.enricher = enricher
-        self.subscriptions = settings.subscriptions
+        # The catalog's copy (app/subscriptions/live.py); each batch is planned with the
+        # subscriptions it has when the batch starts.
+        self.live = subscriptions or Subscriptions(settings.subscriptions)
+        self.subscriptions = self.live.all()
         self.claim_idle_ms = int(settings.router_claim_idle_s * 1000)
         self.routing = routing
         self.dispatch = dispatch
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._filter_errors: Counter[str] = Counter()
+        self._filter_sources = filter_sources(self.subscriptions)
         self.filters = filter_pool(self.subscriptions)
         # Entries routed after their order's earlier ones, which another process still holds.
         self._deferred: list[tuple[str, bytes]] = []
@@ -200,9 +215,21 @@ class Router:
                 {stat_field(sub, Stat.FILTER_ERRORS): n for sub, n in errors.items()}
             )
 
+    async def _follow_catalog(self) -> None:
+        """Take the subscriptions as they are now; a changed set of FromOrders filters gets a
+        new worker pool (no batch is using the old one: batches are planned one at a time)."""
+        self.subscriptions = self.live.all()
+        sources = filter_sources(self.subscriptions)
+        if sources != self._filter_sources:
+            old, self._filter_sources = self.filters, sources
+            self.filters = filter_pool(self.subscriptions)
+            if old is not None:
+                await old.close()
+
     async def _plan_all(self, entries: Sequence[tuple[str, bytes]]) -> list[Routed]:
         """Plan each entry: the batch's FromOrders filters in one round trip to their worker
         pool (awaited: the event loop runs meanwhile), the rest here."""
+        await self._follow_catalog()
         events = []
         for entry_id, raw in entries:
             try:

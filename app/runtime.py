@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from app.config import Settings
 from app.errors import SchemaMismatch, StoreUnavailable
+from app.store.catalog import Catalog
 from app.store.client import Store, open_store
 from app.store.deliveries import Deliveries
 from app.store.embedded import EmbeddedRedis
@@ -22,6 +23,9 @@ from app.store.queries import Queries
 from app.store.routing import Routing
 from app.store.schema import Keys
 from app.store.version import check_schema
+from app.subscriptions.apply import apply_config
+from app.subscriptions.live import LiveSubscriptions
+from app.subscriptions.secrets import Sealer, sealer_of
 
 log = logging.getLogger("orderhook.store")
 
@@ -38,19 +42,36 @@ class Runtime:
     deliveries: Deliveries
     pull: PullQueue
     queries: Queries
+    catalog: Catalog
+    subscriptions: LiveSubscriptions
+    sealer: Sealer
 
     @classmethod
     def on(cls, settings: Settings, store: Store) -> Runtime:
-        breakers = {s.id: s.breaker() for s in settings.subscriptions}
         retention_s = settings.log_retention_s
+        catalog = Catalog(store)
+        sealer = sealer_of(settings)
+        live = LiveSubscriptions(
+            catalog, settings.subscriptions, sealer, settings.env, settings.jsonata_limits
+        )
         return cls(
             settings,
             store,
             Routing(store, retention_s),
-            Deliveries(store, retention_s, breakers),
+            Deliveries(store, retention_s),
             PullQueue(store),
             Queries(store),
+            catalog,
+            live,
+            sealer,
         )
+
+    async def start(self, apply: bool) -> None:
+        """Once the schema is checked: the config file's subscriptions applied to the catalog
+        (`apply`: serve and worker), and the live copy read."""
+        if apply:
+            await apply_config(self.catalog, self.settings, self.sealer)
+        await self.subscriptions.refresh()
 
 
 async def start_embedded(settings: Settings) -> EmbeddedRedis:
@@ -64,7 +85,7 @@ async def start_embedded(settings: Settings) -> EmbeddedRedis:
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, wait_for_redis: bool = True
+    settings: Settings, *, wait_for_redis: bool = True, apply: bool = False
 ) -> AsyncIterator[Runtime]:
     """The one way a process opens the store: REDIS_URL's Redis, or the embedded one started
     here (and stopped on the way out); its data's schema version checked (app/store/version.py).
@@ -72,7 +93,10 @@ async def open_runtime(
     SchemaMismatch if the data is of a version this orderhook does not read. A Redis that does
     not answer yet is StoreUnavailable when not `wait_for_redis` (the CLI's checks); else the
     runtime is yielded all the same (hooks are answered 503 meanwhile) and the schema is
-    checked once Redis answers: a mismatch found then stops this process (`schema_refused`)."""
+    checked once Redis answers: a mismatch found then stops this process (`schema_refused`).
+    The subscriptions' live copy is read once the schema is checked (and with `apply`, after
+    the config file's subscriptions are applied), then kept fresh until the runtime closes;
+    until then it is the config file's."""
     async with contextlib.AsyncExitStack() as stack:
         url = settings.redis_url
         if url is None:
@@ -88,14 +112,33 @@ async def open_runtime(
                 assume_noeviction=settings.assume_noeviction,
             )
         )
+        runtime = Runtime.on(settings, store)
+        ready = asyncio.Event()
         try:
             await check_schema(store)
+            await runtime.start(apply)
+            ready.set()
         except StoreUnavailable:
             if not wait_for_redis:
                 raise
-            later = asyncio.create_task(check_schema_when_answering(store))
+            later = asyncio.create_task(check_schema_when_answering(runtime, apply, ready))
             stack.callback(later.cancel)
-        yield Runtime.on(settings, store)
+        stopping = asyncio.Event()
+        refresh = asyncio.create_task(_keep_fresh(runtime, ready, stopping))
+        stack.push_async_callback(_stop, refresh, stopping)
+        yield runtime
+
+
+async def _keep_fresh(runtime: Runtime, ready: asyncio.Event, stopping: asyncio.Event) -> None:
+    await ready.wait()
+    await runtime.subscriptions.run(stopping)
+
+
+async def _stop(task: asyncio.Task[None], stopping: asyncio.Event) -> None:
+    stopping.set()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 SCHEMA_RETRY_S = 0.5
@@ -105,13 +148,15 @@ SCHEMA_RETRY_S = 0.5
 schema_refused = threading.Event()
 
 
-async def check_schema_when_answering(store: Store) -> None:
-    """Check the schema as soon as Redis answers; on a mismatch, log it and stop the process
-    as on SIGTERM (it exits 2)."""
+async def check_schema_when_answering(runtime: Runtime, apply: bool, ready: asyncio.Event) -> None:
+    """Check the schema as soon as Redis answers, then start the runtime's subscriptions (and
+    set `ready`); on a mismatch, log it and stop the process as on SIGTERM (it exits 2)."""
     while True:
         await asyncio.sleep(SCHEMA_RETRY_S)
         try:
-            await check_schema(store)
+            await check_schema(runtime.store)
+            await runtime.start(apply)
+            ready.set()
         except StoreUnavailable:
             continue
         except SchemaMismatch as exc:

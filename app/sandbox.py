@@ -231,16 +231,35 @@ class ConfigExpressions:
         load = {name: _spec(e) for name, e in expressions.items()}
         preamble = orjson.dumps({"load": load}) + b"\n"
         self._pool = Sandbox(workers, preamble, CONFIG_ANSWER_MAX_BYTES)
+        self._busy = 0  # evaluations under way
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def evaluate(self, jobs: Sequence[Job]) -> list[list[Verdict]]:
         """Per job (expression names, the event as JSON), per name: True/False for a filter,
         the value for a transform, or the EvaluationError. SandboxBusy: try again later."""
+        self._busy += 1
+        self._idle.clear()
+        try:
+            return await self._evaluate(jobs)
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+
+    async def _evaluate(self, jobs: Sequence[Job]) -> list[list[Verdict]]:
         try:
             return await self._run(jobs)
         except EvaluationError as exc:  # the worker died or was killed
             if sum(len(names) for names, _ in jobs) == 1:
                 return [[exc]]
         return [[await self._alone(name, event) for name in names] for names, event in jobs]
+
+    async def retire(self) -> None:
+        """Close the pool once the evaluations under way are done (the subscriptions changed:
+        a new pool has the new expressions)."""
+        await self._idle.wait()
+        await self.close()
 
     async def _alone(self, name: str, event: bytes) -> Verdict:
         try:

@@ -130,14 +130,13 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not settings.sources:
             log.warning("no [[sources]] configured: every hook request will be refused with 401")
-        async with open_runtime(settings) as runtime:
+        async with open_runtime(settings, apply=True) as runtime:
             store = runtime.store
             known_problem = await check_eviction_policy(store)  # before any hook is taken
             commit = Batcher(store.append, name="ingest", deadline_s=HOOK_DEADLINE_S)
             commit.start()
             relay = Relay(runtime)
-            if settings.subscriptions:  # without any, events wait in the stream for the first
-                await relay.start()
+            await relay.start()
             app.state.runtime, app.state.commit, app.state.relay = runtime, commit, relay
             flusher = asyncio.create_task(logs.flush_periodically())
             watch = asyncio.create_task(watch_eviction_policy(store, known_problem))

@@ -169,7 +169,7 @@ async def test_retry_now_makes_a_queue_larger_than_one_run_due_and_no_more(
     rdb.hset(keys.state("s"), mapping={**state, "openUntil": int(later), "failingSinceMs": 1})
     async with open_store(redis_url, keys, 2.0, 3600) as store:
         before = int(time.time() * 1000)  # as now_ms: whole milliseconds
-        done = await Deliveries(store, 3600, {}).retry_now("s")
+        done = await Deliveries(store, 3600).retry_now("s")
     ready = dict(rdb.zrange(keys.ready("s"), 0, -1, withscores=True))
     assert (done.breaker_was, done.made_due, done.state) == ("open", 2500, "enabled")
     assert all(before <= ready[f"d{n}".encode()] <= time.time() * 1000 for n in range(2500))

@@ -70,7 +70,7 @@ async def test_an_ordered_delivery_held_behind_its_order_pays_nothing_until_it_g
         claimed, _ = await Routing(store, 3600).route(entries)
         assert len(claimed) == 1
         assert RATE - 1 <= tokens(rdb, keys, "r") < RATE - 0.9
-        nothing, _ = await Deliveries(store, 3600, {}).claim("r", 10, 30, RATE)
+        nothing, _ = await Deliveries(store, 3600).claim("r", 10, 30, RATE)
     assert nothing == []  # the order's first is in flight: its second is held
     assert rdb.zcard(keys.order_waiting("r", "mystore:o-1")) == 1
 
@@ -79,7 +79,7 @@ async def test_a_disabled_subscription_admits_no_delivery_at_routing(
     redis_url: str, keys: Keys, rdb: redis.Redis
 ) -> None:
     async with open_store(redis_url, keys, 2.0, 3600) as store:
-        await Deliveries(store, 3600, {}).set_state("r", Enablement.DISABLED, "by hand")
+        await Deliveries(store, 3600).set_state("r", Enablement.DISABLED, "by hand")
         entries = planned(await routed(store, [("o-1", 0)]), "r", ordered=False)
         claimed, _ = await Routing(store, 3600).route(entries)
     assert claimed == set() and rdb.zcard(keys.ready("r")) == 1

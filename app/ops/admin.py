@@ -28,21 +28,23 @@ MAX_OFFSET = 10**9
 class Admin:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.ids = [s.id for s in settings.subscriptions]
 
     def _runtime(self, request: Request) -> Runtime:
         require(request, self.settings, "admin")
         runtime: Runtime = request.app.state.runtime
         return runtime
 
-    def _known(self, sub_id: Any) -> str:
-        if sub_id not in self.ids:
+    @staticmethod
+    def _known(request: Request, sub_id: Any) -> str:
+        runtime: Runtime = request.app.state.runtime
+        if not isinstance(sub_id, str) or runtime.subscriptions.get(sub_id) is None:
             raise NotFound(f"no subscription {sub_id!r}")
-        return str(sub_id)
+        return sub_id
 
     async def subscriptions(self, request: Request) -> Response:
-        queries = self._runtime(request).queries
-        subs = self.settings.subscriptions
+        runtime = self._runtime(request)
+        queries = runtime.queries
+        subs = runtime.subscriptions.all()
         every = await queries.read(gather([queries.subscription_counts(s.id) for s in subs]))
         rows = [
             {"id": sub.id, "url": shown_url(sub.url, "admin"), **counts}
@@ -53,7 +55,7 @@ class Admin:
     async def retry_now(self, request: Request) -> Response:
         """Close the breaker and make the subscription's waiting deliveries due now."""
         deliveries = self._runtime(request).deliveries
-        sub = self._known(request.path_params["id"])
+        sub = self._known(request, request.path_params["id"])
         done = await deliveries.retry_now(sub)
         answer = RetryNow(
             sub, "closed", Breaker(done.breaker_was), done.made_due, Enablement(done.state)
@@ -65,7 +67,8 @@ class Admin:
         offset = int_param(request.query_params, "offset", 0, 0, MAX_OFFSET)
         limit = int_param(request.query_params, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         wanted = request.query_params.get("subscription")
-        subs = [self._known(wanted)] if wanted is not None else self.ids
+        everyone = [s.id for s in self._runtime(request).subscriptions.all()]
+        subs = [self._known(request, wanted)] if wanted is not None else everyone
         items, total = await queries.dead_letters(subs, offset, limit)
         more = offset + limit < total
         return json_response(
@@ -80,7 +83,7 @@ class Admin:
         deliveries = self._runtime(request).deliveries
         body = decode(await request.body(), Replay)
         if body.subscription is not UNSET and body.ids is UNSET:
-            replayed = await deliveries.replay_subscription(self._known(body.subscription))
+            replayed = await deliveries.replay_subscription(self._known(request, body.subscription))
         elif body.ids is not UNSET and body.subscription is UNSET:
             replayed = await deliveries.replay(body.ids)
         else:

@@ -8,7 +8,7 @@ and restarts; the latency histogram's counters are cumulative there (app/store/l
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -19,12 +19,12 @@ from prometheus_client.core import (
     Metric,
 )
 
-from app.config import Settings
 from app.ops import stats as ops_stats
 from app.store.client import now_ms
 from app.store.latency import histogram
 from app.store.queries import Queries
 from app.store.reads import both, gather
+from app.subscriptions.spec import Subscription
 
 MEDIA_TYPE = "text/plain; version=0.0.4"
 
@@ -125,10 +125,10 @@ def render(stats: dict[str, Any], latencies: Mapping[str, dict[str, int]]) -> by
     return generate_latest(registry)
 
 
-async def scrape(settings: Settings, queries: Queries) -> bytes:
+async def scrape(subs: Sequence[Subscription], queries: Queries) -> bytes:
     """The whole `/metrics` answer, read now in one round trip."""
-    histograms = gather([queries.latency_histogram(s.id) for s in settings.subscriptions])
-    figures, latencies = await queries.read(both(ops_stats.figures(settings, queries), histograms))
-    snapshot = ops_stats.view(settings, figures, now_ms())
-    ids = [s.id for s in settings.subscriptions]
+    histograms = gather([queries.latency_histogram(s.id) for s in subs])
+    figures, latencies = await queries.read(both(ops_stats.figures(subs, queries), histograms))
+    snapshot = ops_stats.view(subs, figures, now_ms())
+    ids = [s.id for s in subs]
     return render(snapshot, dict(zip(ids, latencies, strict=True)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -30,6 +31,7 @@ from app.runtime import Runtime
 from app.store.client import now_ms
 from app.store.queries import Queries, Ranking, history
 from app.store.reads import Read, both, constant, record
+from app.subscriptions.spec import Subscription
 
 MAX_FORM_BYTES = 4096
 MAX_FORM_FIELDS = 10
@@ -71,11 +73,13 @@ class Ops:
 
     async def stats(self, request: Request) -> Response:
         require(request, self.settings, "ops")
-        return json_response(await stats.collect(self.settings, self._runtime(request).queries))
+        runtime = self._runtime(request)
+        return json_response(await stats.collect(runtime.subscriptions.all(), runtime.queries))
 
     async def metrics(self, request: Request) -> Response:
         require(request, self.settings, "ops")
-        body = await metrics.scrape(self.settings, self._runtime(request).queries)
+        runtime = self._runtime(request)
+        body = await metrics.scrape(runtime.subscriptions.all(), runtime.queries)
         return Response(body, media_type=metrics.MEDIA_TYPE)
 
     async def dashboard(self, request: Request) -> Response:
@@ -87,15 +91,16 @@ class Ops:
         if role is None:
             return _signed_out(request, HTMLResponse(dashboard.login_page(), 401))
         queries = self._runtime(request).queries
+        subs = self._runtime(request).subscriptions.all()
         dlq_page = int_param(request.query_params, "page", 1, 1, MAX_DLQ_PAGE)
         order_id = request.query_params.get("orderId") or None
-        shown = await queries.read(self._shown(queries, dlq_page, order_id))
+        shown = await queries.read(self._shown(subs, queries, dlq_page, order_id))
         dead, events = await queries.read(
             both(queries.deliveries(shown.ranking.ids), queries.events(shown.order_events))
         )
         found = [{"event": event, "attempts": attempts} for event, attempts in history(events)]
         html = dashboard.page(
-            stats.view(self.settings, shown.figures, now_ms()),
+            stats.view(subs, shown.figures, now_ms()),
             dashboard.DeadLetterPage(dead, shown.ranking.total, dlq_page, DASHBOARD_ROWS),
             shown.attempts,
             role,
@@ -105,16 +110,17 @@ class Ops:
         )
         return HTMLResponse(html)
 
-    def _shown(self, queries: Queries, dlq_page: int, order_id: str | None) -> Read[_Shown]:
+    def _shown(
+        self, subs: Sequence[Subscription], queries: Queries, dlq_page: int, order_id: str | None
+    ) -> Read[_Shown]:
         """The dashboard's first read, one pipeline: the stats, the recent attempts, which
         dead letters are on its page and which events the order searched for has."""
-        subs = [s.id for s in self.settings.subscriptions]
         offset = (dlq_page - 1) * DASHBOARD_ROWS
         return record(
             _Shown,
-            stats.figures(self.settings, queries),
+            stats.figures(subs, queries),
             queries.recent_attempts(DASHBOARD_ROWS),
-            queries.dead_letter_ranking(subs, offset, DASHBOARD_ROWS),
+            queries.dead_letter_ranking([s.id for s in subs], offset, DASHBOARD_ROWS),
             queries.order_events(order_id) if order_id else constant([]),
         )
 
@@ -149,7 +155,7 @@ class Ops:
         sub = (await _form(request)).get("subscription")
         if not sub:
             raise BadRequest("the form has no `subscription` field")
-        if sub not in {s.id for s in self.settings.subscriptions}:
+        if self._runtime(request).subscriptions.get(sub) is None:
             raise NotFound(f"no subscription {sub[:100]!a}")
         return sub
 

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.config import Settings
 from app.redaction import shown_url
 from app.store.client import now_ms
 from app.store.queries import Queries
@@ -65,20 +64,17 @@ class Figures:
     per_minute: list[tuple[int, int]]
 
 
-def figures(settings: Settings, queries: Queries) -> Read[Figures]:
+def figures(subs: Sequence[Subscription], queries: Queries) -> Read[Figures]:
     """Everything the stats show, for every subscription: one pipeline."""
-    per_sub = [
-        both(queries.subscription_counts(sub.id), queries.health(sub.id))
-        for sub in settings.subscriptions
-    ]
+    per_sub = [both(queries.subscription_counts(sub.id), queries.health(sub.id)) for sub in subs]
     return record(Figures, queries.counters(), gather(per_sub), queries.ingest_per_minute(60))
 
 
-def view(settings: Settings, read: Figures, now_ms: int) -> dict[str, Any]:
+def view(subs: Sequence[Subscription], read: Figures, now_ms: int) -> dict[str, Any]:
     """`GET /ops/stats`'s answer from what was read."""
     subscriptions = [
         _subscription(sub, counts, health, read.counters, now_ms)
-        for sub, (counts, health) in zip(settings.subscriptions, read.subscriptions, strict=True)
+        for sub, (counts, health) in zip(subs, read.subscriptions, strict=True)
     ]
     return {
         "ingest": ingest_totals(read.counters),
@@ -113,6 +109,6 @@ def _subscription(
     }
 
 
-async def collect(settings: Settings, queries: Queries) -> dict[str, Any]:
+async def collect(subs: Sequence[Subscription], queries: Queries) -> dict[str, Any]:
     """`GET /ops/stats`'s answer, read now in one round trip."""
-    return view(settings, await queries.read(figures(settings, queries)), now_ms())
+    return view(subs, await queries.read(figures(subs, queries)), now_ms())

@@ -2,7 +2,7 @@
 -- that puts a delivery in flight — route.lua (a new delivery, to this process's worker) and
 -- claim.lua (due ones) — prepended to the delivery scripts (one copy). Whether this process
 -- has free slots is its own business (app/slots.py); this is the subscription's:
---   * a disabled subscription admits nothing;
+--   * a disabled or paused subscription admits nothing;
 --   * an open circuit breaker admits nothing until its cooldown ends; then it turns half-open
 --     and admits exactly one delivery, its probe (another only if that probe's lease ran out).
 --     Only a caller that can pick the probe asks for one (`may_probe`: claim.lua takes the
@@ -17,7 +17,7 @@
 local function admission_lease(sub, now, wanted, lease_until, rate, may_probe)
     local statekey = K.state(sub)
     local state = redis.call('HMGET', statekey, S.state, S.breaker, S.openUntil, S.probeUntil)
-    if state[1] == ENABLEMENT.disabled then
+    if state[1] == ENABLEMENT.disabled or state[1] == ENABLEMENT.paused then
         return {count = 0, disabled = true, wake = -1}
     end
     local grant = {count = wanted, probe = false, now = now, wake = -1}

@@ -47,6 +47,7 @@ class Settlement:
     event_id: str = ""
     record: bytes = b"{}"  # the attempt, for the delivery log
     latency_ms: int = 0  # from receipt at ingest to delivered
+    breaker: Sequence[int] | None = None  # its subscription's rule (Subscription.breaker)
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,9 @@ class RetryNow:
 class Deliveries:
     """The deliverer's side of the store, and the operator's actions on deliveries."""
 
-    def __init__(self, store: Store, retention_s: int, breakers: dict[str, list[int]]) -> None:
+    def __init__(self, store: Store, retention_s: int) -> None:
         self.store = store
         self.retention_s = retention_s
-        self.breakers = orjson.dumps(breakers)  # per subscription, for the settle script
         self.client = store.client
         self.keys: Keys = store.keys
         self._claim = register(self.client, self.keys, "claim.lua")
@@ -101,7 +101,8 @@ class Deliveries:
             "retentionS": self.retention_s,
             "outcomes": [_outcome(o) for o in outcomes],
         }
-        args = [orjson.dumps(plan), self.breakers, *(o.record for o in outcomes)]
+        breakers = {o.sub: o.breaker for o in outcomes if o.breaker is not None}
+        args = [orjson.dumps(plan), orjson.dumps(breakers), *(o.record for o in outcomes)]
         return [bool(r) for r in await self.store.script(self._settle, [], args)]
 
     async def reclaim_expired(self, sub: str) -> int:
@@ -117,13 +118,22 @@ class Deliveries:
 
     async def replay_subscription(self, sub: str) -> int:
         ids = await self.store.guard(lambda: self.client.zrange(self.keys.dlq(sub), 0, -1))
-        await self.set_state(sub, Enablement.ENABLED)
+        await self.set_state(sub, Enablement.ENABLED, keep_paused=True)
         return await self.replay([text(i) for i in ids])  # type: ignore[arg-type]
 
-    async def set_state(self, sub: str, state: Enablement, reason: str = "") -> None:
-        """Enable (its failures forgotten: state.lua) or disable a subscription."""
-        args = {"sub": sub, "state": state, "reason": reason, "now": now_ms()}
-        await self.store.script(self._set_state, [], [orjson.dumps(args)])
+    async def set_state(
+        self, sub: str, state: Enablement, reason: str = "", *, keep_paused: bool = False
+    ) -> Enablement:
+        """Enable (its failures forgotten: state.lua), disable or pause a subscription (with
+        `keep_paused`, enabling leaves a paused one paused); returns its state before."""
+        args = {
+            "sub": sub,
+            "state": state,
+            "reason": reason,
+            "now": now_ms(),
+            "keepPaused": keep_paused,
+        }
+        return Enablement(text(await self.store.script(self._set_state, [], [orjson.dumps(args)])))
 
     async def delete_dead(self, delivery_id: str) -> bool:
         return bool(await self.store.script(self._dlq_delete, [], [delivery_id]))

@@ -1,4 +1,5 @@
--- Requeue dead-lettered deliveries with a fresh schedule, and enable their subscriptions. A
+-- Requeue dead-lettered deliveries with a fresh schedule, and enable their subscriptions (a
+-- paused one stays paused: state_revive). A
 -- per-order delivery goes back in its order's line (ordering_requeue).
 --
 -- ARGV[1]  JSON: {now (ms), ids: [delivery id, ...]}
@@ -18,7 +19,7 @@ for _, id in ipairs(args.ids) do
             redis.call('ZADD', K.ready(sub), now, id)
         end
         redis.call('ZADD', K.pending_age(sub), now, id)
-        state_enable(sub, now)
+        state_revive(sub, now)
         count = count + 1
     end
 end

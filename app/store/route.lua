@@ -2,7 +2,8 @@
 --
 -- KEYS[1]     the ingest stream
 -- ARGV[1]     JSON, the plan: {group, now (ms), retentionS, entries: [{entry, eventId, orderId,
---             order, deliveries: [{id, sub, lease, rate, ordered, error, singleFireS}]}]}
+--             order, receivedMs, deliveries: [{id, sub, lease, rate, ordered, error,
+--             singleFireS}]}]}
 --             (app/store/routing.py). `group`: the router's consumer group; `retentionS`: the
 --             delivery log's; `order`: the order key (app/events.py's order_key).
 --             A delivery's `lease` of 0 queues it as ready, any other (ms) puts it straight in
@@ -18,8 +19,11 @@
 -- Total: a delivery that fails here (a malformed position, a bad value) is dead-lettered with
 -- the error as its reason, out of its order's line; the entry's other deliveries, the batch's
 -- other entries and the order's later events go on.
--- Each routed event is kept (K.event) and indexed by order id for the retention, for the
--- delivery log; each new delivery joins its subscription's age set (oldest undelivered).
+-- Each routed event is kept (K.event) and indexed by order id and by when it was received
+-- (K.received: what a replay of a time range reads) for the retention, for the delivery log;
+-- each new delivery joins its subscription's age set (oldest undelivered). A delivery of a
+-- subscription no longer in the catalog (deleted while this router's copy still had it) is
+-- not made.
 -- An entry already acknowledged (by another router that reclaimed it) creates nothing; one
 -- whose order's earlier entry is not routed yet is deferred (ordering_turn).
 -- Returns {the ids of the deliveries created in flight (claimed), the entry ids deferred}.
@@ -98,9 +102,11 @@ local function route(e, event)
     redis.call('SET', K.event(e.eventId), event, 'EX', retention)
     redis.call('SADD', K.order(e.orderId), e.eventId)
     redis.call('EXPIRE', K.order(e.orderId), retention)
+    redis.call('ZADD', K.received, e.receivedMs, e.eventId)
     for _, d in ipairs(e.deliveries) do
         local key = K.delivery(d.id)
-        if redis.call('EXISTS', key) == 0 then
+        local known = redis.call('HEXISTS', K.subscriptions, d.sub) == 1
+        if known and redis.call('EXISTS', key) == 0 then
             local ok, result = pcall(create, d, e, event, key)
             if not ok then
                 route_failed(d, e, event, key, result)
@@ -111,6 +117,7 @@ local function route(e, event)
     end
 end
 
+redis.call('ZREMRANGEBYSCORE', K.received, '-inf', '(' .. (now - retention * 1000))
 for i, e in ipairs(plan.entries) do
     local may, routed = ordering_turn(KEYS[1], e.entry, plan.windowS)
     if not may then

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import ResponseError
 
-from app.events import order_key
+from app.events import order_key, received_ms
 from app.ordering import OrderPlace
 from app.store.client import Store, now_ms, text
 from app.store.schema import Keys
@@ -42,6 +42,7 @@ class _Entry(msgspec.Struct, rename="camel"):
     event_id: str
     order_id: str
     order: str  # app/events.py's order_key
+    received_ms: int  # app/events.py's received_ms: the replay index's score
     deliveries: Sequence[Planned]
 
 
@@ -120,6 +121,7 @@ class Routing:
                     r.event["id"],
                     r.event["orderId"],
                     order_key(r.event),
+                    received_ms(r.event),
                     r.deliveries,
                 )
                 for r in routed

@@ -21,7 +21,7 @@ from types import MappingProxyType
 
 # The layout's version. Raise it with any change in a key family, a field or a stored value,
 # and teach app/store/version.py to migrate data of the version before.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Keys:
@@ -58,6 +58,33 @@ class Keys:
         """Counters (Counter; per subscription `stat_field`), kept in Redis so they are true
         across restarts and processes."""
         return f"{self.tag}:stats"
+
+    @property
+    def subscriptions(self) -> str:
+        """A hash: every subscription's catalog record (app/store/catalog.py's Record, JSON)
+        by id; the one source of truth every process reads."""
+        return f"{self.tag}:subs"
+
+    @property
+    def subscriptions_revision(self) -> str:
+        """A counter raised by every change of the catalog: processes poll it to notice."""
+        return f"{self.tag}:subs:rev"
+
+    @property
+    def audit(self) -> str:
+        """A list of the catalog's changes, newest first (JSON `{at, action, subscription,
+        changes}`), the latest AUDIT_KEPT."""
+        return f"{self.tag}:audit"
+
+    @property
+    def received(self) -> str:
+        """A sorted set of routed event ids by when they were received (ms), kept for the
+        delivery log's retention: what a replay of a time range reads."""
+        return f"{self.tag}:received"
+
+    def job(self, job_id: str) -> str:
+        """A hash: a background job's progress (a replay), kept a day after it ends."""
+        return f"{self.tag}:job:{job_id}"
 
     def ingest_minute(self, minute: int) -> str:
         """Events accepted in one minute (Unix minutes), kept two hours."""
@@ -203,6 +230,12 @@ def families() -> Mapping[str, tuple[str, ...]]:
     return MappingProxyType(found)
 
 
+def subscription_pattern(keys: Keys, sub: str) -> str:
+    """A SCAN pattern matching every key of one subscription: the families under
+    `<tag>:s:<sub>:` (an id is [a-z0-9-]: nothing in it is a pattern's)."""
+    return keys.pattern.removesuffix("*") + f"s:{sub}:*"
+
+
 def family_pattern(parts: Sequence[str]) -> str:
     """A regex matching the family's keys under any prefix (for tests that scan Redis)."""
     return "".join(
@@ -283,6 +316,7 @@ class Enablement(StrEnum):
 
     ENABLED = "enabled"
     DISABLED = "disabled"
+    PAUSED = "paused"  # by an operator: deliveries queue, none is sent until resumed
 
 
 class Breaker(StrEnum):

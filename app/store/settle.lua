@@ -5,8 +5,9 @@
 --              (app/store/deliveries.py): outcome is delivered | retry | dead | gone; status
 --              and error are "" when none; bucket is app/store/latency.py's field for the
 --              latency
--- ARGV[2]      JSON: per subscription, its breaker rule {threshold, base cooldown ms, max
---              cooldown ms, disable after ms} (state_failed, state.lua)
+-- ARGV[2]      JSON: per subscription of the batch, its breaker rule {threshold, base cooldown
+--              ms, max cooldown ms, disable after ms} (state_failed, state.lua), as the
+--              deliverer's copy of the catalog has it
 -- ARGV[2 + i]  the i-th attempt's record JSON, for the delivery log (kept as is)
 --
 -- A delivery no longer in flight nor ready was taken over by another process (its lease had

@@ -1,7 +1,8 @@
 -- A subscription's state (K.state(sub), fields S): every transition of it, defined once and
 -- prepended to every script that changes it.
 --   state, reason, changedMs     ENABLEMENT: enabled | disabled (by an operator, a 410, or
---                                failing for longer than disable_after)
+--                                failing for longer than disable_after) | paused (by an
+--                                operator: deliveries queue, none goes until resumed)
 --   breaker, failures, opens     BREAKER: closed | open | half-open; consecutive failures;
 --                                opens in a row
 --   openUntil, probeUntil        ms: the open breaker's cooldown; the half-open probe's lease
@@ -26,9 +27,24 @@ local function state_enable(sub, now)
     state_reset(sub)
 end
 
+-- Enabled by a replay: as state_enable, but an operator's pause stays (a replay queues its
+-- deliveries; they go when the subscription is resumed).
+local function state_revive(sub, now)
+    if redis.call('HGET', K.state(sub), S.state) ~= ENABLEMENT.paused then
+        state_enable(sub, now)
+    end
+end
+
 -- Disabled (an operator, a 410 Gone, failing too long): nothing is claimed until enabled.
 local function state_disable(sub, reason, now)
     redis.call('HSET', K.state(sub), S.state, ENABLEMENT.disabled, S.reason, reason,
+        S.changedMs, now)
+end
+
+-- Paused by an operator: nothing goes in flight (admission) until it is resumed (enabled);
+-- deliveries keep queueing meanwhile.
+local function state_pause(sub, now)
+    redis.call('HSET', K.state(sub), S.state, ENABLEMENT.paused, S.reason, 'paused',
         S.changedMs, now)
 end
 

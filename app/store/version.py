@@ -19,10 +19,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
+import orjson
 from redis.exceptions import ResponseError
 
 from app.errors import SchemaMismatch
+from app.events import received_ms
 from app.store.client import Store, text
 from app.store.schema import SCHEMA_VERSION
 
@@ -36,9 +39,40 @@ async def _stamp_unversioned(store: Store) -> None:
     """Version 0 → 1: the unversioned layout is version 1's; the stamp is all it lacks."""
 
 
+async def _index_received(store: Store) -> None:
+    """Version 1 → 2: the catalog of subscriptions (Keys.subscriptions) is new and is filled
+    from the config file at start-up; the events kept for the delivery log (Keys.event) are
+    indexed by when they were received (Keys.received), so that a replay of a time range
+    finds them too. An event that is not an orderhook event's JSON is left out (and logged)."""
+    cursor = 0
+    while True:
+        scan = partial(
+            store.client.scan, cursor, match=store.keys.event("*"), count=SCAN_COUNT, _type="string"
+        )
+        cursor, found = await store.guard(scan)
+        if found:
+            await _index(store, found)
+        if cursor == 0:
+            return
+
+
+async def _index(store: Store, names: list[Any]) -> None:
+    bodies = await store.guard(partial(store.client.mget, names))
+    scores: dict[str, int] = {}
+    for name, body in zip(names, bodies, strict=True):
+        try:
+            event = orjson.loads(body or b"")
+            scores[event["id"]] = received_ms(event)
+        except Exception:  # not an event this gateway wrote: not indexed
+            log.warning("migration: %s is not an orderhook event; not indexed", text(name))
+    if scores:
+        await store.guard(partial(store.client.zadd, store.keys.received, scores))
+
+
 # from_version: the coroutine that turns data of that version into the next version's.
 MIGRATIONS: dict[int, Callable[[Store], Awaitable[None]]] = {
     UNVERSIONED: _stamp_unversioned,
+    1: _index_received,
 }
 
 

@@ -18,7 +18,7 @@ refused (SecretsUnavailable). A push subscription created without `secret` gets 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 from starlette.datastructures import Secret
@@ -32,6 +32,8 @@ from app.subscriptions.spec import (
     check_signing_secrets,
 )
 
+TOKEN_REQUIRED = "is required for a pull subscription: give `token` or `token_env`"
+
 
 class Sealer(Protocol):
     """app/sealing.py's Sealer, as this module uses it."""
@@ -44,6 +46,26 @@ class Sealer(Protocol):
     def open(self, sealed: str) -> str: ...
 
     def fingerprint(self, value: str) -> str: ...
+
+
+class Unsealed:
+    """No ORDERHOOK_SECRET_KEY: nothing can be sealed or opened."""
+
+    available = False
+
+    def seal(self, value: str) -> str:
+        raise SpecError("secret", "cannot be stored: set ORDERHOOK_SECRET_KEY")
+
+    def open(self, sealed: str) -> str:
+        raise SpecError("secret", "is sealed, and ORDERHOOK_SECRET_KEY is not set here")
+
+    def fingerprint(self, value: str) -> str:
+        raise SpecError("secret", "cannot be compared: set ORDERHOOK_SECRET_KEY")
+
+
+def sealer_of(settings: Any) -> Sealer:
+    """The settings' sealer (app/sealing.py): ORDERHOOK_SECRET_KEY's."""
+    return Unsealed()
 
 
 class SecretRef(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -76,7 +98,11 @@ class StoredSecrets(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unkn
 def from_file(spec: SubscriptionSpec, env: Mapping[str, str]) -> Keyring:
     """The values a config file's spec gives (in it, or in the environment it names)."""
     if spec.mode == "pull":
-        return Keyring(token=_file_token(spec, env))
+        if (token := _file_token(spec, env)) is None:
+            raise SpecError(
+                "token", "is required for a pull subscription: give `token` or `token_env`"
+            )
+        return Keyring(token=token)
     if (spec.secret is None) == (spec.secret_env is None):
         raise SpecError("secret", "is required: give exactly one of `secret` or `secret_env`")
     if spec.secret_env is not None:
@@ -91,7 +117,7 @@ def from_file(spec: SubscriptionSpec, env: Mapping[str, str]) -> Keyring:
 
 def _file_token(spec: SubscriptionSpec, env: Mapping[str, str]) -> Secret | None:
     if spec.token is not None and spec.token_env is not None:
-        raise SpecError("token", "is required for a pull subscription: give `token` or `token_env`")
+        raise SpecError("token", TOKEN_REQUIRED)
     if spec.token_env is not None and not env.get(spec.token_env):
         raise SpecError("token_env", f"names {spec.token_env}, which is not set or empty")
     value = spec.token if spec.token is not None else env.get(spec.token_env or "")
@@ -129,6 +155,8 @@ def stored_from_api(spec: SubscriptionSpec, sealer: Sealer) -> tuple[StoredSecre
     for name in ("secret_env", "token_env"):
         if getattr(spec, name) is not None:
             raise SpecError(name, "is for the config file: give the value itself through the API")
+    if spec.mode == "pull" and spec.token is None:
+        raise SpecError("token", "is required for a pull subscription")
     made = new_secret() if spec.mode == "push" and spec.secret is None else None
     values = _listed(spec.secret) if made is None else [made]
     if spec.mode == "push":

@@ -136,6 +136,8 @@ class Subscription:
     drop_stale: bool = False
     retiring: tuple[tuple[Secret, int], ...] = ()  # rotated-out secrets, signing until (ms)
     version: int = 0  # the catalog's version of it (0: not from the catalog)
+    # why this process cannot find its secret values (it routes, but does not deliver, them)
+    secrets_problem: str | None = None
 
     @property
     def ordered(self) -> bool:
@@ -265,8 +267,7 @@ def _resolve_pull(
         raise SpecError(
             "ordering", "is for push subscriptions; a feed consumer orders what it takes"
         )
-    if (token := keyring().token) is None:
-        raise SpecError("token", "is required for a pull subscription: give `token` or `token_env`")
+    token = keyring().token
     if spec.visibility_timeout <= 0:
         raise SpecError("visibility_timeout", "must be positive")
     if not 0 < spec.retention <= MAX_PULL_RETENTION_S:

@@ -1,0 +1,144 @@
+"""Each process's copy of the catalog (app/store/catalog.py), refreshed on change.
+
+Routing and delivery read subscriptions from this copy, never from Redis per event. The copy
+asks Redis every REFRESH_S whether the catalog's revision moved (one GET), and when it did,
+reads the catalog again, resolves what changed (compiling filters and transforms) and tells
+whoever listens (the deliverer, the transforms): a change made through any process is applied
+by every process within about a second, without a restart.
+
+Until the catalog is first read (Redis not answering at start-up), the copy is the config
+file's subscriptions. A record this process cannot read (a newer orderhook's, a filter this
+jsonatapy cannot compile) is left out and logged; one whose secret values this process cannot
+find (an environment variable it lacks) is routed, but not delivered here (`secrets_problem`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from types import MappingProxyType
+
+from app.errors import StoreUnavailable
+from app.filters import Limits
+from app.lifecycle import sleep_unless
+from app.store.catalog import Catalog, Record, decode_record
+from app.subscriptions.secrets import Sealer, keyring
+from app.subscriptions.spec import Keyring, Subscription, resolve
+
+log = logging.getLogger("orderhook.subscriptions")
+
+REFRESH_S = 0.25
+
+Listener = Callable[[Mapping[str, Subscription]], None]
+
+
+class Subscriptions:
+    """The subscriptions as this process knows them: `current` (by id, in the catalog's
+    order), `revision` (the catalog's, -1 before it was read)."""
+
+    def __init__(self, subscriptions: Sequence[Subscription] = ()) -> None:
+        self.current: Mapping[str, Subscription] = MappingProxyType(
+            {s.id: s for s in subscriptions}
+        )
+        self.revision = -1
+        self._listeners: list[Listener] = []
+
+    def all(self) -> tuple[Subscription, ...]:
+        return tuple(self.current.values())
+
+    def get(self, sub_id: str) -> Subscription | None:
+        return self.current.get(sub_id)
+
+    def listen(self, listener: Listener) -> None:
+        """Call `listener` with the new subscriptions after every change."""
+        self._listeners.append(listener)
+
+    def _replace(self, found: Mapping[str, Subscription], revision: int) -> None:
+        self.current, self.revision = MappingProxyType(dict(found)), revision
+        for listener in self._listeners:
+            try:
+                listener(self.current)
+            except Exception:  # one listener's bug must not keep the others from the change
+                log.exception("applying a subscription change failed")
+
+
+class LiveSubscriptions(Subscriptions):
+    """The catalog's copy, kept fresh by `run`."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        local: Sequence[Subscription],
+        sealer: Sealer,
+        env: Mapping[str, str],
+        limits: Limits,
+    ) -> None:
+        super().__init__(local)
+        self.catalog = catalog
+        self.local = {s.id: s for s in local}  # this process's config file's (`file` refs)
+        self.sealer = sealer
+        self.env = env
+        self.limits = limits
+        self._resolved: dict[str, tuple[bytes, Subscription | None]] = {}
+
+    async def refresh(self) -> bool:
+        """Read the catalog again if its revision moved; whether it had."""
+        if await self.catalog.revision() == self.revision:
+            return False
+        revision, records = await self.catalog.load()
+        found = {}
+        for sub_id, raw in sorted(records.items()):
+            if (sub := self._resolve(sub_id, raw)) is not None:
+                found[sub_id] = sub
+        self._resolved = {k: v for k, v in self._resolved.items() if k in records}
+        self._replace(found, revision)
+        return True
+
+    def _resolve(self, sub_id: str, raw: bytes) -> Subscription | None:
+        """The subscription of a record, resolved again only when the record changed."""
+        known = self._resolved.get(sub_id)
+        if known is not None and known[0] == raw:
+            return known[1]
+        try:
+            sub = self._subscription(decode_record(raw))
+        except Exception as exc:
+            log.error("subscription %s in the catalog cannot be used here: %s", sub_id, exc)
+            sub = None
+        self._resolved[sub_id] = (raw, sub)
+        return sub
+
+    def _subscription(self, record: Record) -> Subscription:
+        problem: list[str] = []
+
+        def keys() -> Keyring:
+            try:
+                return keyring(
+                    record.secrets, self.sealer, self.env, self.local.get(record.spec.id)
+                )
+            except Exception as exc:  # SpecError, or a sealed value this key cannot open
+                problem.append(str(exc))
+                return Keyring()
+
+        sub = resolve(record.spec, keys, self.limits, record.version)
+        if problem:
+            log.error(
+                "subscription %s: its secrets cannot be found here (%s): this process routes "
+                "its events but does not deliver them",
+                sub.id,
+                problem[0],
+            )
+            return replace(sub, secrets_problem=problem[0])
+        return sub
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Refresh every REFRESH_S until `stopping` is set."""
+        while not stopping.is_set():
+            try:
+                await self.refresh()
+            except StoreUnavailable:
+                pass  # said by the server's reachability warning; the copy stays as it is
+            except Exception:
+                log.exception("reading the subscription catalog failed")
+            await sleep_unless(stopping, REFRESH_S)
