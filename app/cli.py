@@ -30,6 +30,7 @@ from app.errors import (
 from app.lifecycle import raise_open_files_limit, tune_gc
 from app.relay import run_worker
 from app.runtime import open_runtime, schema_refused, start_embedded
+from app.sealing import new_key
 from app.server import create_app
 from app.signing import new_secret
 from app.store.embedded import EMBEDDED_SOCKET, claim_data_dir, store_lost
@@ -72,13 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     secret = commands.add_parser("secret", help="signing secrets for subscriptions")
     secret_commands = secret.add_subparsers(dest="secret_command", required=True)
     secret_commands.add_parser("new", help="print a fresh whsec_ secret (Standard Webhooks)")
+    secret_commands.add_parser(
+        "key", help="print a fresh ORDERHOOK_SECRET_KEY (seals secrets stored in Redis)"
+    )
     fake_vtex.add_commands(commands)
     return parser
 
 
 def secret(args: argparse.Namespace) -> int:
-    """`orderhook secret new`: a subscription's `secret`, to give its subscriber too."""
-    print(new_secret())
+    """`orderhook secret new`: a subscription's `secret`, to give its subscriber too;
+    `orderhook secret key`: a key for ORDERHOOK_SECRET_KEY."""
+    print(new_key() if args.secret_command == "key" else new_secret())
     return 0
 
 

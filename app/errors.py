@@ -8,9 +8,14 @@ OrderhookError
 │   └── DataDirInUse       the embedded store's data directory is another process's (exit 2)
 ├── SchemaMismatch         Redis holds data of a newer or unknown layout under the key prefix
 │                          (`orderhook serve`, `worker` and `check` refuse it: exit 2)
+├── SecretUnreadable       a sealed secret from Redis cannot be opened: ORDERHOOK_SECRET_KEY is
+│                          unset or another key, or the stored value was altered
+├── OutboundAuthError      a delivery's outbound credentials cannot be had (the OAuth2 token
+│                          endpoint failed): the attempt fails and is retried
 └── RequestError           the request is refused; carries its HTTP status
     ├── Unauthorized       401: no source's auth header matches, or the account is not allowed
     ├── BadRequest         400: invalid JSON, not an object, a missing or mistyped field
+    ├── SecretsUnavailable 409: a secret given through the API while ORDERHOOK_SECRET_KEY is unset
     ├── RequestTimeout     408: the body did not arrive within the body timeout
     ├── PayloadTooLarge    413: the body is over the limit
     └── UnsupportedMedia   415: the content type is not JSON
@@ -72,6 +77,19 @@ class SchemaMismatch(OrderhookError):
         super().__init__(one_line(message))
 
 
+class SecretUnreadable(OrderhookError):
+    """A sealed secret cannot be opened. The message never holds the secret nor the sealed
+    value."""
+
+
+class OutboundAuthError(OrderhookError):
+    """The credentials a delivery needs cannot be had. The message is one line naming the token
+    endpoint's origin and what went wrong, never a secret nor a token."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
+
+
 class RequestError(OrderhookError):
     """A request the gateway refuses; `status` is the HTTP status to answer."""
 
@@ -96,6 +114,20 @@ class NotFound(RequestError):
 
 class BadRequest(RequestError):
     status = 400
+
+
+class SecretsUnavailable(RequestError):
+    """A secret to store through the API, and no ORDERHOOK_SECRET_KEY to seal it with: the
+    gateway's set-up, not the request, is what must change."""
+
+    status = 409
+
+    def __init__(
+        self,
+        message: str = "set ORDERHOOK_SECRET_KEY to store secrets through the API; "
+        "make one with `orderhook secret key`",
+    ) -> None:
+        super().__init__(message)
 
 
 class RequestTimeout(RequestError):
