@@ -28,6 +28,7 @@ from app.filters import (
     MAX_JSONATA_TIMEOUT_MS,
     Limits,
 )
+from app.sealing import ENV_KEY, Sealer
 from app.subscriptions.secrets import from_file
 from app.subscriptions.spec import SpecError, Subscription, SubscriptionSpec, resolve
 from app.vtex.urls import base_url_problem
@@ -203,7 +204,7 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
         data_dir=Path(env.get("ORDERHOOK_DATA_DIR") or DEFAULT_DATA_DIR),
         admin_token=_secret(env.get("ORDERHOOK_ADMIN_TOKEN")),
         ops_token=_secret(env.get("ORDERHOOK_OPS_TOKEN")),
-        secret_key=_secret(env.get("ORDERHOOK_SECRET_KEY")),
+        secret_key=_secret_key(env),
         env=env,
         log_retention_s=parsed.ops.log_retention_s,
         session_max_age_s=parsed.ops.session_max_age_s,
@@ -249,6 +250,12 @@ def _redis_url(url: str | None) -> str | None:
     if scheme not in ("redis", "rediss", "unix"):
         raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
     return url
+
+
+def _secret_key(env: Mapping[str, str]) -> Secret | None:
+    """ORDERHOOK_SECRET_KEY, checked now (ConfigError, one line, if it is not a key)."""
+    Sealer.from_env(env)
+    return _secret(env.get(ENV_KEY))
 
 
 def _secret(value: str | None) -> Secret | None:

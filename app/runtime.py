@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from app.config import Settings
 from app.errors import SchemaMismatch, StoreUnavailable
+from app.sealing import Sealer as RealSealer
 from app.store.catalog import Catalog
 from app.store.client import Store, open_store
 from app.store.deliveries import Deliveries
@@ -25,7 +26,7 @@ from app.store.schema import Keys
 from app.store.version import check_schema
 from app.subscriptions.apply import apply_config
 from app.subscriptions.live import LiveSubscriptions
-from app.subscriptions.secrets import Sealer, sealer_of
+from app.subscriptions.secrets import Sealer
 
 log = logging.getLogger("orderhook.store")
 
@@ -50,7 +51,7 @@ class Runtime:
     def on(cls, settings: Settings, store: Store) -> Runtime:
         retention_s = settings.log_retention_s
         catalog = Catalog(store)
-        sealer = sealer_of(settings)
+        sealer = RealSealer.from_env(settings.env)
         live = LiveSubscriptions(
             catalog, settings.subscriptions, sealer, settings.env, settings.jsonata_limits
         )

@@ -18,7 +18,7 @@ refused (SecretsUnavailable). A push subscription created without `secret` gets 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 from starlette.datastructures import Secret
@@ -46,26 +46,6 @@ class Sealer(Protocol):
     def open(self, sealed: str) -> str: ...
 
     def fingerprint(self, value: str) -> str: ...
-
-
-class Unsealed:
-    """No ORDERHOOK_SECRET_KEY: nothing can be sealed or opened."""
-
-    available = False
-
-    def seal(self, value: str) -> str:
-        raise SpecError("secret", "cannot be stored: set ORDERHOOK_SECRET_KEY")
-
-    def open(self, sealed: str) -> str:
-        raise SpecError("secret", "is sealed, and ORDERHOOK_SECRET_KEY is not set here")
-
-    def fingerprint(self, value: str) -> str:
-        raise SpecError("secret", "cannot be compared: set ORDERHOOK_SECRET_KEY")
-
-
-def sealer_of(settings: Any) -> Sealer:
-    """The settings' sealer (app/sealing.py): ORDERHOOK_SECRET_KEY's."""
-    return Unsealed()
 
 
 class SecretRef(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
