@@ -16,6 +16,7 @@ from app.store.client import Store, open_store
 from app.store.deliveries import Deliveries
 from app.store.routing import Planned, Routed, Routing
 from app.store.schema import Enablement, Keys, State
+from tests.catalogued import catalogue
 from tests.test_ordering import state_notification
 
 pytestmark = pytest.mark.anyio
@@ -25,6 +26,7 @@ RATE = 5  # max_per_second: a bucket of 5 tokens
 async def routed(store: Store, steps: list[tuple[str, int]]) -> list[Routed]:
     routing = Routing(store, 3600)
     await routing.ensure_group()
+    await catalogue(store, "r")
     events = [
         normalize(parse_body(orjson.dumps(state_notification(o, s))), utc_now_iso())
         for o, s in steps

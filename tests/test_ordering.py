@@ -27,6 +27,7 @@ from app.ordering.position import encode as order_position
 from app.store.client import open_store
 from app.store.routing import Planned, Routed, Routing
 from app.store.schema import Keys
+from tests.catalogued import catalogue
 from tests.conftest import AUTH, CONFIG_TOML, Gateway, notification
 from tests.relaying import ADMIN, SECRET, hook, subscription, until
 from tests.relaying import Gateway as InProcess
@@ -377,6 +378,7 @@ async def test_a_delivery_route_lua_cannot_handle_is_dead_lettered_and_the_rest_
     async with open_store(redis_url, keys, 2.0, 3600) as store:
         deliveries = Routing(store, 3600)
         await deliveries.ensure_group()
+        await catalogue(store, "a", "b")
         events = [
             normalize(parse_body(orjson.dumps(state_notification(o, s))), utc_now_iso())
             for o, s in (("o-1", 0), ("o-2", 0), ("o-1", 1))

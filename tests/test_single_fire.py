@@ -27,6 +27,7 @@ from app.store.client import open_store
 from app.store.queries import Queries
 from app.store.routing import Planned, Routed, Routing
 from app.store.schema import Keys
+from tests.catalogued import catalogue
 from tests.conftest import AUTH, CONFIG_TOML, notification
 from tests.conftest import Gateway as Process
 from tests.relaying import ADMIN, Gateway, body, hook, subscription, until
@@ -324,6 +325,7 @@ async def test_concurrent_routers_decide_each_order_once(redis_url: str, keys: K
         ]
         routers = [Routing(store, 3600) for store in stores]
         await routers[0].ensure_group()
+        await catalogue(stores[0], "once")
         await stores[0].append(events)
         entries = await routers[0].read_new("reader", len(events), 100)
 
@@ -355,6 +357,7 @@ async def test_a_single_fire_value_route_lua_cannot_use_is_dead_lettered_and_the
     async with open_store(redis_url, keys, 2.0, 3600) as store:
         deliveries = Routing(store, 3600)
         await deliveries.ensure_group()
+        await catalogue(store, "bad", "good")
         await store.append([normalize(parse_body(doc), utc_now_iso())])
         [(entry_id, raw)] = await deliveries.read_new("reader", 10, 100)
         event = orjson.loads(raw)
