@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from app.errors import StoreUnavailable
+from app.errors import OutboundAuthError, StoreUnavailable
 from app.events import cloudevent, default_data, utc_now_iso
 from app.filters import EvaluationError, order_document
 from app.lifecycle import sleep_unless
@@ -255,37 +255,51 @@ class SubscriptionWorker:
         task.add_done_callback(self.settling.discard)
 
     async def _post(self, msg_id: str, body: bytes) -> PostResult:
-        """One POST, and what came of it."""
+        """One POST, and what came of it. The subscription's own headers and auth go first:
+        the content type and the signature are the gateway's."""
+        sub, started = self.sub, time.monotonic()
+        try:
+            extra = await sub.outbound.headers(self.session) if sub.outbound else {}
+        except OutboundAuthError as exc:  # the token endpoint failed: retried as a failure
+            return PostResult(None, str(exc), None, b"", _ms_since(started))
         headers = {
+            **extra,
             "Content-Type": "application/cloudevents+json",
             "User-Agent": USER_AGENT,
-            **signature_headers(self.sub.signing_keys(), msg_id, int(time.time()), body),
+            **signature_headers(sub.signing_keys(), msg_id, int(time.time()), body),
         }
-        started = time.monotonic()
+        result = await self._send(sub, body, headers, started)
+        if result.status == 401 and sub.outbound is not None:
+            sub.outbound.rejected(extra)  # an OAuth2 token refused: the next asks for a new one
+        return result
+
+    async def _send(
+        self, sub: Subscription, body: bytes, headers: dict[str, str], started: float
+    ) -> PostResult:
         try:
             async with self.session.post(
-                self.sub.url,
+                sub.url,
                 data=body,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.sub.timeout_s),
+                timeout=aiohttp.ClientTimeout(total=sub.timeout_s),
                 allow_redirects=False,
             ) as response:
                 head = await _read_head(response.content, MAX_RESPONSE_READ)
                 error = "" if 200 <= response.status < 300 else f"HTTP {response.status}"
                 if 300 <= response.status < 400:
-                    location = redirect_origin(self.sub.url, response.headers.get("Location", ""))
+                    location = redirect_origin(sub.url, response.headers.get("Location", ""))
                     error += f" redirect to {location}, not followed"
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 return PostResult(
                     response.status, error, retry_after, head[:LOGGED_BODY], _ms_since(started)
                 )
         except Refused as exc:
-            error = scrub(str(exc), self.sub.url)
+            error = scrub(str(exc), sub.url)
             return PostResult(None, error, None, b"", _ms_since(started), refused=True)
         except TimeoutError:
-            error = f"timeout after {self.sub.timeout_s:g} s"
+            error = f"timeout after {sub.timeout_s:g} s"
         except (aiohttp.ClientError, ValueError, OSError) as exc:  # ValueError: a bad URL
-            error = describe(exc, self.sub.url)
+            error = describe(exc, sub.url)
         return PostResult(None, error, None, b"", _ms_since(started))
 
     async def _settle(

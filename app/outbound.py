@@ -7,7 +7,7 @@ endpoint through the deliveries' session (so the SSRF guard stands before it too
 redirect is followed), cached until shortly before it expires, and shared: concurrent
 deliveries wait for one request. A 401 from the receiver (`rejected`) drops the token that got
 it, so the next delivery asks for a new one, once however many deliveries were refused with it;
-a token younger than `REFETCH_COOLDOWN_S` is kept even so (a receiver that refuses every token
+for `REFETCH_COOLDOWN_S` after that, a 401 drops no token (a receiver that refuses every token
 would otherwise have the token endpoint asked once per delivery).
 
 Values are resolved before they come here (literal, from the environment, or opened from Redis);
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ TOKEN_TIMEOUT_S = 10.0  # the whole token request, connection to last byte
 MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
 DEFAULT_TOKEN_LIFETIME_S = 300.0  # a token answer without `expires_in` is used this long
 MAX_EXPIRY_MARGIN_S = 30.0  # a token is renewed this much (at most 10 %) before it expires
-REFETCH_COOLDOWN_S = 10.0  # a 401 drops a token only if it was fetched longer ago than this
+REFETCH_COOLDOWN_S = 10.0  # after a 401 dropped a token, another 401 drops none this long
 MAX_ERROR_FIELD_CHARS = 200  # of the token endpoint's `error_description`, in our message
 # RFC 6749 §5.2: `error` and `error_description` are printable ASCII without `"` and `\`
 ERROR_FIELD = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
@@ -153,6 +154,7 @@ class TokenSource:
         self.refetch_cooldown_s = refetch_cooldown_s
         self._token: Token | None = None
         self._fetching: asyncio.Task[Token] | None = None
+        self._dropped_at = -math.inf  # when a 401 last dropped a token (time.monotonic())
 
     async def token(self, session: aiohttp.ClientSession) -> str:
         """The cached token while fresh; else the outcome of the one request under way (a
@@ -165,13 +167,14 @@ class TokenSource:
         return (await asyncio.shield(self._fetching)).value
 
     def rejected(self, value: str) -> None:
-        """Drop the token `value` if it is the cached one and older than the cooldown (an
-        older token was dropped already: a burst of 401s drops one token)."""
-        token = self._token
+        """Drop the token `value` if it is the cached one (an older token was dropped already:
+        a burst of 401s drops one token), unless a 401 dropped one within the cooldown (the
+        token that replaced it is refused too: the receiver's problem is not the token)."""
+        token, now = self._token, time.monotonic()
         if token is None or token.value != value:
             return
-        if time.monotonic() - token.fetched_at >= self.refetch_cooldown_s:
-            self._token = None
+        if now - self._dropped_at >= self.refetch_cooldown_s:
+            self._token, self._dropped_at = None, now
 
     def _fetched(self, task: asyncio.Task[Token]) -> None:
         self._fetching = None

@@ -52,9 +52,7 @@ class Runtime:
         retention_s = settings.log_retention_s
         catalog = Catalog(store)
         sealer = RealSealer.from_env(settings.env)
-        live = LiveSubscriptions(
-            catalog, settings.subscriptions, sealer, settings.env, settings.jsonata_limits
-        )
+        live = LiveSubscriptions(catalog, settings, sealer)
         return cls(
             settings,
             store,

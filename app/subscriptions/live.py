@@ -20,11 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 
+from app.config import Settings
 from app.errors import StoreUnavailable
-from app.filters import Limits
 from app.lifecycle import sleep_unless
 from app.store.catalog import Catalog, Record, decode_record
-from app.subscriptions.secrets import Sealer, keyring
+from app.subscriptions.secrets import Sealer, from_file, keyring
 from app.subscriptions.spec import Keyring, Subscription, resolve
 
 log = logging.getLogger("orderhook.subscriptions")
@@ -70,17 +70,17 @@ class LiveSubscriptions(Subscriptions):
     def __init__(
         self,
         catalog: Catalog,
-        local: Sequence[Subscription],
+        settings: Settings,
         sealer: Sealer,
-        env: Mapping[str, str],
-        limits: Limits,
     ) -> None:
-        super().__init__(local)
+        super().__init__(settings.subscriptions)
         self.catalog = catalog
-        self.local = {s.id: s for s in local}  # this process's config file's (`file` refs)
+        env = settings.env
+        # this process's config file's values (`file` refs)
+        self.local = {spec.id: from_file(spec, env) for spec in settings.subscription_specs}
         self.sealer = sealer
         self.env = env
-        self.limits = limits
+        self.limits = settings.jsonata_limits
         self._resolved: dict[str, tuple[bytes, Subscription | None]] = {}
 
     async def refresh(self) -> bool:

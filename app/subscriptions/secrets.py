@@ -24,10 +24,10 @@ import msgspec
 from starlette.datastructures import Secret
 
 from app.signing import new_secret
+from app.subscriptions.auth import EnvValue, secret_of
 from app.subscriptions.spec import (
     Keyring,
     SpecError,
-    Subscription,
     SubscriptionSpec,
     check_signing_secrets,
 )
@@ -64,24 +64,28 @@ class SecretRef(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_
 
 
 class StoredSecrets(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
-    """A subscription's secrets in the catalog: its signing secrets (newest first) and a pull
-    subscription's token."""
+    """A subscription's secrets in the catalog: its signing secrets (newest first), a pull
+    subscription's token, its static headers' values (by name) and its auth's secret."""
 
     secret: list[SecretRef] = msgspec.field(default_factory=list)
     token: SecretRef | None = None
+    headers: dict[str, SecretRef] = msgspec.field(default_factory=dict)
+    auth: SecretRef | None = None
 
     def same(self) -> StoredSecrets:
-        token = self.token.same() if self.token is not None else None
-        return StoredSecrets([ref.same() for ref in self.secret], token)
+        return StoredSecrets(
+            [ref.same() for ref in self.secret],
+            self.token.same() if self.token is not None else None,
+            {name: ref.same() for name, ref in self.headers.items()},
+            self.auth.same() if self.auth is not None else None,
+        )
 
 
 def from_file(spec: SubscriptionSpec, env: Mapping[str, str]) -> Keyring:
     """The values a config file's spec gives (in it, or in the environment it names)."""
     if spec.mode == "pull":
         if (token := _file_token(spec, env)) is None:
-            raise SpecError(
-                "token", "is required for a pull subscription: give `token` or `token_env`"
-            )
+            raise SpecError("token", TOKEN_REQUIRED)
         return Keyring(token=token)
     if (spec.secret is None) == (spec.secret_env is None):
         raise SpecError("secret", "is required: give exactly one of `secret` or `secret_env`")
@@ -92,7 +96,29 @@ def from_file(spec: SubscriptionSpec, env: Mapping[str, str]) -> Keyring:
     else:
         values = _listed(spec.secret)
     check_signing_secrets(values)
-    return Keyring(tuple(Secret(v) for v in values))
+    headers = tuple(
+        (name, _file_value(f"headers.{name}", value, env))
+        for name, value in (spec.headers or {}).items()
+    )
+    return Keyring(tuple(Secret(v) for v in values), headers=headers, auth=_file_auth(spec, env))
+
+
+def _file_value(field: str, value: str | EnvValue, env: Mapping[str, str]) -> Secret:
+    if isinstance(value, str):
+        return Secret(value)
+    if not env.get(value.env):
+        raise SpecError(field, f"names {value.env}, which is not set or empty")
+    return Secret(env[value.env])
+
+
+def _file_auth(spec: SubscriptionSpec, env: Mapping[str, str]) -> Secret | None:
+    if spec.auth is None:
+        return None
+    value, name = secret_of(spec.auth)
+    field = f"auth.{spec.auth.SECRET}"
+    if (value is None) == (name is None):
+        raise SpecError(field, f"is required: give `{spec.auth.SECRET}` or `{field[5:]}_env`")
+    return _file_value(field, value if value is not None else EnvValue(name or ""), env)
 
 
 def _file_token(spec: SubscriptionSpec, env: Mapping[str, str]) -> Secret | None:
@@ -112,9 +138,11 @@ def stored_from_file(spec: SubscriptionSpec, sealer: Sealer) -> StoredSecrets:
     """How a config file's secrets are kept: variable names as they are; values sealed, or
     (without a key) left in the file."""
 
-    def ref(value: str) -> SecretRef:
+    def ref(value: str | EnvValue | None, env: str | None = None) -> SecretRef:
+        if isinstance(value, EnvValue) or env is not None:
+            return SecretRef(env=env if env is not None else getattr(value, "env", ""))
         if sealer.available:
-            return SecretRef(sealed=sealer.seal(value), fp=sealer.fingerprint(value))
+            return seal(sealer, value or "")
         return SecretRef(file=True)
 
     if spec.secret_env is not None:
@@ -122,19 +150,17 @@ def stored_from_file(spec: SubscriptionSpec, sealer: Sealer) -> StoredSecrets:
     else:
         secret = [ref(value) for value in _listed(spec.secret)]
     token = None
-    if spec.token_env is not None:
-        token = SecretRef(env=spec.token_env)
-    elif spec.token is not None:
-        token = ref(spec.token)
-    return StoredSecrets(secret, token)
+    if spec.token is not None or spec.token_env is not None:
+        token = ref(spec.token, spec.token_env)
+    headers = {name: ref(value) for name, value in (spec.headers or {}).items()}
+    auth = ref(*secret_of(spec.auth)) if spec.auth is not None else None
+    return StoredSecrets(secret, token, headers, auth)
 
 
 def stored_from_api(spec: SubscriptionSpec, sealer: Sealer) -> tuple[StoredSecrets, str | None]:
     """How an admin API spec's secrets are kept (sealed: SecretsUnavailable without a key), and
     the signing secret made for a push subscription that gave none (None if it gave one)."""
-    for name in ("secret_env", "token_env"):
-        if getattr(spec, name) is not None:
-            raise SpecError(name, "is for the config file: give the value itself through the API")
+    _no_environment(spec)
     if spec.mode == "pull" and spec.token is None:
         raise SpecError("token", "is required for a pull subscription")
     made = new_secret() if spec.mode == "push" and spec.secret is None else None
@@ -143,7 +169,22 @@ def stored_from_api(spec: SubscriptionSpec, sealer: Sealer) -> tuple[StoredSecre
         check_signing_secrets(values)
     secret = [seal(sealer, value) for value in values] if spec.mode == "push" else []
     token = seal(sealer, spec.token) if spec.token is not None else None
-    return StoredSecrets(secret, token), made
+    headers = {name: seal(sealer, str(value)) for name, value in (spec.headers or {}).items()}
+    auth = None
+    if spec.auth is not None and (value := secret_of(spec.auth)[0]) is not None:
+        auth = seal(sealer, value)
+    return StoredSecrets(secret, token, headers, auth), made
+
+
+def _no_environment(spec: SubscriptionSpec) -> None:
+    """Through the API, values are given, never the gateway's environment variables (a caller
+    must not make the gateway send its own environment somewhere)."""
+    named = [name for name in ("secret_env", "token_env") if getattr(spec, name) is not None]
+    named += [f"headers.{k}" for k, v in (spec.headers or {}).items() if isinstance(v, EnvValue)]
+    if spec.auth is not None and secret_of(spec.auth)[1] is not None:
+        named.append(f"auth.{spec.auth.SECRET}_env")
+    if named:
+        raise SpecError(named[0], "is for the config file: give the value itself through the API")
 
 
 def seal(sealer: Sealer, value: str, until_ms: int | None = None) -> SecretRef:
@@ -151,24 +192,42 @@ def seal(sealer: Sealer, value: str, until_ms: int | None = None) -> SecretRef:
 
 
 def keyring(
-    stored: StoredSecrets,
-    sealer: Sealer,
-    env: Mapping[str, str],
-    local: Subscription | None,
+    stored: StoredSecrets, sealer: Sealer, env: Mapping[str, str], local: Keyring | None
 ) -> Keyring:
-    """The values of stored secrets; `local` is this process's config file's subscription of
-    the same id (for `file` refs). SpecError naming the field a value cannot be found for."""
+    """The values of stored secrets; `local` is this process's config file's values of the
+    same subscription (for `file` refs). SpecError naming the field a value cannot be found
+    for; SecretUnreadable for a sealed one this key cannot open."""
+    local = local or Keyring()
     current = [ref for ref in stored.secret if ref.until_ms is None]
     retiring = [ref for ref in stored.secret if ref.until_ms is not None]
-    local_secrets = local.secrets if local is not None else ()
-    secrets = _values("secret", current, sealer, env, local_secrets)
+    secrets = _values("secret", current, sealer, env, local.secrets)
     old = _values("secret", retiring, sealer, env, ())
-    token = None
-    if stored.token is not None:
-        local_token = (local.token,) if local is not None and local.token else ()
-        token = _values("token", [stored.token], sealer, env, local_token)[0]
     until = [ref.until_ms or 0 for ref in retiring]
-    return Keyring(tuple(secrets), tuple(zip(old, until, strict=True)), token)
+    local_headers = dict(local.headers)
+    headers = tuple(
+        (name, _one(f"headers.{name}", ref, sealer, env, local_headers.get(name)))
+        for name, ref in stored.headers.items()
+    )
+    return Keyring(
+        tuple(secrets),
+        tuple(zip(old, until, strict=True)),
+        _maybe("token", stored.token, sealer, env, local.token),
+        headers,
+        _maybe("auth", stored.auth, sealer, env, local.auth),
+    )
+
+
+def _maybe(
+    field: str, ref: SecretRef | None, sealer: Sealer, env: Mapping[str, str], local: Secret | None
+) -> Secret | None:
+    return _one(field, ref, sealer, env, local) if ref is not None else None
+
+
+def _one(
+    field: str, ref: SecretRef, sealer: Sealer, env: Mapping[str, str], local: Secret | None
+) -> Secret:
+    [value] = _values(field, [ref], sealer, env, (local,) if local is not None else (), one=True)
+    return value
 
 
 def _values(
@@ -177,14 +236,15 @@ def _values(
     sealer: Sealer,
     env: Mapping[str, str],
     local: Sequence[Secret],
+    one: bool = False,
 ) -> list[Secret]:
     values: list[Secret] = []
     file_taken = False  # the file's values are taken all at once (one file ref per value)
     for ref in refs:
         if ref.env is not None:
-            found = env.get(ref.env, "").split() if field == "secret" else [env.get(ref.env, "")]
+            found = [env.get(ref.env, "")] if one else env.get(ref.env, "").split()
             if not any(found):
-                raise SpecError(f"{field}_env", f"names {ref.env}, which is not set or empty here")
+                raise SpecError(field, f"names {ref.env}, which is not set or empty here")
             values += [Secret(v) for v in found if v]
         elif ref.sealed is not None:
             values.append(Secret(sealer.open(ref.sealed)))

@@ -31,8 +31,10 @@ from app.filters import (
     Limits,
     compile_expression,
 )
+from app.outbound import OutboundAuth
 from app.retry import DEFAULT_RETRY_SCHEDULE_S
 from app.signing import secret_key
+from app.subscriptions.auth import AuthSpec, HeaderSpec, OAuth2Spec, outbound, without_secret
 
 DEFAULT_DELIVERY_TIMEOUT_S = 10.0
 DEFAULT_MAX_IN_FLIGHT = 8
@@ -93,10 +95,18 @@ class SubscriptionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     ordering: Literal["none", "per-order"] = "none"
     reorder_window: float = 0.0  # per-order: hold each event this long, to sort late arrivals
     drop_stale: bool = False  # per-order: skip an event older than the last one delivered
+    headers: HeaderSpec | None = (
+        None  # static headers of every delivery (app/subscriptions/auth.py)
+    )
+    auth: AuthSpec | None = None  # Basic, Bearer or OAuth2 client credentials
 
     def public(self) -> SubscriptionSpec:
-        """This spec without its secret fields: what is stored in clear and shown."""
-        return msgspec.structs.replace(self, **dict.fromkeys(SECRET_FIELDS))
+        """This spec without its secret values: what is stored in clear and shown. Header
+        values are all taken for secrets (an API key); their names stay in StoredSecrets."""
+        auth = without_secret(self.auth) if self.auth is not None else None
+        return msgspec.structs.replace(
+            self, **dict.fromkeys(SECRET_FIELDS), headers=None, auth=auth
+        )
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,8 @@ class Keyring:
     secrets: tuple[Secret, ...] = ()
     retiring: tuple[tuple[Secret, int], ...] = ()
     token: Secret | None = None
+    headers: tuple[tuple[str, Secret], ...] = ()  # static headers, by name
+    auth: Secret | None = None  # the auth's secret (password, token or client secret)
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,7 @@ class Subscription:
     version: int = 0  # the catalog's version of it (0: not from the catalog)
     # why this process cannot find its secret values (it routes, but does not deliver, them)
     secrets_problem: str | None = None
+    outbound: OutboundAuth | None = None  # headers and auth its deliveries carry
 
     @property
     def ordered(self) -> bool:
@@ -187,6 +200,7 @@ def resolve(
         url=url,
         secrets=keys.secrets,
         retiring=keys.retiring,
+        outbound=_outbound(spec, keys),
         version=version,
         filter=_compile_filter(spec.filter, limits),
         transform=_compile(spec.transform, "transform", limits) if spec.transform else None,
@@ -197,6 +211,15 @@ def resolve(
         **_breaker(spec),
         **_ordering(spec),
     )
+
+
+def _outbound(spec: SubscriptionSpec, keys: Keyring) -> OutboundAuth | None:
+    if isinstance(spec.auth, OAuth2Spec) and (wrong := url_problem(spec.auth.token_url)):
+        raise SpecError("auth.token_url", wrong)
+    try:
+        return outbound(dict(keys.headers), spec.auth, keys.auth)
+    except ValueError as exc:  # its words name the header or the auth's field, never a value
+        raise SpecError("headers" if str(exc).startswith("header") else "auth", str(exc)) from None
 
 
 def url_problem(url: str) -> str | None:
