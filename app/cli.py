@@ -16,7 +16,7 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from app import cli_ops, logs, preflight
+from app import cli_ops, cli_subscriptions, logs, preflight
 from app.config import Settings, load_settings
 from app.connections import BoundedHttpProtocol
 from app.dev import fake_vtex
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="check the config and that Redis answers (a deploy's release step)"
     )
     check.add_argument("--config", help="TOML config file (default: $ORDERHOOK_CONFIG)")
-    cli_ops.add_commands(commands)
+    cli_subscriptions.add_commands(cli_ops.add_commands(commands))
     hooks.add_commands(commands)
     jsonata = commands.add_parser("jsonata", help="JSONata filters, as VTEX evaluates them")
     jsonata_commands = jsonata.add_subparsers(dest="jsonata_command", required=True)
@@ -273,6 +273,23 @@ def _running_embedded(settings: Settings) -> Settings:
     return dataclasses.replace(settings, redis_url=f"unix://{socket_path}")
 
 
+def apply(args: argparse.Namespace) -> int:
+    """`orderhook subscriptions apply`: the file's subscriptions written to the catalog of
+    REDIS_URL's Redis, or of the embedded store (a running gateway's, if one serves on the
+    data directory). Exit 2 without a file: with none, `--prune` would delete every
+    subscription applied from one."""
+    where = args.config or os.environ.get("ORDERHOOK_CONFIG")
+    if not where:
+        print("orderhook: subscriptions apply needs --config FILE", file=sys.stderr)
+        return 2
+    settings = _settings(args)
+    if settings is None:
+        return 1
+    if settings.redis_url is None:
+        settings = _running_embedded(settings)
+    return cli_subscriptions.apply(settings, where, args.prune)
+
+
 def _exit_cleanly_on_stop_signals() -> None:
     """Exit 0 once uvicorn has shut down gracefully.
 
@@ -314,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.command in commands:
         return commands[args.command](args)
+    if args.command == "subscriptions" and args.subscriptions_command == "apply":
+        return apply(args)
+    if args.command == "subscriptions" and args.subscriptions_command != "retry-now":
+        return cli_subscriptions.run(args)
     return cli_ops.run(args)
 
 

@@ -1,5 +1,6 @@
 """`orderhook status | subscriptions retry-now | dlq list | dlq replay | dlq delete | events show`:
-the admin API from a terminal.
+the admin API from a terminal (the other `subscriptions` commands: app/cli_subscriptions.py,
+through this module's Api).
 
 Every failure is one line on stderr and exit status 1: the gateway down, a refused token, an
 unknown id.
@@ -11,7 +12,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 from urllib.parse import quote
 
@@ -30,39 +31,41 @@ class CliError(Exception):
     """Printed as `orderhook: <message>`, exit status 1."""
 
 
-def add_commands(commands: Any) -> None:
+def add_commands(commands: Any) -> Any:
+    """Add this module's commands; the `subscriptions` subcommands, for the others to join."""
     status = commands.add_parser("status", help="the running gateway's health, as a table")
-    _common(status)
+    url_option(status)
     subs = commands.add_parser("subscriptions", help="act on a subscription")
     subs_commands = subs.add_subparsers(dest="subscriptions_command", required=True)
     retry_now = subs_commands.add_parser(
         "retry-now", help="close its circuit breaker and make its waiting deliveries due now"
     )
     retry_now.add_argument("id")
-    _common(retry_now)
+    url_option(retry_now)
     dlq = commands.add_parser("dlq", help="the dead-letter queues")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
     listing = dlq_commands.add_parser("list", help="dead letters, newest first")
     listing.add_argument("--subscription")
     listing.add_argument("--limit", type=int, default=50, help="a page's size (at most 500)")
     listing.add_argument("--page", type=int, default=1, help="which page, from 1 (newest)")
-    _common(listing)
+    url_option(listing)
     replay = dlq_commands.add_parser("replay", help="requeue dead letters with a fresh schedule")
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--subscription")
     which.add_argument("--id", dest="ids", action="append", help="a dead-letter id (repeatable)")
-    _common(replay)
+    url_option(replay)
     delete = dlq_commands.add_parser("delete", help="drop one dead letter")
     delete.add_argument("id")
-    _common(delete)
+    url_option(delete)
     events = commands.add_parser("events", help="the delivery log")
     events_commands = events.add_subparsers(dest="events_command", required=True)
     show = events_commands.add_parser("show", help="an event and its attempts")
     show.add_argument("id")
-    _common(show)
+    url_option(show)
+    return subs_commands
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def url_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
         default=os.environ.get("ORDERHOOK_URL", DEFAULT_URL),
@@ -71,27 +74,34 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    return with_api(args, lambda api: _run(api, args, out))
+
+
+def with_api(args: argparse.Namespace, action: Callable[[Api], None]) -> int:
+    """Run `action` on the gateway at `--url`: 0, or 1 after its error in one line."""
     try:
         with Api(args.url, os.environ.get("ORDERHOOK_ADMIN_TOKEN", "")) as api:
-            if args.command == "status":
-                print_status(api.get("/ops/stats"), out)
-            elif args.command == "subscriptions":
-                print_retry_now(
-                    api.post(f"/admin/subscriptions/{_segment(args.id)}/retry-now"), out
-                )
-            elif args.command == "dlq" and args.dlq_command == "list":
-                print_dead_letters(api, args.subscription, args.limit, args.page, out)
-            elif args.command == "dlq" and args.dlq_command == "delete":
-                deleted = api.delete(f"/admin/dlq/{_segment(args.id)}")["deleted"]
-                print(f"deleted {deleted}", file=out)
-            elif args.command == "dlq":
-                replay(api, args.subscription, args.ids, out)
-            else:
-                print_event(api.get(f"/admin/events/{args.id}"), out)
+            action(api)
     except CliError as exc:
         print(f"orderhook: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run(api: Api, args: argparse.Namespace, out: TextIO) -> None:
+    if args.command == "status":
+        print_status(api.get("/ops/stats"), out)
+    elif args.command == "subscriptions":
+        print_retry_now(api.post(f"/admin/subscriptions/{segment(args.id)}/retry-now"), out)
+    elif args.command == "dlq" and args.dlq_command == "list":
+        print_dead_letters(api, args.subscription, args.limit, args.page, out)
+    elif args.command == "dlq" and args.dlq_command == "delete":
+        deleted = api.delete(f"/admin/dlq/{segment(args.id)}")["deleted"]
+        print(f"deleted {deleted}", file=out)
+    elif args.command == "dlq":
+        replay(api, args.subscription, args.ids, out)
+    else:
+        print_event(api.get(f"/admin/events/{args.id}"), out)
 
 
 class Api:
@@ -115,6 +125,9 @@ class Api:
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self._call("POST", path, json=body)
 
+    def patch(self, path: str, body: dict[str, Any]) -> Any:
+        return self._call("PATCH", path, json=body)
+
     def delete(self, path: str) -> Any:
         return self._call("DELETE", path)
 
@@ -132,7 +145,7 @@ class Api:
         return response.json()
 
 
-def _segment(text: str) -> str:
+def segment(text: str) -> str:
     """`text` as one path segment (an id with "/" or "?" in it stays one)."""
     return quote(text, safe="")
 
