@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 import uvicorn
@@ -37,9 +38,7 @@ from tests.conftest import free_port
 TOKEN = "admin-token"
 
 
-def orderhook(
-    *args: str, env: dict[str, str] | None = None, stdin_tty: bool = False
-) -> subprocess.CompletedProcess[str]:
+def orderhook(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     every = {**os.environ, "ORDERHOOK_ADMIN_TOKEN": TOKEN, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
@@ -94,8 +93,6 @@ def put_api_subscription(settings: Settings, sub: str) -> None:
 
 
 def catalog(rdb: redis.Redis, keys: Keys) -> dict[str, Record]:
-    import msgspec
-
     return {
         k.decode(): msgspec.json.decode(v, type=Record)
         for k, v in rdb.hgetall(keys.subscriptions).items()
