@@ -29,6 +29,7 @@ from app.config import Settings
 from app.runtime import open_runtime
 from app.signing import new_secret
 from app.store.catalog import Record
+from app.store.client import text
 from app.store.schema import Keys
 from app.subscriptions.apply import audit_entry, new_record
 from app.subscriptions.secrets import StoredSecrets
@@ -94,7 +95,7 @@ def put_api_subscription(settings: Settings, sub: str) -> None:
 
 def catalog(rdb: redis.Redis, keys: Keys) -> dict[str, Record]:
     return {
-        k.decode(): msgspec.json.decode(v, type=Record)
+        text(k): msgspec.json.decode(v, type=Record)
         for k, v in rdb.hgetall(keys.subscriptions).items()
     }
 
@@ -330,9 +331,9 @@ def test_a_file_that_is_no_json_object_is_one_line_and_nothing_is_sent(
 ) -> None:
     url = ("--url", api.url)
     cases = {"missing.json": None, "bad.json": "{nope", "list.json": "[1, 2]"}
-    for name, text in cases.items():
-        if text is not None:
-            (tmp_path / name).write_text(text)
+    for name, content in cases.items():
+        if content is not None:
+            (tmp_path / name).write_text(content)
     one_line_error(
         orderhook("subscriptions", "create", "--file", str(tmp_path / "missing.json"), *url),
         "cannot read",
