@@ -16,7 +16,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from app.errors import BadRequest
-from app.store.schema import Breaker, Enablement
+from app.store.schema import Breaker, Enablement, JobState
 
 REF_TEMPLATE = "#/components/schemas/{name}"
 
@@ -235,6 +235,48 @@ class JsonataStopped(Error):
     limit: Annotated[str, Meta(extra_json_schema={"enum": list(JSONATA_LIMITS)})]
     message: str | UnsetType = UNSET
     position: int | None | UnsetType = UNSET
+
+
+# ── replay of a time range (app/ops/jobs.py) ──────────────────────────────────────────────────
+
+RFC3339 = Meta(extra_json_schema={"format": "date-time"})
+
+
+class ReplayRange(Struct, forbid_unknown_fields=True):
+    """`POST /admin/subscriptions/{id}/replay`: the events received in [since, until) again."""
+
+    usage: ClassVar[str] = (
+        'give {"since": "<RFC 3339 date-time>", "until": "<RFC 3339 date-time, default now>"}'
+    )
+
+    since: Annotated[str, RFC3339, Meta(description="the range's start (included)")]
+    until: (
+        Annotated[str, RFC3339, Meta(description="the range's end (excluded); default now")]
+        | UnsetType
+    ) = UNSET
+
+
+class JobStarted(Answer):
+    """202: the replay runs in the background; `GET /admin/jobs/{job}` says how it goes."""
+
+    job: str
+
+
+class JobStatus(Answer):
+    """A background job (a replay of a time range), as it goes. A job whose process stopped
+    reads as failed."""
+
+    state: JobState
+    subscription: str
+    since: str
+    until: str
+    total: Annotated[int, Meta(ge=0, description="events received in the range")]
+    done: Annotated[int, Meta(ge=0, description="events looked at so far")]
+    replayed: Annotated[int, Meta(ge=0, description="deliveries made again")]
+    skipped: Annotated[
+        int, Meta(ge=0, description="matching events whose delivery is still pending or dead")
+    ]
+    error: str | UnsetType = UNSET
 
 
 # ── decoding ──────────────────────────────────────────────────────────────────────────────────

@@ -16,6 +16,7 @@ OrderhookError
     ├── Unauthorized       401: no source's auth header matches, or the account is not allowed
     ├── BadRequest         400: invalid JSON, not an object, a missing or mistyped field
     ├── SecretsUnavailable 409: a secret given through the API while ORDERHOOK_SECRET_KEY is unset
+    ├── TooManyJobs        429: this process runs as many background jobs as it may
     ├── RequestTimeout     408: the body did not arrive within the body timeout
     ├── PayloadTooLarge    413: the body is over the limit
     └── UnsupportedMedia   415: the content type is not JSON
@@ -128,6 +129,10 @@ class SecretsUnavailable(RequestError):
         "make one with `orderhook secret key`",
     ) -> None:
         super().__init__(message)
+
+
+class TooManyJobs(RequestError):
+    status = 429
 
 
 class RequestTimeout(RequestError):

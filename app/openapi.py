@@ -24,11 +24,14 @@ from app.api_types import (
     Committed,
     DlqPage,
     Error,
+    JobStarted,
+    JobStatus,
     JsonataFailed,
     JsonataStopped,
     JsonataTest,
     ReplayBody,
     Replayed,
+    ReplayRange,
     RetryNow,
     Stats,
     Subscriptions,
@@ -110,6 +113,7 @@ BEARER_ERRORS: dict[str, Schema] = {
 # Every typed body, request or answer; their components are generated (with the types they use).
 TYPED: tuple[Any, ...] = (Error, ReplayBody, JsonataTest, JsonataFailed, JsonataStopped)
 TYPED += (Subscriptions, DlqPage, Replayed, RetryNow, Stats, Commit, Committed)
+TYPED += (ReplayRange, JobStarted, JobStatus)  # background jobs (app/ops/jobs.py)
 
 
 def typed(kind: Any) -> Schema:
@@ -264,7 +268,7 @@ SEE_OTHER = {"description": "back to the dashboard", "headers": {"Location": {"s
 
 def paths() -> dict[str, Schema]:
     """Every endpoint; each but the hook may also answer as the guards do (app.ops.guards)."""
-    described = _endpoints() | _operator_actions()
+    described = _endpoints() | _operator_actions() | _jobs()
     for path, item in described.items():
         for method, op in item.items():
             if path != "/hooks/vtex":
@@ -331,6 +335,44 @@ def _operator_actions() -> dict[str, Schema]:
             dlq_form,
             {},
         ),
+    }
+
+
+def _jobs() -> dict[str, Schema]:
+    """Background jobs: the replay of a subscription's time range (app/ops/jobs.py)."""
+    return {
+        "/admin/subscriptions/{id}/replay": {
+            "post": operation(
+                "Deliver again every retained event received in a time range that matches the "
+                "subscription's filter now (a background job)",
+                {
+                    "202": json_body(typed(JobStarted), "the job started"),
+                    "400": error(
+                        "not RFC 3339 date-times, `since` not before `until`, a range longer "
+                        "than the delivery log's retention, or another field"
+                    ),
+                    "404": error("no such subscription"),
+                    "413": TOO_LARGE,
+                    "429": error("this process runs as many jobs as it may; try again later"),
+                    **BEARER_ERRORS,
+                },
+                security="adminToken",
+                parameters=[param("id", "path", SUBSCRIPTION_ID)],
+                body=json_body(typed(ReplayRange), "the time range") | {"required": True},
+            )
+        },
+        "/admin/jobs/{id}": {
+            "get": operation(
+                "A background job's progress (a replay); kept a day after it ends",
+                {
+                    "200": json_body(typed(JobStatus), "the job"),
+                    "404": error("no such job (or it ended over a day ago)"),
+                    **BEARER_ERRORS,
+                },
+                security="adminToken",
+                parameters=[param("id", "path", {"type": "string"})],
+            )
+        },
     }
 
 

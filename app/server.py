@@ -26,11 +26,13 @@ from app.lifecycle import tune_gc
 from app.openapi import OpenApiEndpoint
 from app.ops.admin import Admin
 from app.ops.guards import SameOriginWrites, SecurityHeaders, SignInThrottle
+from app.ops.jobs import Jobs
 from app.ops.routes import MAX_FORM_BYTES, Ops
 from app.relay import Relay
 from app.runtime import open_runtime
 from app.store.batcher import Batcher
 from app.store.client import Store
+from app.subscriptions.replay import ReplayJobs
 from app.vtex import jsonata
 
 log = logging.getLogger("orderhook.server")
@@ -138,6 +140,9 @@ def create_app(settings: Settings) -> Starlette:
             relay = Relay(runtime)
             await relay.start()
             app.state.runtime, app.state.commit, app.state.relay = runtime, commit, relay
+            # background jobs (replays of a time range): stopped, and marked failed, first
+            jobs = app.state.jobs = ReplayJobs(runtime, relay.deliverer.wake)
+            jobs.start()
             flusher = asyncio.create_task(logs.flush_periodically())
             watch = asyncio.create_task(watch_eviction_policy(store, known_problem))
             every_s = settings.unreachable_warning_s
@@ -152,6 +157,7 @@ def create_app(settings: Settings) -> Starlette:
                 ping.cancel()
                 await asyncio.wait([ping], timeout=every_s)  # done before the store closes
                 logs.outcomes.flush()
+                await jobs.close()
                 await relay.stop()
                 await commit.close()
                 await tester.close()
@@ -164,6 +170,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", OpenApiEndpoint(settings).handle, methods=["GET"]),
         *Admin(settings).routes(),
+        *Jobs(settings).routes(),
         *Ops(settings).routes(),
         *pull.Feed(settings).routes(),
         Route(jsonata.PATH, tester.handle, methods=["POST"]),

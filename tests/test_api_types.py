@@ -21,6 +21,7 @@ from app.api_types import (
     Replay,
     ReplayBody,
     Replayed,
+    ReplayRange,
     RetryNow,
     Stats,
     Subscriptions,
@@ -40,6 +41,7 @@ DECODED_WITH: dict[tuple[str, str], Any] = {
     ("/admin/dlq/replay", "post"): ReplayBody,
     (JSONATA_PATH, "post"): JsonataTest,
     ("/feed/{subscription}/commit", "post"): Commit,
+    ("/admin/subscriptions/{id}/replay", "post"): ReplayRange,
 }
 # Bodies still read by hand, and described by hand: the hook (app.events.parse_body gives VTEX's
 # own error texts; tests/test_openapi.py holds its patterns to what ingest takes).

@@ -311,6 +311,32 @@ class LatencyField(StrEnum):
     SUM_MS = "sumMs"  # the total latency of the deliveries counted
 
 
+class Job(StrEnum):
+    """The fields of a background job's hash (Keys.job): a replay of a time range
+    (app/subscriptions/replay.py); replay_range.lua counts its progress."""
+
+    STATE = "state"  # JobState
+    SUBSCRIPTION = "subscription"
+    SINCE_MS = "sinceMs"  # the range, [since, until)
+    UNTIL_MS = "untilMs"
+    TOTAL = "total"  # events received in the range when the job started (done, once it ends)
+    DONE = "done"  # events looked at
+    REPLAYED = "replayed"  # deliveries made
+    SKIPPED = "skipped"  # matching events whose delivery still exists (pending or dead)
+    ERROR = "error"
+    HEARTBEAT_MS = "heartbeatMs"  # renewed while the process running it lives
+    STARTED_MS = "startedMs"
+    ENDED_MS = "endedMs"
+
+
+class JobState(StrEnum):
+    """Job.STATE's values."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class Enablement(StrEnum):
     """State.STATE's values."""
 
@@ -372,6 +398,7 @@ LUA_TABLES: dict[str, type[StrEnum]] = {
     "BREAKER": Breaker,
     "C": Counter,
     "OUTCOME": Outcome,
+    "J": Job,
 }
 
 
