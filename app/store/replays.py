@@ -97,6 +97,10 @@ class Replays:
         )
         return [(text(member), int(score)) for member, score in rows]
 
+    async def waiting(self, sub: str) -> int:
+        """The subscription's deliveries waiting in its ready set."""
+        return int(await self.store.guard(lambda: self.client.zcard(self.keys.ready(sub))))
+
     async def events(self, ids: Sequence[str]) -> list[bytes | None]:
         """The events' JSON (None for one no longer kept)."""
         if not ids:

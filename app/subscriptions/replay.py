@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -46,7 +47,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("orderhook.replay")
 
-CHUNK = 200  # events per read and per script run: Redis is never held long
+CHUNK = 100  # events per read and per script run: Redis is never held long
+# The job goes at the subscription's delivery pace: a chunk is made once its ready set holds at
+# most BACKLOG, so its live deliveries wait behind at most BACKLOG + CHUNK replayed ones; a
+# ready set that does not shrink for STALL_S (paused, breaker open, slow) does not hold it.
+BACKLOG = 50
+BACKLOG_POLL_S = 0.02
+STALL_S = 2.0
 MAX_RUNNING = 2
 MAX_JOBS = 16
 HEARTBEAT_S = 5.0
@@ -150,7 +157,11 @@ class _Run:
         self, pool: ConfigExpressions | None, wake: Callable[[Iterable[str]], None] | None
     ) -> int:
         cursor, looked = Cursor(self.range.since_ms), 0
-        while rows := await self.replays.received(cursor, self.range.until_ms, CHUNK):
+        while True:
+            await self._room()
+            rows = await self.replays.received(cursor, self.range.until_ms, CHUNK)
+            if not rows:
+                return looked
             cursor.advance(rows)
             again = await self._matching(pool, await self.replays.events([i for i, _ in rows]))
             made = await self.replays.make(self.sub.id, self.job, len(rows), again)
@@ -159,7 +170,19 @@ class _Run:
             if made.replayed and wake is not None:
                 wake([self.sub.id])
             looked += len(rows)
-        return looked
+
+    async def _room(self) -> None:
+        """Wait while the subscription's ready set holds over BACKLOG and shrinks (a pull
+        subscription's is its feed, taken at its consumer's pace: never waited for)."""
+        if self.sub.mode == "pull":
+            return
+        least, since = None, time.monotonic()
+        while (waiting := await self.replays.waiting(self.sub.id)) > BACKLOG:
+            if least is None or waiting < least:
+                least, since = waiting, time.monotonic()
+            elif time.monotonic() - since > STALL_S:
+                break
+            await asyncio.sleep(BACKLOG_POLL_S)
 
     async def _matching(
         self, pool: ConfigExpressions | None, raws: Sequence[bytes | None]
