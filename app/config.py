@@ -148,7 +148,8 @@ def source_for(sources: Sequence[Source], account: str) -> Source | None:
 class Settings:
     sources: tuple[Source, ...] = ()
     subscriptions: tuple[Subscription, ...] = ()
-    subscription_specs: tuple[SubscriptionSpec, ...] = ()  # as written (app/subscriptions/apply.py)
+    # As written (app/subscriptions/apply.py); their secrets in clear: never in the repr.
+    subscription_specs: tuple[SubscriptionSpec, ...] = field(default=(), repr=False)
     allow_networks: tuple[IPv4Network | IPv6Network, ...] = ()
     router_claim_idle_s: float = DEFAULT_ROUTER_CLAIM_IDLE_S
     redis_url: str | None = None

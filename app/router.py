@@ -172,6 +172,9 @@ class Router:
                     if self._deferred:  # their order's earlier entries may be routed by now
                         deferred, self._deferred = self._deferred, []
                         await self._route_ready(deferred)
+                    if not self.live.current:  # no subscription yet: events wait in the stream
+                        await sleep_unless(stopping, READ_BLOCK_MS / 1000)
+                        continue
                     block_ms = DEFERRED_RETRY_MS if self._deferred else READ_BLOCK_MS
                     await self.route(
                         await self.routing.read_new(self.consumer, READ_COUNT, block_ms)

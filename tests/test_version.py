@@ -48,8 +48,8 @@ async def test_unversioned_data_is_stamped_then_routed_and_delivered(
     gateway: Gateway, sink: Sink, rdb: redis.Redis, keys: Keys
 ) -> None:
     """Data an orderhook wrote before versions were stamped: a delivery waiting for its retry
-    (its hash), an event in the ingest stream not routed yet. Stamped version 1, and both
-    reach the subscriber."""
+    (its hash), an event in the ingest stream not routed yet (and no catalog of
+    subscriptions: it is newer). Migrated to this version, and both reach the subscriber."""
     sink.script("/erp", Reply(500))
     erp = subscription(sink, "erp", retry_schedule="[2]")
     async with gateway(erp) as client:
@@ -57,13 +57,14 @@ async def test_unversioned_data_is_stamped_then_routed_and_delivered(
         await sink.wait_for("/erp", 1)
         while not rdb.zcard(keys.ready("erp")):  # its failure settled (a retry), before the stop
             await asyncio.sleep(0.02)
+    rdb.delete(keys.subscriptions, keys.subscriptions_revision, keys.audit, keys.received)
     async with gateway("") as client:  # no subscription: the event waits in the stream
         waiting = await hook(client, OrderId="v52277740atmc-02")
     rdb.delete(keys.schema_version)
     assert rdb.xlen(keys.ingest_stream) and rdb.keys(keys.delivery("*"))
     async with gateway(erp):
         got = await sink.wait_for("/erp", 3)
-        assert rdb.get(keys.schema_version) == b"1"
+        assert rdb.get(keys.schema_version) == str(SCHEMA_VERSION).encode()
         while rdb.exists(keys.inflight("erp")):  # settled, before the relay stops
             await asyncio.sleep(0.02)
     assert {body(r)["id"] for r in got[1:]} == {retried, waiting}
@@ -96,7 +97,7 @@ def assert_refused(done: subprocess.CompletedProcess[str], found: str) -> None:
 
 
 NEWER = "holds orderhook data of schema version 99 under key prefix"
-REMEDY = "this orderhook reads version 1: upgrade orderhook, or set [store] key_prefix"
+REMEDY = f"this orderhook reads version {SCHEMA_VERSION}: upgrade orderhook, or set [store] key_prefix"
 
 
 @pytest.mark.parametrize("command", ["serve", "worker", "check"])

@@ -116,9 +116,13 @@ class Catalog:
         return first[0] + await self.purge(sub)
 
     async def purge(self, sub: str) -> int:
-        """Remove what a subscription of this id left (the rest of a delete, or one cut short
+        """Finish deleting a subscription of this id (the rest of a delete, or one cut short
         by a crash, before the id is used again): its deliveries (counted), then every other
-        key of it."""
+        key of it. Nothing is done unless the id was deleted (a subscription of an older
+        orderhook, not in the catalog yet, keeps what it has queued)."""
+        dropping = self.keys.subscriptions_dropping
+        if not await self.store.guard(partial(self.client.sismember, dropping, sub)):
+            return 0
         dropped, more = 0, True
         while more:
             removed, more = await self._drop_run(sub, None) or (0, False)
@@ -131,6 +135,7 @@ class Catalog:
             if found:
                 await self.store.guard(partial(self.client.unlink, *found))
             if cursor == 0:
+                await self.store.guard(partial(self.client.srem, dropping, sub))
                 return dropped
 
     async def _drop_run(self, sub: str, audit: dict[str, Any] | None) -> tuple[int, bool] | None:

@@ -4,7 +4,9 @@
 -- ARGV[1]  JSON: {id, first (true on the first run), chunk (deliveries a run), auditKept}
 -- ARGV[2]  the audit entry's JSON (first run)
 -- The first run removes the record (the router makes no more of its deliveries: route.lua),
--- raises the revision and records the entry; it returns {-1, 0} if there was no record. Each
+-- marks the id as being dropped (K.subscriptions_dropping, until app/store/catalog.py has
+-- removed the rest), raises the revision and records the entry; it returns {-1, 0} if there
+-- was no record. Each
 -- run then removes up to `chunk` of its deliveries — undelivered (waiting, in flight, in an
 -- order's line) or dead — with their hashes and their orders' per-order keys, and when none is
 -- left, its state, latencies, counters and reorder holds. The keys no delivery leads to (single
@@ -17,6 +19,7 @@ if args.first then
         return {-1, 0}
     end
     redis.call('INCR', K.subscriptions_revision)
+    redis.call('SADD', K.subscriptions_dropping, sub)
     redis.call('LPUSH', K.audit, ARGV[2])
     redis.call('LTRIM', K.audit, 0, args.auditKept - 1)
 end

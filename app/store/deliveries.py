@@ -129,7 +129,7 @@ class Deliveries:
         args = {
             "sub": sub,
             "state": state,
-            "reason": reason,
+            "reason": reason or ("by an operator" if state == Enablement.PAUSED else ""),
             "now": now_ms(),
             "keepPaused": keep_paused,
         }

@@ -71,6 +71,12 @@ class Keys:
         return f"{self.tag}:subs:rev"
 
     @property
+    def subscriptions_dropping(self) -> str:
+        """A set of the ids of deleted subscriptions whose deliveries and keys are still being
+        removed (a delete cut short by a crash is finished before the id is used again)."""
+        return f"{self.tag}:subs:dropping"
+
+    @property
     def audit(self) -> str:
         """A list of the catalog's changes, newest first (JSON `{at, action, subscription,
         changes}`), the latest AUDIT_KEPT."""

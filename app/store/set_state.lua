@@ -1,6 +1,7 @@
 -- Enable, disable, pause or resume a subscription (an operator's action).
 --
--- ARGV[1]  JSON: {sub, state: "enabled" | "disabled" | "paused", reason (disabled), now (ms),
+-- ARGV[1]  JSON: {sub, state: "enabled" | "disabled" | "paused", reason (disabled, paused),
+--          now (ms),
 --          keepPaused (enabling: leave a paused subscription paused: a replay enables a
 --          disabled subscription, but does not end an operator's pause)}
 -- Enabling (and resuming) forgets its failures (state_enable), so the next single failure
@@ -15,7 +16,7 @@ if args.state == ENABLEMENT.enabled then
         state_enable(args.sub, args.now)
     end
 elseif args.state == ENABLEMENT.paused then
-    state_pause(args.sub, args.now)
+    state_pause(args.sub, args.reason, args.now)
 else
     state_disable(args.sub, args.reason, args.now)
 end

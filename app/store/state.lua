@@ -43,9 +43,9 @@ end
 
 -- Paused by an operator: nothing goes in flight (admission) until it is resumed (enabled);
 -- deliveries keep queueing meanwhile.
-local function state_pause(sub, now)
-    redis.call('HSET', K.state(sub), S.state, ENABLEMENT.paused, S.reason, 'paused',
-        S.changedMs, now)
+local function state_pause(sub, reason, now)
+    redis.call('HSET', K.state(sub), S.state, ENABLEMENT.paused, S.reason, reason, S.changedMs,
+        now)
 end
 
 -- A delivery succeeded.

@@ -78,6 +78,7 @@ class LiveSubscriptions(Subscriptions):
         env = settings.env
         # this process's config file's values (`file` refs)
         self.local = {spec.id: from_file(spec, env) for spec in settings.subscription_specs}
+        self._rank = {spec.id: n for n, spec in enumerate(settings.subscription_specs)}
         self.sealer = sealer
         self.env = env
         self.limits = settings.jsonata_limits
@@ -89,12 +90,16 @@ class LiveSubscriptions(Subscriptions):
             return False
         revision, records = await self.catalog.load()
         found = {}
-        for sub_id, raw in sorted(records.items()):
+        for sub_id, raw in sorted(records.items(), key=self._order):
             if (sub := self._resolve(sub_id, raw)) is not None:
                 found[sub_id] = sub
         self._resolved = {k: v for k, v in self._resolved.items() if k in records}
         self._replace(found, revision)
         return True
+
+    def _order(self, item: tuple[str, bytes]) -> tuple[int, str]:
+        """The config file's subscriptions in its order, then the others by id."""
+        return (self._rank.get(item[0], len(self._rank)), item[0])
 
     def _resolve(self, sub_id: str, raw: bytes) -> Subscription | None:
         """The subscription of a record, resolved again only when the record changed."""

@@ -71,6 +71,7 @@ class StoredSecrets(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unkn
     token: SecretRef | None = None
     headers: dict[str, SecretRef] = msgspec.field(default_factory=dict)
     auth: SecretRef | None = None
+    url: SecretRef | None = None  # the whole URL (the spec holds it redacted)
 
     def same(self) -> StoredSecrets:
         return StoredSecrets(
@@ -78,6 +79,7 @@ class StoredSecrets(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unkn
             self.token.same() if self.token is not None else None,
             {name: ref.same() for name, ref in self.headers.items()},
             self.auth.same() if self.auth is not None else None,
+            self.url.same() if self.url is not None else None,
         )
 
 
@@ -100,7 +102,12 @@ def from_file(spec: SubscriptionSpec, env: Mapping[str, str]) -> Keyring:
         (name, _file_value(f"headers.{name}", value, env))
         for name, value in (spec.headers or {}).items()
     )
-    return Keyring(tuple(Secret(v) for v in values), headers=headers, auth=_file_auth(spec, env))
+    return Keyring(
+        tuple(Secret(v) for v in values),
+        headers=headers,
+        auth=_file_auth(spec, env),
+        url=Secret(spec.url) if spec.url else None,
+    )
 
 
 def _file_value(field: str, value: str | EnvValue, env: Mapping[str, str]) -> Secret:
@@ -154,7 +161,8 @@ def stored_from_file(spec: SubscriptionSpec, sealer: Sealer) -> StoredSecrets:
         token = ref(spec.token, spec.token_env)
     headers = {name: ref(value) for name, value in (spec.headers or {}).items()}
     auth = ref(*secret_of(spec.auth)) if spec.auth is not None else None
-    return StoredSecrets(secret, token, headers, auth)
+    url = ref(spec.url) if spec.url else None
+    return StoredSecrets(secret, token, headers, auth, url)
 
 
 def stored_from_api(spec: SubscriptionSpec, sealer: Sealer) -> tuple[StoredSecrets, str | None]:
@@ -173,7 +181,8 @@ def stored_from_api(spec: SubscriptionSpec, sealer: Sealer) -> tuple[StoredSecre
     auth = None
     if spec.auth is not None and (value := secret_of(spec.auth)[0]) is not None:
         auth = seal(sealer, value)
-    return StoredSecrets(secret, token, headers, auth), made
+    url = seal(sealer, spec.url) if spec.url else None
+    return StoredSecrets(secret, token, headers, auth, url), made
 
 
 def _no_environment(spec: SubscriptionSpec) -> None:
@@ -214,6 +223,7 @@ def keyring(
         _maybe("token", stored.token, sealer, env, local.token),
         headers,
         _maybe("auth", stored.auth, sealer, env, local.auth),
+        _maybe("url", stored.url, sealer, env, local.url),
     )
 
 

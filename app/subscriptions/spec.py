@@ -32,6 +32,7 @@ from app.filters import (
     compile_expression,
 )
 from app.outbound import OutboundAuth
+from app.redaction import shown_url
 from app.retry import DEFAULT_RETRY_SCHEDULE_S
 from app.signing import secret_key
 from app.subscriptions.auth import AuthSpec, HeaderSpec, OAuth2Spec, outbound, without_secret
@@ -102,10 +103,13 @@ class SubscriptionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
 
     def public(self) -> SubscriptionSpec:
         """This spec without its secret values: what is stored in clear and shown. Header
-        values are all taken for secrets (an API key); their names stay in StoredSecrets."""
+        values are all taken for secrets (an API key), their names kept in StoredSecrets; of
+        the URL only its origin (its userinfo, path or query may hold a credential:
+        app/redaction.py), the whole kept as a secret."""
         auth = without_secret(self.auth) if self.auth is not None else None
+        url = shown_url(self.url, "ops") if self.url else self.url
         return msgspec.structs.replace(
-            self, **dict.fromkeys(SECRET_FIELDS), headers=None, auth=auth
+            self, **dict.fromkeys(SECRET_FIELDS), headers=None, auth=auth, url=url
         )
 
 
@@ -119,6 +123,7 @@ class Keyring:
     token: Secret | None = None
     headers: tuple[tuple[str, Secret], ...] = ()  # static headers, by name
     auth: Secret | None = None  # the auth's secret (password, token or client secret)
+    url: Secret | None = None  # a push subscription's URL (its path or query may hold a token)
 
 
 @dataclass(frozen=True)
@@ -197,7 +202,7 @@ def resolve(
     keys = keyring()
     return Subscription(
         id=spec.id,
-        url=url,
+        url=str(keys.url) if keys.url is not None else url,
         secrets=keys.secrets,
         retiring=keys.retiring,
         outbound=_outbound(spec, keys),
