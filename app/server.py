@@ -27,6 +27,7 @@ from app.openapi import OpenApiEndpoint
 from app.ops.admin import Admin
 from app.ops.guards import SameOriginWrites, SecurityHeaders, SignInThrottle
 from app.ops.routes import MAX_FORM_BYTES, Ops
+from app.ops.subscriptions import SubscriptionsApi
 from app.relay import Relay
 from app.runtime import open_runtime
 from app.store.batcher import Batcher
@@ -164,6 +165,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", OpenApiEndpoint(settings).handle, methods=["GET"]),
         *Admin(settings).routes(),
+        *SubscriptionsApi(settings).routes(),
         *Ops(settings).routes(),
         *pull.Feed(settings).routes(),
         Route(jsonata.PATH, tester.handle, methods=["POST"]),
