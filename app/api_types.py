@@ -130,9 +130,9 @@ class RotateSecret(Struct, forbid_unknown_fields=True):
     usage: ClassVar[str] = f'give {{"grace_s": 0 to {MAX_GRACE_S}}} (or no body)'
 
     grace_s: Annotated[
-        int,
+        float,
         Meta(ge=0, le=MAX_GRACE_S, description="seconds the current secrets keep signing"),
-    ] = DEFAULT_GRACE_S
+    ] = float(DEFAULT_GRACE_S)
 
 
 def _view_name(name: str) -> str | None:

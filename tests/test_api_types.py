@@ -18,11 +18,14 @@ from app.api_types import (
     Commit,
     DlqPage,
     JsonataTest,
+    NewSubscription,
     Replay,
     ReplayBody,
     Replayed,
     RetryNow,
+    RotateSecret,
     Stats,
+    SubscriptionPatch,
     Subscriptions,
     decode,
 )
@@ -40,6 +43,9 @@ DECODED_WITH: dict[tuple[str, str], Any] = {
     ("/admin/dlq/replay", "post"): ReplayBody,
     (JSONATA_PATH, "post"): JsonataTest,
     ("/feed/{subscription}/commit", "post"): Commit,
+    ("/admin/subscriptions", "post"): NewSubscription,
+    ("/admin/subscriptions/{id}", "patch"): SubscriptionPatch,
+    ("/admin/subscriptions/{id}/rotate-secret", "post"): RotateSecret,
 }
 # Bodies still read by hand, and described by hand: the hook (app.events.parse_body gives VTEX's
 # own error texts; tests/test_openapi.py holds its patterns to what ingest takes).

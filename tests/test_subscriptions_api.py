@@ -339,8 +339,8 @@ def grace_end(rotated: Rotated) -> float:
 @pytest.mark.parametrize(
     ("body", "said"),
     [
-        ({"grace_s": -1}, "expected `int` >= 0 - at `$.grace_s`"),
-        ({"grace_s": 31 * 86400}, "expected `int` <= 2592000"),
+        ({"grace_s": -1}, "expected `float` >= 0.0 - at `$.grace_s`"),
+        ({"grace_s": 31 * 86400}, "expected `float` <= 2592000"),
         ({"grace": 5}, "unknown field 'grace'"),
     ],
 )

@@ -3,6 +3,8 @@ secrets (app/subscriptions/manage.py does each), and the audit of changes. Admin
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -19,6 +21,8 @@ from app.subscriptions.manage import Actor
 DEFAULT_AUDIT_PAGE = 50
 MAX_AUDIT_PAGE = 500
 MAX_AUDIT_OFFSET = 10**6
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class SubscriptionsApi:
@@ -77,13 +81,20 @@ class SubscriptionsApi:
     def routes(self) -> list[Route]:
         one = "/admin/subscriptions/{id}"
         return [
-            Route("/admin/subscriptions", self.listing, methods=["GET"]),
-            Route("/admin/subscriptions", self.create, methods=["POST"]),
-            Route(one, self.show, methods=["GET"]),
-            Route(one, self.update, methods=["PATCH"]),
-            Route(one, self.delete, methods=["DELETE"]),
+            by_method("/admin/subscriptions", GET=self.listing, POST=self.create),
+            by_method(one, GET=self.show, PATCH=self.update, DELETE=self.delete),
             Route(one + "/pause", self.pause, methods=["POST"]),
             Route(one + "/resume", self.resume, methods=["POST"]),
             Route(one + "/rotate-secret", self.rotate_secret, methods=["POST"]),
             Route("/admin/audit", self.audit, methods=["GET"]),
         ]
+
+
+def by_method(path: str, **handlers: Endpoint) -> Route:
+    """One route for a path that several methods take (a 405 names them all in `Allow`)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return Route(path, endpoint, methods=list(handlers))

@@ -133,12 +133,12 @@ async def resume(runtime: Runtime, sub_id: str, actor: Actor) -> dict[str, Any]:
 
 
 async def rotate_secret(
-    runtime: Runtime, sub_id: str, grace_s: int, actor: Actor
+    runtime: Runtime, sub_id: str, grace_s: float, actor: Actor
 ) -> dict[str, Any]:
     """A new signing secret; the current ones keep signing for `grace_s` (both signatures go
     on every delivery meanwhile)."""
     made = new_secret()
-    until_ms = now_ms() + grace_s * 1000
+    until_ms = now_ms() + int(grace_s * 1000)
 
     async def change(before: Record) -> tuple[SubscriptionSpec, StoredSecrets]:
         if before.spec.mode != "push":
