@@ -17,6 +17,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from app.errors import BadRequest
 from app.store.schema import Breaker, Enablement
+from app.subscriptions.auth import AuthSpec
 from app.subscriptions.spec import FromOrdersSpec, FromWorkflowSpec, SubscriptionSpec
 
 REF_TEMPLATE = "#/components/schemas/{name}"
@@ -176,6 +177,10 @@ class SubscriptionView(SubscriptionState, rename=_view_name):
     drop_stale: bool
     visibility_timeout: float
     retention: float
+    headers: Annotated[
+        dict[str, Literal["***"]] | None, Meta(description="static headers: values masked")
+    ]
+    auth: Annotated[AuthSpec | None, Meta(description="outbound auth: its secret masked")]
 
 
 class Subscriptions(Answer):

@@ -408,3 +408,22 @@ def test_the_view_shows_every_field_of_the_spec_but_secret_variables() -> None:
     shown = set(SubscriptionView.__struct_fields__)
     public = set(SubscriptionSpec.__struct_fields__) - set(SECRET_FIELDS)
     assert public <= shown and {"secret", "token"} <= shown
+
+
+async def test_outbound_headers_and_auth_are_sealed_masked_and_kept_when_shown_back(
+    gateway: Gateway, sink: Sink
+) -> None:
+    outbound = {"headers": {"X-Api-Key": "k3y-value"}, "auth": {"type": "bearer", "token": "t0k"}}
+    async with gateway("", **KEY) as client:
+        created = await create(client, spec(sink, "erp", **outbound))
+        shown = {name: created[name] for name in ("headers", "auth")}
+        r = await client.patch(
+            "/admin/subscriptions/erp", json=shown | {"timeout": 3}, headers=ADMIN
+        )
+        await hook(client)
+        got = (await sink.wait_for("/erp", 1))[0]
+        listed = (await client.get("/admin/subscriptions", headers=ADMIN)).text
+    assert shown == {"headers": {"X-Api-Key": "***"}, "auth": {"type": "bearer", "token": "***"}}
+    assert r.status_code == 200 and r.json()["version"] == 2
+    assert got.headers["X-Api-Key"] == "k3y-value" and got.headers["Authorization"] == "Bearer t0k"
+    assert "k3y-value" not in listed and "t0k" not in listed

@@ -14,13 +14,14 @@ values are sealed (app/subscriptions/secrets.py) and never shown again: every an
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from msgspec import UNSET, Struct
+from starlette.datastructures import Secret
 
 from app.errors import BadRequest, Conflict, NotFound, SecretsUnavailable
 from app.redaction import HIDDEN, scrub, shown_url
@@ -33,6 +34,7 @@ from app.store.client import now_ms
 from app.store.reads import gather
 from app.store.schema import Enablement
 from app.subscriptions.apply import ATTEMPTS, audit_entry, new_record
+from app.subscriptions.auth import AuthSpec, secret_of
 from app.subscriptions.secrets import SecretRef, StoredSecrets, seal, stored_from_api
 from app.subscriptions.spec import (
     SECRET_FIELDS,
@@ -85,7 +87,8 @@ async def audit(runtime: Runtime, offset: int, limit: int) -> dict[str, Any]:
 async def create(runtime: Runtime, spec: SubscriptionSpec, actor: Actor) -> dict[str, Any]:
     """A new subscription (origin "api", version 1); Conflict if the id is taken. The answer
     holds the signing secret made for it, if it gave none."""
-    await _check(runtime, spec)
+    auth_given = spec.auth is not None and any(secret_of(spec.auth))
+    await _check(runtime, spec, _shape(spec.headers or {}, auth_given))
     secrets, made = _stored(runtime, spec)
     if await runtime.catalog.get(spec.id) is not None:
         raise Conflict(f"subscription {spec.id!r} exists: change it with PATCH")
@@ -105,8 +108,10 @@ async def update(runtime: Runtime, sub_id: str, patch: Struct, actor: Actor) -> 
 
     async def change(before: Record) -> tuple[SubscriptionSpec, StoredSecrets]:
         spec = _patched(before.spec, patch)
-        await _check(runtime, spec, url_changed=spec.url != before.spec.url)
-        return spec, _secrets_patched(runtime, before, patch)
+        secrets = _secrets_patched(runtime, before, spec, patch)
+        shape = _shape(secrets.headers, secrets.auth is not None)
+        await _check(runtime, spec, shape, url_changed=spec.url != before.spec.url)
+        return spec.public(), secrets
 
     await _change(runtime, sub_id, "update", actor, change)
     return await show(runtime, sub_id)
@@ -201,12 +206,14 @@ def _entry(
     return entry | {"role": actor.role} if actor.role is not None else entry
 
 
-async def _check(runtime: Runtime, spec: SubscriptionSpec, url_changed: bool = True) -> None:
+async def _check(
+    runtime: Runtime, spec: SubscriptionSpec, shape: Keyring, url_changed: bool = True
+) -> None:
     """BadRequest naming the field for a spec the config loader would refuse, or whose URL
-    the SSRF guard would refuse."""
+    the SSRF guard would refuse; `shape` stands for its secret values (see `_shape`)."""
     settings = runtime.settings
     try:
-        resolve(spec, Keyring, settings.jsonata_limits)
+        resolve(spec, lambda: shape, settings.jsonata_limits)
     except SpecError as exc:
         raise BadRequest(str(exc)) from None
     if spec.mode != "push" or not spec.url or not url_changed:
@@ -238,24 +245,37 @@ def _patched(spec: SubscriptionSpec, patch: Struct) -> SubscriptionSpec:
     return msgspec.structs.replace(spec, **changes)
 
 
-def _secrets_patched(runtime: Runtime, before: Record, patch: Struct) -> StoredSecrets:
-    """The stored secrets, with those the patch gives (sealed) in place of the old ones."""
-    given = {name: getattr(patch, name) for name in SECRET_FIELDS}
-    given = {
-        name: value
-        for name, value in given.items()
-        if value not in (UNSET, HIDDEN) and not (value is None and name.endswith("_env"))
-    }
-    if not given:
-        return before.secrets
-    if any(value is None for value in given.values()):
+def _shape(headers: Iterable[str], auth: bool) -> Keyring:
+    """Stand-ins for the secret values a spec has (its headers', its auth's), to check it."""
+    value = Secret("given")
+    return Keyring(headers=tuple((name, value) for name in headers), auth=value if auth else None)
+
+
+def _secrets_patched(
+    runtime: Runtime, before: Record, spec: SubscriptionSpec, patch: Struct
+) -> StoredSecrets:
+    """The stored secrets, with those the patch gives (sealed) in place of the old ones; a
+    value given as `"***"` (as shown) is the old one."""
+    if any(getattr(patch, name) is None for name in ("secret", "token")):
         raise BadRequest("a secret cannot be removed: give a new one, or rotate it")
-    if before.spec.mode == "pull" and "token" not in given:
-        given["token"] = "unchanged"  # stored_from_api requires it; kept below
-    stored, _ = _stored(runtime, msgspec.structs.replace(before.spec, **given))
-    secret = stored.secret if "secret" in given else before.secrets.secret
-    token = stored.token if "token" in given else before.secrets.token
-    return StoredSecrets(secret, token)
+    given = {name: getattr(patch, name) for name in SECRET_FIELDS}
+    given = {name: v for name, v in given.items() if v not in (UNSET, HIDDEN, None)}
+    outbound = [name for name in ("headers", "auth") if getattr(patch, name) is not UNSET]
+    if not given and not outbound:
+        return before.secrets
+    filler = {"token": "kept"} if spec.mode == "pull" and "token" not in given else {}
+    stored, _ = _stored(runtime, msgspec.structs.replace(spec, **filler, **given))
+    parts: dict[str, Any] = {n: getattr(stored, n) for n in ("secret", "token") if n in given}
+    if "headers" in outbound:
+        shown = {name for name, value in (spec.headers or {}).items() if value == HIDDEN}
+        old = before.secrets.headers
+        parts["headers"] = {
+            n: old[n] if n in shown and n in old else r for n, r in stored.headers.items()
+        }
+    if "auth" in outbound:
+        kept = spec.auth is not None and secret_of(spec.auth)[0] == HIDDEN
+        parts["auth"] = before.secrets.auth if kept else stored.auth
+    return msgspec.structs.replace(before.secrets, **parts)
 
 
 def _retiring(runtime: Runtime, before: Record, until_ms: int) -> list[SecretRef]:
@@ -290,6 +310,8 @@ def _view(record: Record, counts: dict[str, Any], health: dict[str, Any]) -> dic
         "url": shown_url(spec.url, "admin") if spec.url else None,
         "secret": HIDDEN if record.secrets.secret else None,
         "token": HIDDEN if record.secrets.token else None,
+        "headers": dict.fromkeys(record.secrets.headers, HIDDEN) or None,
+        "auth": _masked_auth(spec.auth, record.secrets.auth is not None),
         "origin": record.origin,
         "version": record.version,
         "createdAt": record.created_ms / 1000,
@@ -299,6 +321,13 @@ def _view(record: Record, counts: dict[str, Any], health: dict[str, Any]) -> dic
         "lastErrorAt": _seconds(health["lastErrorMs"]),
         "lastDeliveredAt": _seconds(health["lastDeliveredMs"]),
     }
+
+
+def _masked_auth(auth: AuthSpec | None, has_secret: bool) -> dict[str, Any] | None:
+    if auth is None:
+        return None
+    shown: dict[str, Any] = msgspec.to_builtins(auth)
+    return shown | {auth.SECRET: HIDDEN} if has_secret else shown
 
 
 def _seconds(ms: int | None) -> float | None:
