@@ -29,7 +29,7 @@ from app.runtime import Runtime
 from app.signing import new_secret
 from app.ssrf import foresee
 from app.store.catalog import Conflict as VersionMoved
-from app.store.catalog import Record
+from app.store.catalog import Record, decode_record
 from app.store.client import now_ms
 from app.store.reads import gather
 from app.store.schema import Enablement
@@ -66,7 +66,7 @@ Change = Callable[[Record], Awaitable[tuple[SubscriptionSpec, StoredSecrets]]]
 async def listing(runtime: Runtime) -> list[dict[str, Any]]:
     """Every subscription in the catalog, with its live state (one round trip for them all)."""
     _, raw = await runtime.catalog.load()
-    records = [msgspec.json.decode(raw[sub_id], type=Record) for sub_id in sorted(raw)]
+    records = [decode_record(raw[sub_id]) for sub_id in sorted(raw)]
     return await _views(runtime, records)
 
 
