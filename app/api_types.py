@@ -10,13 +10,15 @@ tests/test_openapi.py (schemathesis) fails on an answer that carries anything un
 from __future__ import annotations
 
 import re
-from typing import Annotated, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from app.errors import BadRequest
 from app.store.schema import Breaker, Enablement, JobState
+from app.subscriptions.auth import AuthSpec
+from app.subscriptions.spec import FromOrdersSpec, FromWorkflowSpec, SubscriptionSpec
 
 REF_TEMPLATE = "#/components/schemas/{name}"
 
@@ -99,10 +101,135 @@ class SubscriptionState(Answer):
     ]
 
 
-class Subscriptions(Answer):
-    """`GET /admin/subscriptions`: one row per configured subscription."""
+# ── subscriptions managed through the API (app/ops/subscriptions.py) ─────────────────────────
 
-    subscriptions: list[SubscriptionState]
+MASK = "***"
+MAX_GRACE_S = 30 * 24 * 3600
+DEFAULT_GRACE_S = 24 * 3600
+SPEC_FIELDS = msgspec.structs.fields(SubscriptionSpec)
+
+# `POST /admin/subscriptions` takes a SubscriptionSpec (the config file's table, as JSON).
+NewSubscription = SubscriptionSpec
+
+# `PATCH /admin/subscriptions/{id}`: any of the spec's fields; null resets one to its default.
+SubscriptionPatch = msgspec.defstruct(
+    "SubscriptionPatch",
+    [(field.name, field.type | None | UnsetType, UNSET) for field in SPEC_FIELDS],
+    forbid_unknown_fields=True,
+    namespace={
+        "__doc__": "`PATCH /admin/subscriptions/{id}`: the fields to change, as in the config "
+        'file; null resets a field to its default; `"secret"` or `"token"` replace the stored '
+        'ones (`"***"`: unchanged)',
+        "usage": "give the fields to change, as in the config file (see /openapi.json)",
+    },
+)
+
+
+class RotateSecret(Struct, forbid_unknown_fields=True):
+    """`POST /admin/subscriptions/{id}/rotate-secret`: how long the current secrets still sign."""
+
+    usage: ClassVar[str] = f'give {{"grace_s": 0 to {MAX_GRACE_S}}} (or no body)'
+
+    grace_s: Annotated[
+        float,
+        Meta(ge=0, le=MAX_GRACE_S, description="seconds the current secrets keep signing"),
+    ] = float(DEFAULT_GRACE_S)
+
+
+def _view_name(name: str) -> str | None:
+    """A view's field: the spec's by its TOML name (None: as it is), the rest in camelCase."""
+    if name in SubscriptionSpec.__struct_fields__:
+        return None
+    first, *rest = name.split("_")
+    return first + "".join(word.title() for word in rest)
+
+
+class SubscriptionView(SubscriptionState, rename=_view_name):
+    """A subscription: its spec (the config file's names; secrets `"***"`, the URL without its
+    credentials), where it came from, its version, and its live state."""
+
+    origin: Literal["config", "api"]
+    version: Annotated[int, Meta(ge=1, description="raised by every change")]
+    created_at: UnixSeconds
+    updated_at: UnixSeconds
+    last_error: str | None
+    last_error_at: UnixSeconds
+    last_delivered_at: UnixSeconds
+    mode: Literal["push", "pull"]
+    secret: Annotated[
+        str | None,
+        Meta(description='"***" (the new secret itself once, in the answer to its creation)'),
+    ]
+    token: Annotated[Literal["***"] | None, Meta(description="a pull subscription's: masked")]
+    filter: FromWorkflowSpec | FromOrdersSpec | None
+    transform: str | None
+    retry_schedule: list[float] | None
+    timeout: float
+    accounts: list[str] | None
+    max_in_flight: int
+    max_per_second: float
+    breaker_threshold: int
+    breaker_cooldown: float
+    breaker_cooldown_max: float
+    disable_after: float
+    ordering: Literal["none", "per-order"]
+    reorder_window: float
+    drop_stale: bool
+    visibility_timeout: float
+    retention: float
+    headers: Annotated[
+        dict[str, Literal["***"]] | None, Meta(description="static headers: values masked")
+    ]
+    auth: Annotated[AuthSpec | None, Meta(description="outbound auth: its secret masked")]
+
+
+class Subscriptions(Answer):
+    """`GET /admin/subscriptions`: every subscription."""
+
+    subscriptions: list[SubscriptionView]
+
+
+class Deleted(Struct, forbid_unknown_fields=True):
+    """A deleted subscription, and how many of its deliveries (waiting or dead) were dropped."""
+
+    deleted: str
+    dropped: Count
+
+
+class StateChanged(Struct, forbid_unknown_fields=True):
+    """A paused or resumed subscription."""
+
+    id: str
+    state: Literal["paused", "enabled"]
+
+
+class Rotated(Struct, forbid_unknown_fields=True):
+    """The new signing secret (shown this once), and when the ones before stop signing."""
+
+    secret: str
+    grace_until: Annotated[str, Meta(description="RFC 3339")]
+
+
+class AuditEntry(Struct, forbid_unknown_fields=True):
+    """One change: what, to which subscription, by whom, and its fields' old and new values
+    (a secret only as `"changed"`)."""
+
+    at: Annotated[str, Meta(description="RFC 3339")]
+    action: str
+    subscription: str
+    by: Annotated[str, Meta(description="api, config, dashboard, cli")]
+    changes: dict[str, Any]
+    role: Literal["admin"] | UnsetType = UNSET
+
+
+class AuditPage(Struct, forbid_unknown_fields=True):
+    """`GET /admin/audit`: newest first; `next` is the offset of the next page."""
+
+    items: list[AuditEntry]
+    next: int | None
+
+
+# ── (end of subscriptions) ────────────────────────────────────────────────────────────────────
 
 
 class Latency(Answer):

@@ -15,8 +15,10 @@ OrderhookError
 └── RequestError           the request is refused; carries its HTTP status
     ├── Unauthorized       401: no source's auth header matches, or the account is not allowed
     ├── BadRequest         400: invalid JSON, not an object, a missing or mistyped field
-    ├── SecretsUnavailable 409: a secret given through the API while ORDERHOOK_SECRET_KEY is unset
     ├── TooManyJobs        429: this process runs as many background jobs as it may
+    ├── Conflict           409: the request does not fit what is stored (a subscription id taken)
+    │   └── SecretsUnavailable 409: a secret given through the API while ORDERHOOK_SECRET_KEY
+    │                      is unset
     ├── RequestTimeout     408: the body did not arrive within the body timeout
     ├── PayloadTooLarge    413: the body is over the limit
     └── UnsupportedMedia   415: the content type is not JSON
@@ -117,11 +119,15 @@ class BadRequest(RequestError):
     status = 400
 
 
-class SecretsUnavailable(RequestError):
-    """A secret to store through the API, and no ORDERHOOK_SECRET_KEY to seal it with: the
-    gateway's set-up, not the request, is what must change."""
+class Conflict(RequestError):
+    """The request does not fit what is stored (an id already taken)."""
 
     status = 409
+
+
+class SecretsUnavailable(Conflict):
+    """A secret to store through the API, and no ORDERHOOK_SECRET_KEY to seal it with: the
+    gateway's set-up, not the request, is what must change."""
 
     def __init__(
         self,

@@ -19,9 +19,12 @@ from starlette.responses import Response
 
 from app import __version__
 from app.api_types import (
+    MAX_GRACE_S,
     REF_TEMPLATE,
+    AuditPage,
     Commit,
     Committed,
+    Deleted,
     DlqPage,
     Error,
     JobStarted,
@@ -29,12 +32,18 @@ from app.api_types import (
     JsonataFailed,
     JsonataStopped,
     JsonataTest,
+    NewSubscription,
     ReplayBody,
     Replayed,
     ReplayRange,
     RetryNow,
+    Rotated,
+    RotateSecret,
+    StateChanged,
     Stats,
+    SubscriptionPatch,
     Subscriptions,
+    SubscriptionView,
 )
 from app.config import Settings
 from app.events import (
@@ -47,6 +56,7 @@ from app.events import (
 from app.http import json_response
 from app.ops.admin import MAX_OFFSET, MAX_PAGE
 from app.ops.routes import MAX_DLQ_PAGE, MAX_FIELD_CHARS, MAX_FORM_FIELDS
+from app.ops.subscriptions import MAX_AUDIT_OFFSET, MAX_AUDIT_PAGE
 from app.pull import MAX_LOT
 
 Schema = dict[str, Any]
@@ -114,6 +124,8 @@ BEARER_ERRORS: dict[str, Schema] = {
 TYPED: tuple[Any, ...] = (Error, ReplayBody, JsonataTest, JsonataFailed, JsonataStopped)
 TYPED += (Subscriptions, DlqPage, Replayed, RetryNow, Stats, Commit, Committed)
 TYPED += (ReplayRange, JobStarted, JobStatus)  # background jobs (app/ops/jobs.py)
+TYPED += (NewSubscription, SubscriptionPatch, SubscriptionView, RotateSecret)
+TYPED += (Deleted, StateChanged, Rotated, AuditPage)
 
 
 def typed(kind: Any) -> Schema:
@@ -269,6 +281,7 @@ SEE_OTHER = {"description": "back to the dashboard", "headers": {"Location": {"s
 def paths() -> dict[str, Schema]:
     """Every endpoint; each but the hook may also answer as the guards do (app.ops.guards)."""
     described = _endpoints() | _operator_actions() | _jobs()
+    described = _endpoints() | _operator_actions() | _subscriptions()
     for path, item in described.items():
         for method, op in item.items():
             if path != "/hooks/vtex":
@@ -437,16 +450,6 @@ def _endpoints() -> dict[str, Schema]:
             "get": operation(
                 "This description",
                 {"200": json_body({"type": "object", "required": ["openapi"]}, "OpenAPI 3.1")},
-            )
-        },
-        "/admin/subscriptions": {
-            "get": operation(
-                "Every subscription's state: enabled, breaker, queue and dead-letter counts",
-                {
-                    "200": json_body(typed(Subscriptions), "one row per configured subscription"),
-                    **BEARER_ERRORS,
-                },
-                security=admin,
             )
         },
         "/admin/dlq": {
@@ -671,6 +674,113 @@ def _endpoints() -> dict[str, Schema]:
             )
         },
     }
+
+
+# ── subscriptions managed through the API (app/ops/subscriptions.py) ─────────────────────────
+
+REFUSED_SPEC = error(
+    "the body is not JSON or names a field it should not, or the config loader would refuse "
+    "the subscription: the error names the field (a JSONata compile error with its position, "
+    "a URL the SSRF guard refuses)"
+)
+NO_SUBSCRIPTION = error("no such subscription")
+NO_SECRET_KEY = error(
+    "a secret to store, and ORDERHOOK_SECRET_KEY is not set (the error says how to make one)"
+)
+
+
+def _admin_operation(summary: str, responses: dict[str, Schema], **options: Any) -> Schema:
+    """An operation on one subscription (`{id}` in the path), for the admin token."""
+    answers = {**responses, "404": NO_SUBSCRIPTION, **BEARER_ERRORS}
+    if options.get("body") is not None:
+        answers.setdefault("413", TOO_LARGE)
+    parameters = [param("id", "path", SUBSCRIPTION_ID)]
+    return operation(summary, answers, security="adminToken", parameters=parameters, **options)
+
+
+def _subscriptions() -> dict[str, Schema]:
+    one = "/admin/subscriptions/{id}"
+    changed = json_body(typed(SubscriptionView), "the subscription as it is now")
+    state = json_body(typed(StateChanged), "its state now")
+    return {
+        "/admin/subscriptions": {
+            "get": operation(
+                "Every subscription: its spec (secrets masked), origin, version and live state",
+                {"200": json_body(typed(Subscriptions), "every subscription"), **BEARER_ERRORS},
+                security="adminToken",
+            ),
+            "post": operation(
+                "Create a subscription (the config file's fields, as JSON); without `secret`, "
+                "one is made and shown in this answer only",
+                {
+                    "201": json_body(typed(SubscriptionView), "created (origin api, version 1)"),
+                    "400": REFUSED_SPEC,
+                    "409": error("the id is taken, or ORDERHOOK_SECRET_KEY is not set"),
+                    "413": TOO_LARGE,
+                    **BEARER_ERRORS,
+                },
+                security="adminToken",
+                body=json_body(typed(NewSubscription), "the subscription") | {"required": True},
+            ),
+        },
+        one: {
+            "get": _admin_operation("A subscription", {"200": changed}),
+            "patch": _admin_operation(
+                "Change some of a subscription's fields (null: the default again); the next "
+                "delivery uses them",
+                {"200": changed, "400": REFUSED_SPEC, "409": NO_SECRET_KEY},
+                body=json_body(typed(SubscriptionPatch), "the fields to change")
+                | {"required": True},
+            ),
+            "delete": _admin_operation(
+                "Delete a subscription and every delivery it had (waiting or dead)",
+                {"200": json_body(typed(Deleted), "deleted; `dropped` deliveries removed")},
+            ),
+        },
+        one + "/pause": {
+            "post": _admin_operation(
+                "Pause: its events queue, none is sent until it is resumed", {"200": state}
+            )
+        },
+        one + "/resume": {"post": _admin_operation("Resume: its backlog is sent", {"200": state})},
+        one + "/rotate-secret": {
+            "post": _admin_operation(
+                "A new signing secret; the current ones keep signing until the grace ends",
+                {
+                    "200": json_body(typed(Rotated), "the new secret, shown this once"),
+                    "400": error(f"grace_s not from 0 to {MAX_GRACE_S}, or a pull subscription"),
+                    "409": NO_SECRET_KEY,
+                },
+                body=json_body(typed(RotateSecret), "the grace (optional)"),
+            )
+        },
+        "/admin/audit": {
+            "get": operation(
+                "Changes to subscriptions, newest first (secret values never included)",
+                {
+                    "200": json_body(typed(AuditPage), "a page; `next`: the next page's offset"),
+                    "400": error("offset or limit out of range"),
+                    **BEARER_ERRORS,
+                },
+                security="adminToken",
+                parameters=[
+                    param(
+                        "offset",
+                        "query",
+                        {"type": "integer", "minimum": 0, "maximum": MAX_AUDIT_OFFSET},
+                    ),
+                    param(
+                        "limit",
+                        "query",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_AUDIT_PAGE},
+                    ),
+                ],
+            )
+        },
+    }
+
+
+# ── (end of subscriptions) ────────────────────────────────────────────────────────────────────
 
 
 def document(settings: Settings) -> Schema:

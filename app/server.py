@@ -28,6 +28,7 @@ from app.ops.admin import Admin
 from app.ops.guards import SameOriginWrites, SecurityHeaders, SignInThrottle
 from app.ops.jobs import Jobs
 from app.ops.routes import MAX_FORM_BYTES, Ops
+from app.ops.subscriptions import SubscriptionsApi
 from app.relay import Relay
 from app.runtime import open_runtime
 from app.store.batcher import Batcher
@@ -171,6 +172,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/openapi.json", OpenApiEndpoint(settings).handle, methods=["GET"]),
         *Admin(settings).routes(),
         *Jobs(settings).routes(),
+        *SubscriptionsApi(settings).routes(),
         *Ops(settings).routes(),
         *pull.Feed(settings).routes(),
         Route(jsonata.PATH, tester.handle, methods=["POST"]),

@@ -18,12 +18,15 @@ from app.api_types import (
     Commit,
     DlqPage,
     JsonataTest,
+    NewSubscription,
     Replay,
     ReplayBody,
     Replayed,
     ReplayRange,
     RetryNow,
+    RotateSecret,
     Stats,
+    SubscriptionPatch,
     Subscriptions,
     decode,
 )
@@ -42,6 +45,9 @@ DECODED_WITH: dict[tuple[str, str], Any] = {
     (JSONATA_PATH, "post"): JsonataTest,
     ("/feed/{subscription}/commit", "post"): Commit,
     ("/admin/subscriptions/{id}/replay", "post"): ReplayRange,
+    ("/admin/subscriptions", "post"): NewSubscription,
+    ("/admin/subscriptions/{id}", "patch"): SubscriptionPatch,
+    ("/admin/subscriptions/{id}/rotate-secret", "post"): RotateSecret,
 }
 # Bodies still read by hand, and described by hand: the hook (app.events.parse_body gives VTEX's
 # own error texts; tests/test_openapi.py holds its patterns to what ingest takes).

@@ -97,7 +97,9 @@ def assert_refused(done: subprocess.CompletedProcess[str], found: str) -> None:
 
 
 NEWER = "holds orderhook data of schema version 99 under key prefix"
-REMEDY = f"this orderhook reads version {SCHEMA_VERSION}: upgrade orderhook, or set [store] key_prefix"
+REMEDY = (
+    f"this orderhook reads version {SCHEMA_VERSION}: upgrade orderhook, or set [store] key_prefix"  # noqa: E501
+)
 
 
 @pytest.mark.parametrize("command", ["serve", "worker", "check"])

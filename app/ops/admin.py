@@ -1,4 +1,5 @@
-"""The admin API: subscriptions and their dead-letter queues, behind a bearer token."""
+"""The admin API: events, Retry now and the dead-letter queues, behind a bearer token (the
+subscriptions themselves: app/ops/subscriptions.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,7 @@ from app.errors import BadRequest, NotFound
 from app.http import json_response
 from app.ops.access import require
 from app.params import int_param
-from app.redaction import shown_url
 from app.runtime import Runtime
-from app.store.reads import gather
 from app.store.schema import Breaker, Enablement
 
 DEFAULT_PAGE = 50
@@ -40,17 +39,6 @@ class Admin:
         if not isinstance(sub_id, str) or runtime.subscriptions.get(sub_id) is None:
             raise NotFound(f"no subscription {sub_id!r}")
         return sub_id
-
-    async def subscriptions(self, request: Request) -> Response:
-        runtime = self._runtime(request)
-        queries = runtime.queries
-        subs = runtime.subscriptions.all()
-        every = await queries.read(gather([queries.subscription_counts(s.id) for s in subs]))
-        rows = [
-            {"id": sub.id, "url": shown_url(sub.url, "admin"), **counts}
-            for sub, counts in zip(subs, every, strict=True)
-        ]
-        return json_response({"subscriptions": rows})
 
     async def retry_now(self, request: Request) -> Response:
         """Close the breaker and make the subscription's waiting deliveries due now."""
@@ -123,7 +111,6 @@ class Admin:
         return [
             Route("/admin/events", self.events, methods=["GET"]),
             Route("/admin/events/{id}", self.event, methods=["GET"]),
-            Route("/admin/subscriptions", self.subscriptions, methods=["GET"]),
             Route("/admin/subscriptions/{id}/retry-now", self.retry_now, methods=["POST"]),
             Route("/admin/dlq", self.dlq, methods=["GET"]),
             Route("/admin/dlq/replay", self.replay, methods=["POST"]),

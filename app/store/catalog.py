@@ -150,6 +150,17 @@ class Catalog:
         )
         return None if removed < 0 else (int(removed), bool(more))
 
+    async def note(self, audit: dict[str, Any]) -> None:
+        """Record an audit entry of a change outside the catalog (a pause, a resume)."""
+
+        async def push() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.lpush(self.keys.audit, orjson.dumps(audit))
+                pipe.ltrim(self.keys.audit, 0, AUDIT_KEPT - 1)
+                await pipe.execute()
+
+        await self.store.guard(push)
+
     async def audit(self, offset: int, limit: int) -> list[dict[str, Any]]:
         """Audit entries, newest first."""
         rows: Sequence[bytes | str] = await self.store.guard(
