@@ -101,6 +101,11 @@ async def run_worker(settings: Settings) -> None:
         relay = Relay(runtime)
         await relay.start()
         log.info("worker %s started", relay.router.consumer)
+        if not runtime.subscriptions.current:
+            log.warning(
+                "worker waiting for subscriptions: the catalog has none yet; events wait in "
+                "the stream until one is created (admin API) or applied from a config file"
+            )
         flusher = asyncio.create_task(logs.flush_periodically())
         await stop.wait()
         flusher.cancel()

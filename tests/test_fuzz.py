@@ -54,6 +54,7 @@ from app.events import (
     MAX_SAFE_NUMBER,
     Notification,
     cloudevent,
+    cloudevent_text,
     default_data,
     normalize,
     parse_body,
@@ -352,7 +353,7 @@ def assert_plannable(event: dict[str, Any]) -> None:
     body = orjson.dumps(cloudevent(event, default_data(event)))  # delivery.build_body's
     parsed = from_http_event(HTTPMessage(headers=_CLOUDEVENT_HEADERS, body=body))
     assert parsed.get_id() == event["id"]
-    assert parsed.get_subject() == event["orderId"]
+    assert parsed.get_subject() == cloudevent_text(event["orderId"])  # U+FFFE: %EF%BF%BE
     assert parsed.get_time() is not None and parsed.get_time().tzinfo is not None
 
 
@@ -725,7 +726,56 @@ async def test_one_bad_body_does_not_fail_the_hooks_committed_with_it(
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 # Values no error message may show (they are secrets, or stand for them).
-_SECRETS = ["plain-token-Q7x", "env-token-Q7x", "feed-token-Q7x", SECRET, "app-key-Q7x"]
+_SECRETS = [
+    "plain-token-Q7x",
+    "env-token-Q7x",
+    "feed-token-Q7x",
+    SECRET,
+    "app-key-Q7x",
+    "crm-password-Q7x",
+    "bi-token-Q7x",
+    "wh-secret-Q7x",
+    "erp-key-Q7x",
+    "tenant-Q7x",
+]
+
+
+def _outbound_auth_subscriptions() -> list[dict[str, Any]]:
+    """Push subscriptions with every form of static headers and auth (app/subscriptions/auth.py)."""
+    auths: list[tuple[str, dict[str, Any]]] = [
+        ("crm", {"type": "basic", "username": "oh", "password_env": "CRM_PASSWORD"}),
+        ("crm-2", {"type": "basic", "username": "oh", "password": "crm-password-Q7x"}),
+        ("bi", {"type": "bearer", "token": "bi-token-Q7x"}),
+        ("bi-2", {"type": "bearer", "token_env": "BI_TOKEN"}),
+        (
+            "wh",
+            {
+                "type": "oauth2",
+                "token_url": "https://auth.example.com/token",
+                "client_id": "orderhook",
+                "client_secret_env": "WH_SECRET",
+                "scope": "orders",
+            },
+        ),
+        (
+            "wh-2",
+            {
+                "type": "oauth2",
+                "token_url": "https://auth.example.com/token",
+                "client_id": "orderhook",
+                "client_secret": "wh-secret-Q7x",
+            },
+        ),
+    ]
+    headers = {"X-Api-Key": {"env": "ERP_KEY"}, "X-Tenant": "tenant-Q7x"}
+    return [
+        {"id": sub_id, "url": f"https://{sub_id}.example.com/vtex", "secret": SECRET}
+        | {"auth": auth}
+        | ({"headers": headers} if sub_id == "crm" else {})
+        for sub_id, auth in auths
+    ]
+
+
 BASE_CONFIG: dict[str, Any] = {
     "allow_networks": ["127.0.0.0/8", "::1/128"],
     "sources": [
@@ -780,6 +830,7 @@ BASE_CONFIG: dict[str, Any] = {
             "retention": 86400,
         },
         {"id": "feed-2", "mode": "pull", "token_env": "FEED_TOKEN"},
+        *_outbound_auth_subscriptions(),
     ],
     "store": {
         "key_prefix": "oh",
@@ -812,6 +863,10 @@ BASE_ENV = {
     "APP_TOKEN": "app-token",
     "WMS_SECRET": SECRET,
     "FEED_TOKEN": "feed-2-token",
+    "CRM_PASSWORD": "crm-env-password",
+    "BI_TOKEN": "bi-env-token",
+    "WH_SECRET": "wh-env-secret",
+    "ERP_KEY": _SECRETS[8],
     "REDIS_URL": "redis://127.0.0.1:6390/0",
 }
 
@@ -1020,7 +1075,13 @@ def test_the_fuzzed_config_loads_before_it_is_changed(tmp_path: Path) -> None:
     path = tmp_path / "orderhook.toml"
     path.write_text(toml_document(BASE_CONFIG))
     loaded = load_settings(path, BASE_ENV)
-    assert [s.id for s in loaded.subscriptions] == ["erp", "wms", "feed", "feed-2"]
+    assert [s.id for s in loaded.subscriptions] == [
+        "erp",
+        "wms",
+        "feed",
+        "feed-2",
+        *(sub["id"] for sub in _outbound_auth_subscriptions()),
+    ]
     assert_usable(loaded)
 
 

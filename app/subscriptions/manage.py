@@ -40,6 +40,7 @@ from app.subscriptions.spec import (
     SECRET_FIELDS,
     Keyring,
     SpecError,
+    Subscription,
     SubscriptionSpec,
     resolve,
 )
@@ -66,7 +67,9 @@ Change = Callable[[Record], Awaitable[tuple[SubscriptionSpec, StoredSecrets]]]
 async def listing(runtime: Runtime) -> list[dict[str, Any]]:
     """Every subscription in the catalog, with its live state (one round trip for them all)."""
     _, raw = await runtime.catalog.load()
-    records = [decode_record(raw[sub_id]) for sub_id in sorted(raw)]
+    shown = [s.id for s in runtime.subscriptions.all()]  # the live copy's order
+    order = shown + sorted(set(raw) - set(shown))
+    records = [decode_record(raw[sub_id]) for sub_id in order if sub_id in raw]
     return await _views(runtime, records)
 
 
@@ -155,7 +158,7 @@ async def rotate_secret(
             raise SecretsUnavailable()
         kept = _retiring(runtime, before, until_ms)
         fresh = seal(runtime.sealer, made)
-        return before.spec, StoredSecrets([fresh, *kept], before.secrets.token)
+        return before.spec, msgspec.structs.replace(before.secrets, secret=[fresh, *kept])
 
     await _change(runtime, sub_id, "rotate-secret", actor, change)
     return {"secret": made, "grace_until": _rfc3339(until_ms)}
@@ -245,6 +248,13 @@ def _patched(spec: SubscriptionSpec, patch: Struct) -> SubscriptionSpec:
     return msgspec.structs.replace(spec, **changes)
 
 
+def _sealed(runtime: Runtime, value: str) -> SecretRef:
+    try:
+        return seal(runtime.sealer, value)
+    except SpecError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def _shape(headers: Iterable[str], auth: bool) -> Keyring:
     """Stand-ins for the secret values a spec has (its headers', its auth's), to check it."""
     value = Secret("given")
@@ -261,6 +271,12 @@ def _secrets_patched(
     given = {name: getattr(patch, name) for name in SECRET_FIELDS}
     given = {name: v for name, v in given.items() if v not in (UNSET, HIDDEN, None)}
     outbound = [name for name in ("headers", "auth") if getattr(patch, name) is not UNSET]
+    url = getattr(patch, "url", UNSET)
+    if url is not UNSET and url is not None and spec.mode == "push":
+        # the whole URL is a secret (its path or query may hold a token); the spec its origin
+        before = msgspec.structs.replace(
+            before, secrets=msgspec.structs.replace(before.secrets, url=_sealed(runtime, url))
+        )
     if not given and not outbound:
         return before.secrets
     filler = {"token": "kept"} if spec.mode == "pull" and "token" not in given else {}
@@ -299,15 +315,25 @@ async def _views(runtime: Runtime, records: list[Record]) -> list[dict[str, Any]
     counts = gather([queries.subscription_counts(sub_id) for sub_id in ids])
     health = gather([queries.health(sub_id) for sub_id in ids])
     every = await queries.read(gather([counts, health]))
-    return [_view(*found) for found in zip(records, every[0], every[1], strict=True)]
+    live = runtime.subscriptions
+    return [
+        _view(record, live.get(record.spec.id), *found)
+        for record, *found in zip(records, every[0], every[1], strict=True)
+    ]
 
 
-def _view(record: Record, counts: dict[str, Any], health: dict[str, Any]) -> dict[str, Any]:
+def _view(
+    record: Record, live: Subscription | None, counts: dict[str, Any], health: dict[str, Any]
+) -> dict[str, Any]:
+    """What the admin sees of a subscription. Its URL as admins see it (the path: it tells two
+    subscriptions on one host apart) comes from the live copy, which holds it whole; the
+    catalog keeps only its origin in clear."""
     spec = record.spec
     fields: dict[str, Any] = msgspec.to_builtins({n: getattr(spec, n) for n in SHOWN_FIELDS})
+    url = live.url if live is not None and live.version == record.version else spec.url
     return {
         **fields,
-        "url": shown_url(spec.url, "admin") if spec.url else None,
+        "url": shown_url(url, "admin") if url else None,
         "secret": HIDDEN if record.secrets.secret else None,
         "token": HIDDEN if record.secrets.token else None,
         "headers": dict.fromkeys(record.secrets.headers, HIDDEN) or None,
