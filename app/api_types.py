@@ -108,8 +108,19 @@ MAX_GRACE_S = 30 * 24 * 3600
 DEFAULT_GRACE_S = 24 * 3600
 SPEC_FIELDS = msgspec.structs.fields(SubscriptionSpec)
 
-# `POST /admin/subscriptions` takes a SubscriptionSpec (the config file's table, as JSON).
-NewSubscription = SubscriptionSpec
+
+class NewSubscription(
+    SubscriptionSpec, frozen=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """`POST /admin/subscriptions`: a SubscriptionSpec (the config file's table, as JSON), and
+    perhaps `backfill_since`: the retained events received since then that match it are
+    delivered to it at once, as a replay job (the answer's `backfill.job`)."""
+
+    backfill_since: Annotated[str, Meta(description="RFC 3339")] | None = None
+
+    def spec(self) -> SubscriptionSpec:
+        return SubscriptionSpec(**{f.name: getattr(self, f.name) for f in SPEC_FIELDS})
+
 
 # `PATCH /admin/subscriptions/{id}`: any of the spec's fields; null resets one to its default.
 SubscriptionPatch = msgspec.defstruct(

@@ -427,3 +427,32 @@ async def test_outbound_headers_and_auth_are_sealed_masked_and_kept_when_shown_b
     assert r.status_code == 200 and r.json()["version"] == 2
     assert got.headers["X-Api-Key"] == "k3y-value" and got.headers["Authorization"] == "Bearer t0k"
     assert "k3y-value" not in listed and "t0k" not in listed
+
+
+# ── backfill at creation ─────────────────────────────────────────────────────────────────────
+
+
+async def test_a_new_subscription_with_backfill_since_gets_the_retained_events_since_then(
+    gateway: Gateway, sink: Sink
+) -> None:
+    """`backfill_since`: the events received before it existed (here routed to another
+    subscription) reach it too, as a replay job, with their own webhook-ids."""
+    async with gateway(subscription(sink, "erp"), **KEY) as client:
+        first = await hook(client, OrderId="bf-1")
+        second = await hook(client, OrderId="bf-2")
+        await sink.wait_for("/erp", 2)
+        body = spec(sink, "late", backfill_since="2000-01-01T00:00:00Z")
+        created = await create(client, body)
+        job = created["backfill"]["job"]
+        got = await sink.wait_for("/late", 2)
+        status = (await client.get(f"/admin/jobs/{job}", headers=ADMIN)).json()
+        refused = await client.post(
+            "/admin/subscriptions",
+            json=spec(sink, "never", backfill_since="next tuesday"),
+            headers=ADMIN,
+        )
+        absent = await client.get("/admin/subscriptions/never", headers=ADMIN)
+    assert {r.headers["webhook-id"] for r in got} == {first, second}
+    assert status["subscription"] == "late" and status["total"] == 2
+    assert refused.status_code == 400 and "backfill_since" in refused.json()["error"]
+    assert absent.status_code == 404  # a refused backfill makes no subscription

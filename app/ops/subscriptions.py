@@ -11,12 +11,15 @@ from starlette.routing import Route
 
 from app.api_types import NewSubscription, RotateSecret, SubscriptionPatch, decode
 from app.config import Settings
+from app.errors import TooManyJobs
 from app.http import json_response
 from app.ops.access import require
 from app.params import int_param
 from app.runtime import Runtime
+from app.store.client import now_ms
 from app.subscriptions import manage
 from app.subscriptions.manage import Actor
+from app.subscriptions.replay import backfill_range, start_backfill
 
 DEFAULT_AUDIT_PAGE = 50
 MAX_AUDIT_PAGE = 500
@@ -40,8 +43,17 @@ class SubscriptionsApi:
 
     async def create(self, request: Request) -> Response:
         runtime, actor = self._admin(request)
-        spec = decode(await request.body(), NewSubscription)
-        return json_response(await manage.create(runtime, spec, actor), 201)
+        body = decode(await request.body(), NewSubscription)
+        since = body.backfill_since
+        if since is not None:  # refused before the subscription is made
+            backfill_range(since, now_ms(), runtime.settings.log_retention_s)
+        made = await manage.create(runtime, body.spec(), actor)
+        if since is not None:
+            try:
+                made["backfill"] = {"job": await start_backfill(runtime, body.id, since)}
+            except TooManyJobs as exc:  # it exists now: said, and the replay left to the caller
+                made["backfill"] = {"error": exc.message}
+        return json_response(made, 201)
 
     async def show(self, request: Request) -> Response:
         runtime, _ = self._admin(request)
