@@ -280,8 +280,7 @@ SEE_OTHER = {"description": "back to the dashboard", "headers": {"Location": {"s
 
 def paths() -> dict[str, Schema]:
     """Every endpoint; each but the hook may also answer as the guards do (app.ops.guards)."""
-    described = _endpoints() | _operator_actions() | _jobs()
-    described = _endpoints() | _operator_actions() | _subscriptions()
+    described = _endpoints() | _operator_actions() | _subscriptions() | _jobs()
     for path, item in described.items():
         for method, op in item.items():
             if path != "/hooks/vtex":
