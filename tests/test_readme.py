@@ -42,7 +42,8 @@ def blocks(language: str) -> list[tuple[int, str]]:
 
 
 def env_for(text: str) -> dict[str, str]:
-    """A value for every environment variable the TOML names (`*_env` keys, at any depth)."""
+    """A value for every environment variable the TOML names (`*_env` keys and `{env = ...}`
+    values, at any depth)."""
     env: dict[str, str] = {}
 
     def walk(node: Any) -> None:
@@ -50,6 +51,8 @@ def env_for(text: str) -> dict[str, str]:
             for key, value in node.items():
                 if key.endswith("_env") and isinstance(value, str):
                     env[value] = new_secret() if key == "secret_env" else f"readme-{value}"
+                if key == "env" and isinstance(value, str):
+                    env[value] = f"readme-{value}"
                 walk(value)
         elif isinstance(node, list):
             for item in node:
