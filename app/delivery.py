@@ -160,7 +160,9 @@ class SubscriptionWorker:
 
     @property
     def lease_s(self) -> float:
-        return self.sub.timeout_s + LEASE_MARGIN_S
+        """An attempt's lease: its POST's timeout, and as much again for an OAuth2 token."""
+        waits = 2 if self.sub.outbound is not None else 1
+        return waits * self.sub.timeout_s + LEASE_MARGIN_S
 
     @property
     def _refill_at(self) -> int:
@@ -258,10 +260,14 @@ class SubscriptionWorker:
         """One POST, and what came of it. The subscription's own headers and auth go first:
         the content type and the signature are the gateway's."""
         sub, started = self.sub, time.monotonic()
-        try:
-            extra = await sub.outbound.headers(self.session) if sub.outbound else {}
-        except OutboundAuthError as exc:  # the token endpoint failed: retried as a failure
-            return PostResult(None, str(exc), None, b"", _ms_since(started))
+        try:  # within the attempt's timeout: the lease covers two (LEASE_MARGIN_S, lease_s)
+            async with asyncio.timeout(sub.timeout_s):
+                extra = await sub.outbound.headers(self.session) if sub.outbound else {}
+        except TimeoutError:
+            error = f"no OAuth2 token within the timeout ({sub.timeout_s:g} s)"
+            return PostResult(None, error, None, b"", _ms_since(started))
+        except OutboundAuthError as exc:  # the token endpoint failed: retried, unless refused
+            return PostResult(None, str(exc), None, b"", _ms_since(started), exc.refused)
         headers = {
             **extra,
             "Content-Type": "application/cloudevents+json",

@@ -87,10 +87,12 @@ class SecretUnreadable(OrderhookError):
 
 class OutboundAuthError(OrderhookError):
     """The credentials a delivery needs cannot be had. The message is one line naming the token
-    endpoint's origin and what went wrong, never a secret nor a token."""
+    endpoint's origin and what went wrong, never a secret nor a token. `refused`: the SSRF
+    guard refused the token endpoint's address (retrying cannot help)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, refused: bool = False) -> None:
         super().__init__(one_line(message))
+        self.refused = refused
 
 
 class RequestError(OrderhookError):

@@ -31,6 +31,7 @@ from starlette.datastructures import Secret
 
 from app.errors import OutboundAuthError
 from app.redaction import HIDDEN, describe, origin
+from app.ssrf import Refused
 
 TOKEN_TIMEOUT_S = 10.0  # the whole token request, connection to last byte
 MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
@@ -41,7 +42,26 @@ MAX_ERROR_FIELD_CHARS = 200  # of the token endpoint's `error_description`, in o
 # RFC 6749 §5.2: `error` and `error_description` are printable ASCII without `"` and `\`
 ERROR_FIELD = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
 HEADER_VALUE = re.compile(r"[\x21-\x7e]+")  # a token: no space, no control, ASCII only
-FORBIDDEN_IN_HEADERS = re.compile(r"[\x00-\x1f\x7f]")
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")  # RFC 9110 §5.6.2, a token
+STATIC_VALUE = re.compile(r"[\x20-\x7e]{0,8192}")  # printable ASCII: what every stack passes
+# Headers a subscription cannot set: the gateway's own (its content type, the signature) and
+# those that frame the request or pick where it goes (Host: another site on an allowed address).
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "user-agent",
+        "proxy-authorization",
+        "proxy-connection",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -117,8 +137,16 @@ class OutboundAuth:
 
     def _check_static(self, auth: Auth | None) -> None:
         for name, value in self._static.items():
-            if FORBIDDEN_IN_HEADERS.search(name + str(value)) or not name:
-                raise ValueError(f"header {name!r}: a header cannot hold a control character")
+            if not HEADER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"header {name[:64]!a}: a name is letters, digits and !#$%&'*+-.^_`|~"
+                )
+            if not STATIC_VALUE.fullmatch(str(value)):
+                raise ValueError(
+                    f"header {name!r}: a value is printable ASCII (no control character)"
+                )
+            if name.lower() in RESERVED_HEADERS or name.lower().startswith("webhook-"):
+                raise ValueError(f"header {name!r} is the gateway's (or HTTP's) own")
             if auth is not None and name.lower() == "authorization":
                 raise ValueError("header 'Authorization' is `auth`'s: give one or the other")
 
@@ -187,6 +215,9 @@ class TokenSource:
             status, body = await self._request(session)
         except TimeoutError:
             raise self._error(f"no answer within {TOKEN_TIMEOUT_S:g} s") from None
+        except Refused as exc:  # the SSRF guard: no retry can help
+            error = self._error(describe(exc, self.grant.token_url))
+            raise OutboundAuthError(str(error), refused=True) from None
         except aiohttp.ClientError as exc:
             raise self._error(describe(exc, self.grant.token_url)) from None
         if 300 <= status < 400:

@@ -162,6 +162,9 @@ class Router:
             await self._until_ready(stopping)
             try:
                 while not stopping.is_set():
+                    if not self.live.routable:  # none yet, or one unreadable: events wait
+                        await sleep_unless(stopping, READ_BLOCK_MS / 1000)
+                        continue
                     if time.monotonic() >= next_reclaim:
                         next_reclaim = time.monotonic() + self.claim_idle_ms / 2000
                         await self.route(
@@ -172,9 +175,6 @@ class Router:
                     if self._deferred:  # their order's earlier entries may be routed by now
                         deferred, self._deferred = self._deferred, []
                         await self._route_ready(deferred)
-                    if not self.live.current:  # no subscription yet: events wait in the stream
-                        await sleep_unless(stopping, READ_BLOCK_MS / 1000)
-                        continue
                     block_ms = DEFERRED_RETRY_MS if self._deferred else READ_BLOCK_MS
                     await self.route(
                         await self.routing.read_new(self.consumer, READ_COUNT, block_ms)

@@ -68,6 +68,7 @@ class Runtime:
     async def start(self, apply: bool) -> None:
         """Once the schema is checked: the config file's subscriptions applied to the catalog
         (`apply`: serve and worker), and the live copy read."""
+        await self.catalog.finish_drops()  # deletes a crash cut short
         if apply:
             await apply_config(self.catalog, self.settings, self.sealer)
         await self.subscriptions.refresh()

@@ -25,6 +25,7 @@ from app.subscriptions.spec import SubscriptionSpec
 log = logging.getLogger("orderhook.catalog")
 
 AUDIT_KEPT = 1000
+DROPPING = -1  # Conflict.found: the id's deleted subscription is still being removed
 DROP_CHUNK = 500  # deliveries removed per run of catalog_drop.lua
 SCAN_COUNT = 1000
 
@@ -48,7 +49,8 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 class Conflict(Exception):
     """The stored version was not the one the change was made from; `found` is the stored
-    version (0: the id is free, or was deleted meanwhile)."""
+    version (0: the id is free, or was deleted meanwhile; DROPPING: a deleted subscription of
+    this id is still being removed)."""
 
     def __init__(self, found: int) -> None:
         super().__init__(f"the subscription's version is {found} now")
@@ -137,6 +139,15 @@ class Catalog:
             if cursor == 0:
                 await self.store.guard(partial(self.client.srem, dropping, sub))
                 return dropped
+
+    async def finish_drops(self) -> int:
+        """Finish the deletes a crash cut short (ids still marked as being dropped); the
+        deliveries removed. Safe beside a delete still running: while an id is marked, no
+        subscription of that id can be made (catalog_put.lua), so nothing new is removed."""
+        dropping = await self.store.guard(
+            partial(self.client.smembers, self.keys.subscriptions_dropping)
+        )
+        return sum([await self.purge(text(sub)) for sub in dropping])
 
     async def _drop_run(self, sub: str, audit: dict[str, Any] | None) -> tuple[int, bool] | None:
         """One run of catalog_drop.lua (the first, removing the record, when given the audit

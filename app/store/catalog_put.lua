@@ -7,8 +7,12 @@
 -- ARGV[3]  the audit entry's JSON, or "" for none
 -- Raises the catalog's revision (every process's copy notices it) and records the entry.
 -- Returns {1, revision} when written; {0, the stored version (0: none)} when it is not
--- `expect`.
+-- `expect`; {0, -1} for a new one whose id is still being dropped (K.subscriptions_dropping:
+-- what the deleted one had queued must be gone before a new one of its id gets anything).
 local args = cjson.decode(ARGV[1])
+if args.expect == 0 and redis.call('SISMEMBER', K.subscriptions_dropping, args.id) == 1 then
+    return {0, -1} -- a deleted subscription of this id is still being removed
+end
 local stored = redis.call('HGET', K.subscriptions, args.id)
 local version = stored and tonumber(cjson.decode(stored).version) or 0
 if version ~= args.expect then

@@ -113,8 +113,6 @@ async def _apply_one(
     if before is not None and before.applied == wanted:
         applied.unchanged.append(spec.id)
         return
-    if before is None:
-        await catalog.purge(spec.id)  # what a deleted subscription of this id left, if any
     record = new_record(spec.public(), secrets, before, "config", applied=wanted)
     action = "create" if before is None else "update"
     await catalog.put(

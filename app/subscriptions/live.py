@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 
+from starlette.datastructures import Secret
+
 from app.config import Settings
 from app.errors import StoreUnavailable
 from app.lifecycle import sleep_unless
@@ -45,6 +47,13 @@ class Subscriptions:
         self.revision = -1
         self._listeners: list[Listener] = []
 
+    @property
+    def routable(self) -> bool:
+        """Whether events may be routed now: there are subscriptions, and every one of the
+        catalog's is in this copy (else an event would be acknowledged without a delivery
+        it should have had)."""
+        return bool(self.current)
+
     def all(self) -> tuple[Subscription, ...]:
         return tuple(self.current.values())
 
@@ -62,6 +71,14 @@ class Subscriptions:
                 listener(self.current)
             except Exception:  # one listener's bug must not keep the others from the change
                 log.exception("applying a subscription change failed")
+
+
+def stand_ins(record: Record) -> Keyring:
+    """Values in place of secrets this process cannot find: the subscription is still routed
+    here (its filter needs none of them), and delivered by the processes that can."""
+    missing = Secret("unavailable")
+    headers = tuple((name, missing) for name in record.secrets.headers)
+    return Keyring(headers=headers, auth=missing if record.secrets.auth else None)
 
 
 class LiveSubscriptions(Subscriptions):
@@ -83,16 +100,24 @@ class LiveSubscriptions(Subscriptions):
         self.env = env
         self.limits = settings.jsonata_limits
         self._resolved: dict[str, tuple[bytes, Subscription | None]] = {}
+        self.unusable: set[str] = set()  # records this process cannot read, with no older one
+
+    @property
+    def routable(self) -> bool:
+        return self.revision >= 0 and bool(self.current) and not self.unusable
 
     async def refresh(self) -> bool:
         """Read the catalog again if its revision moved; whether it had."""
         if await self.catalog.revision() == self.revision:
             return False
         revision, records = await self.catalog.load()
-        found = {}
+        found, unusable = {}, set()
         for sub_id, raw in sorted(records.items(), key=self._order):
             if (sub := self._resolve(sub_id, raw)) is not None:
                 found[sub_id] = sub
+            else:
+                unusable.add(sub_id)
+        self.unusable = unusable
         self._resolved = {k: v for k, v in self._resolved.items() if k in records}
         self._replace(found, revision)
         return True
@@ -107,10 +132,15 @@ class LiveSubscriptions(Subscriptions):
         if known is not None and known[0] == raw:
             return known[1]
         try:
-            sub = self._subscription(decode_record(raw))
-        except Exception as exc:
-            log.error("subscription %s in the catalog cannot be used here: %s", sub_id, exc)
-            sub = None
+            sub: Subscription | None = self._subscription(decode_record(raw))
+        except Exception as exc:  # a newer orderhook's record, a filter this one cannot compile
+            sub = self.current.get(sub_id)  # its version before, if this process had one
+            log.error(
+                "subscription %s in the catalog cannot be used here (%s): %s",
+                sub_id,
+                exc,
+                "its previous version goes on" if sub else "no event is routed meanwhile",
+            )
         self._resolved[sub_id] = (raw, sub)
         return sub
 
@@ -124,7 +154,7 @@ class LiveSubscriptions(Subscriptions):
                 )
             except Exception as exc:  # SpecError, or a sealed value this key cannot open
                 problem.append(str(exc))
-                return Keyring()
+                return stand_ins(record)
 
         sub = resolve(record.spec, keys, self.limits, record.version)
         if problem:

@@ -28,13 +28,13 @@ from app.redaction import HIDDEN, scrub, shown_url
 from app.runtime import Runtime
 from app.signing import new_secret
 from app.ssrf import foresee
+from app.store.catalog import DROPPING, Record, decode_record
 from app.store.catalog import Conflict as VersionMoved
-from app.store.catalog import Record, decode_record
 from app.store.client import now_ms
 from app.store.reads import gather
 from app.store.schema import Enablement
 from app.subscriptions.apply import ATTEMPTS, audit_entry, new_record
-from app.subscriptions.auth import AuthSpec, secret_of
+from app.subscriptions.auth import AuthSpec, OAuth2Spec, secret_of
 from app.subscriptions.secrets import SecretRef, StoredSecrets, seal, stored_from_api
 from app.subscriptions.spec import (
     SECRET_FIELDS,
@@ -95,11 +95,15 @@ async def create(runtime: Runtime, spec: SubscriptionSpec, actor: Actor) -> dict
     secrets, made = _stored(runtime, spec)
     if await runtime.catalog.get(spec.id) is not None:
         raise Conflict(f"subscription {spec.id!r} exists: change it with PATCH")
-    await runtime.catalog.purge(spec.id)  # what a deleted subscription of this id left
     record = new_record(spec.public(), secrets, None, "api")
     try:
         await runtime.catalog.put(record, 0, _entry("create", spec.id, actor, None, record))
-    except VersionMoved:
+    except VersionMoved as exc:
+        if exc.found == DROPPING:
+            raise Conflict(
+                f"subscription {spec.id!r} was deleted and what it had queued is still being "
+                "removed: try again in a moment"
+            ) from None
         raise Conflict(f"subscription {spec.id!r} exists: change it with PATCH") from None
     await runtime.subscriptions.refresh()
     shown = await show(runtime, spec.id)
@@ -111,6 +115,7 @@ async def update(runtime: Runtime, sub_id: str, patch: Struct, actor: Actor) -> 
 
     async def change(before: Record) -> tuple[SubscriptionSpec, StoredSecrets]:
         spec = _patched(before.spec, patch)
+        _no_secret_moves(before, spec, patch)
         secrets = _secrets_patched(runtime, before, spec, patch)
         shape = _shape(secrets.headers, secrets.auth is not None)
         await _check(runtime, spec, shape, url_changed=spec.url != before.spec.url)
@@ -219,11 +224,54 @@ async def _check(
         resolve(spec, lambda: shape, settings.jsonata_limits)
     except SpecError as exc:
         raise BadRequest(str(exc)) from None
+    if isinstance(spec.auth, OAuth2Spec):  # the token request goes through the same guard
+        (seen,) = await foresee([spec.auth.token_url], settings.allow_networks)
+        if seen.refused is not None:
+            refused = scrub(seen.refused, spec.auth.token_url)
+            raise BadRequest(f"`auth.token_url` cannot be reached: {refused}")
     if spec.mode != "push" or not spec.url or not url_changed:
         return
     (seen,) = await foresee([spec.url], settings.allow_networks)
     if seen.refused is not None:
         raise BadRequest(f"`url` cannot be delivered to: {scrub(seen.refused, spec.url)}")
+
+
+def _no_secret_moves(before: Record, after: SubscriptionSpec, patch: Struct) -> None:
+    """A kept secret (not given again, or given as `"***"`) goes on to where it went: a patch
+    that sends the deliveries to another host must give the headers' values and the auth's
+    secret again, and one that changes the auth's type or token URL its secret; else an admin
+    could send an environment variable's value, or a sealed secret, to a host of their own."""
+    old_origin = before.spec.url
+    moved = after.url is not None and shown_url(after.url, "ops") != old_origin
+    headers = getattr(patch, "headers", UNSET)
+    if moved and before.secrets.headers and not _given_all(headers):
+        raise BadRequest(
+            "`headers` must be given again, every value: the deliveries go to another host, "
+            "and the old values are not sent to it"
+        )
+    if before.secrets.auth is None or after.auth is None:
+        return
+    old, new = before.spec.auth, after.auth
+    auth_given = getattr(patch, "auth", UNSET)
+    secret_given = auth_given not in (UNSET, None) and secret_of(after.auth)[0] not in (
+        None,
+        HIDDEN,
+    )
+    if secret_given:
+        return
+    same_target = type(old) is type(new) and getattr(old, "token_url", None) == getattr(
+        new, "token_url", None
+    )
+    to_host = not isinstance(new, OAuth2Spec)  # Basic and Bearer go with each delivery
+    if not same_target or (moved and to_host):
+        raise BadRequest(
+            f"`auth.{new.SECRET}` must be given again: the auth's type, token URL or host "
+            "changes, and the old secret is not sent to the new one"
+        )
+
+
+def _given_all(headers: Any) -> bool:
+    return isinstance(headers, dict) and all(value != HIDDEN for value in headers.values())
 
 
 def _stored(runtime: Runtime, spec: SubscriptionSpec) -> tuple[StoredSecrets, str | None]:

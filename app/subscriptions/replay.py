@@ -89,7 +89,10 @@ def time_ms(value: str, field: str) -> int:
 def replay_range(since: str, until: str | None, now: int, retention_s: int) -> Range:
     """The range asked (until: now by default): since before until, at most the delivery log's
     retention long (nothing older is kept); BadRequest otherwise."""
-    wanted = Range(time_ms(since, "since"), now if until is None else time_ms(until, "until"))
+    # never past now: the events received while the job runs are delivered already
+    wanted = Range(
+        time_ms(since, "since"), now if until is None else min(now, time_ms(until, "until"))
+    )
     if wanted.since_ms >= wanted.until_ms:
         raise BadRequest("`since` must be before `until`")
     if wanted.until_ms - wanted.since_ms > retention_s * 1000:

@@ -210,8 +210,11 @@ def keyring(
     current = [ref for ref in stored.secret if ref.until_ms is None]
     retiring = [ref for ref in stored.secret if ref.until_ms is not None]
     secrets = _values("secret", current, sealer, env, local.secrets)
-    old = _values("secret", retiring, sealer, env, ())
-    until = [ref.until_ms or 0 for ref in retiring]
+    ending = [  # each value a retiring ref gives (a variable may hold several) with its end
+        (value, ref.until_ms or 0)
+        for ref in retiring
+        for value in _values("secret", [ref], sealer, env, local.secrets)
+    ]
     local_headers = dict(local.headers)
     headers = tuple(
         (name, _one(f"headers.{name}", ref, sealer, env, local_headers.get(name)))
@@ -219,7 +222,7 @@ def keyring(
     )
     return Keyring(
         tuple(secrets),
-        tuple(zip(old, until, strict=True)),
+        tuple(ending),
         _maybe("token", stored.token, sealer, env, local.token),
         headers,
         _maybe("auth", stored.auth, sealer, env, local.auth),
