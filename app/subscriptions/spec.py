@@ -44,6 +44,13 @@ DEFAULT_PULL_RETENTION_S = 4 * 24 * 3600.0  # VTEX Feed v3: 4 to 14 days
 MAX_PULL_RETENTION_S = 14 * 24 * 3600.0
 MAX_REORDER_WINDOW_S = 3600.0
 SUBSCRIPTION_ID = re.compile(r"\A[a-z0-9-]{1,64}\Z")
+# Upper bounds: a value past them is a mistake, and some would overflow a time in ms.
+MAX_TIMEOUT_S = 3600.0
+MAX_DELAY_S = 30 * 24 * 3600.0  # a retry's delay, a breaker's cooldown
+MAX_DISABLE_AFTER_S = 365 * 24 * 3600.0
+MAX_IN_FLIGHT = 10_000
+MAX_PER_SECOND = 1_000_000.0
+MAX_BREAKER_THRESHOLD = 1_000_000
 # The fields that hold secret values (or name the environment variable that does).
 SECRET_FIELDS = ("secret", "secret_env", "token", "token_env")
 
@@ -196,9 +203,16 @@ def resolve(
         raise SpecError("url", wrong)
     if spec.timeout <= 0 or spec.max_in_flight < 1:
         raise SpecError("timeout" if spec.timeout <= 0 else "max_in_flight", "must be positive")
+    if spec.timeout > MAX_TIMEOUT_S or spec.max_in_flight > MAX_IN_FLIGHT:
+        name, most = (
+            ("timeout", f"{MAX_TIMEOUT_S:g} seconds")
+            if spec.timeout > MAX_TIMEOUT_S
+            else ("max_in_flight", str(MAX_IN_FLIGHT))
+        )
+        raise SpecError(name, f"must be at most {most}")
     schedule = DEFAULT_RETRY_SCHEDULE_S if spec.retry_schedule is None else spec.retry_schedule
-    if any(delay < 0 for delay in schedule):
-        raise SpecError("retry_schedule", "must hold seconds >= 0")
+    if any(not 0 <= delay <= MAX_DELAY_S for delay in schedule):
+        raise SpecError("retry_schedule", f"must hold seconds from 0 to {MAX_DELAY_S:g}")
     keys = keyring()
     return Subscription(
         id=spec.id,
@@ -268,14 +282,16 @@ def _ordering(spec: SubscriptionSpec) -> dict[str, Any]:
 
 
 def _breaker(spec: SubscriptionSpec) -> dict[str, Any]:
-    if spec.breaker_threshold < 1:
-        raise SpecError("breaker_threshold", "must be at least 1")
+    if not 1 <= spec.breaker_threshold <= MAX_BREAKER_THRESHOLD:
+        raise SpecError("breaker_threshold", f"must be from 1 to {MAX_BREAKER_THRESHOLD}")
     if not 0 < spec.breaker_cooldown <= spec.breaker_cooldown_max:
         raise SpecError("breaker_cooldown", "must be positive and at most breaker_cooldown_max")
-    if spec.disable_after <= 0:
-        raise SpecError("disable_after", "must be positive")
-    if spec.max_per_second < 0:
-        raise SpecError("max_per_second", "must be 0 (no limit) or positive")
+    if spec.breaker_cooldown_max > MAX_DELAY_S:
+        raise SpecError("breaker_cooldown_max", f"must be at most {MAX_DELAY_S:g} seconds")
+    if not 0 < spec.disable_after <= MAX_DISABLE_AFTER_S:
+        raise SpecError("disable_after", f"must be positive and at most {MAX_DISABLE_AFTER_S:g}")
+    if not 0 <= spec.max_per_second <= MAX_PER_SECOND:
+        raise SpecError("max_per_second", f"must be 0 (no limit) or up to {MAX_PER_SECOND:g}")
     return {
         "breaker_threshold": spec.breaker_threshold,
         "breaker_cooldown_s": spec.breaker_cooldown,
@@ -296,8 +312,8 @@ def _resolve_pull(
             "ordering", "is for push subscriptions; a feed consumer orders what it takes"
         )
     token = keyring().token
-    if spec.visibility_timeout <= 0:
-        raise SpecError("visibility_timeout", "must be positive")
+    if not 0 < spec.visibility_timeout <= MAX_DELAY_S:
+        raise SpecError("visibility_timeout", f"must be positive and at most {MAX_DELAY_S:g}")
     if not 0 < spec.retention <= MAX_PULL_RETENTION_S:
         raise SpecError("retention", "must be positive and at most 1209600 seconds (14 days)")
     return Subscription(
