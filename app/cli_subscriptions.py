@@ -215,7 +215,11 @@ def replay(api: Api, args: argparse.Namespace, out: TextIO) -> None:
         raise CliError(
             f"replay of {args.id} failed after {final['done']}/{final['total']} events: {error}"
         )
-    print(f"replayed {final['done']} events to {args.id}", file=out)
+    print(
+        f"replayed {final['replayed']} events to {args.id} ({final['done']} looked at, "
+        f"{final['skipped']} still pending or dead)",
+        file=out,
+    )
 
 
 def follow(
