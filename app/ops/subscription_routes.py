@@ -43,6 +43,7 @@ FORMS = tuple(f"{PAGE}/{action}" for action in ACTIONS)  # each a form (app/ops/
 AUDIT_SCAN = 200  # audit entries read at a time, looking for one subscription's
 
 RoleOf = Callable[[Request], Awaitable[Role | None]]
+Render = Callable[[Request, Role], Awaitable[str]]
 
 
 class SubscriptionPages:
@@ -50,12 +51,13 @@ class SubscriptionPages:
         self.settings = settings
         self.role_of = role_of
 
-    async def _viewer(self, request: Request) -> Role | None:
-        """The signed-in role (None: show the sign-in form); 403 with no token configured."""
+    async def _html(self, request: Request, render: Render) -> Response:
+        """A page either role may read; the sign-in form to a stranger (403 with no token
+        configured)."""
         role = await self.role_of(request)
         if role is None and (self.settings.admin_token or self.settings.ops_token):
-            return None
-        return allowed(role, self.settings, "ops")
+            return HTMLResponse(dashboard.login_page(), 401)
+        return HTMLResponse(await render(request, allowed(role, self.settings, "ops")))
 
     async def _admin(
         self, request: Request, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()
@@ -67,15 +69,14 @@ class SubscriptionPages:
         return runtime, request.path_params["id"], Actor("dashboard", role), fields
 
     async def page(self, request: Request) -> Response:
-        role = await self._viewer(request)
-        if role is None:
-            return _sign_in()
+        return await self._html(request, self._page)
+
+    async def _page(self, request: Request, role: Role) -> str:
         runtime: Runtime = request.app.state.runtime
         sub_id = request.path_params["id"]
         view = await manage.show(runtime, sub_id)
         changes = await recent_changes(runtime, sub_id)
-        refresh_s = self.settings.dashboard_refresh_s
-        return HTMLResponse(subscription_page.page(view, changes, role, refresh_s))
+        return subscription_page.page(view, changes, role, self.settings.dashboard_refresh_s)
 
     async def pause(self, request: Request) -> Response:
         runtime, sub_id, actor, _ = await self._admin(request)
@@ -111,17 +112,17 @@ class SubscriptionPages:
         return RedirectResponse(f"/ops/jobs/{quote(job, safe='')}", 303)
 
     async def job(self, request: Request) -> Response:
-        role = await self._viewer(request)
-        if role is None:
-            return _sign_in()
+        return await self._html(request, self._job)
+
+    async def _job(self, request: Request, role: Role) -> str:
+        """A replay job's page (the same for either role)."""
         jobs: ReplayJobs = request.app.state.jobs
         job_id = request.path_params["id"]
         status = await jobs.status(job_id) if len(job_id) <= MAX_JOB_ID_CHARS else None
         if status is None:
             raise NotFound(f"no job {job_id[:MAX_JOB_ID_CHARS]!r} (a job is kept a day)")
         shown: dict[str, Any] = to_builtins(status)
-        refresh_s = self.settings.dashboard_refresh_s
-        return HTMLResponse(subscription_page.job_page(job_id, shown, refresh_s))
+        return subscription_page.job_page(job_id, shown, self.settings.dashboard_refresh_s)
 
     def routes(self) -> list[Route]:
         actions = (self.pause, self.resume, self.retry_now, self.rotate_secret, self.replay)
@@ -165,7 +166,3 @@ def _grace_s(given: str | None) -> float:
 
 def _to_page(sub_id: str) -> Response:
     return RedirectResponse(f"/ops/subscriptions/{quote(sub_id, safe='')}", 303)
-
-
-def _sign_in() -> Response:
-    return HTMLResponse(dashboard.login_page(), 401)
