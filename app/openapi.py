@@ -55,7 +55,8 @@ from app.events import (
 )
 from app.http import json_response
 from app.ops.admin import MAX_OFFSET, MAX_PAGE
-from app.ops.routes import MAX_DLQ_PAGE, MAX_FIELD_CHARS, MAX_FORM_FIELDS
+from app.ops.forms import MAX_FIELD_CHARS, MAX_FORM_FIELDS
+from app.ops.routes import MAX_DLQ_PAGE
 from app.ops.subscriptions import MAX_AUDIT_OFFSET, MAX_AUDIT_PAGE
 from app.pull import MAX_LOT
 
@@ -262,8 +263,8 @@ def param(name: str, where: str, schema: Schema, required: bool = False) -> Sche
 def form(
     properties: dict[str, Schema], required: tuple[str, ...] = (), exact: bool = False
 ) -> Schema:
-    """A dashboard form: text fields, at most MAX_FORM_FIELDS of them (app.ops.routes._form);
-    `exact`: the listed fields only (app.ops.routes._fields refuses any other)."""
+    """A dashboard form: text fields, at most MAX_FORM_FIELDS of them (app.ops.forms.read_form);
+    `exact`: the listed fields only (app.ops.forms.form_fields refuses any other)."""
     schema = {
         "type": "object",
         "properties": properties,
@@ -281,6 +282,7 @@ SEE_OTHER = {"description": "back to the dashboard", "headers": {"Location": {"s
 def paths() -> dict[str, Schema]:
     """Every endpoint; each but the hook may also answer as the guards do (app.ops.guards)."""
     described = _endpoints() | _operator_actions() | _subscriptions() | _jobs()
+    described |= _subscription_pages()
     for path, item in described.items():
         for method, op in item.items():
             if path != "/hooks/vtex":
@@ -347,6 +349,59 @@ def _operator_actions() -> dict[str, Schema]:
             dlq_form,
             {},
         ),
+    }
+
+
+def _subscription_pages() -> dict[str, Schema]:
+    """A subscription's dashboard page, its forms, and a replay job's page
+    (app/ops/subscription_routes.py)."""
+    one, text = "/ops/subscriptions/{id}", {"type": "string", "maxLength": MAX_FIELD_CHARS}
+    page: Schema = {
+        "200": {"description": "the page", **HTML},
+        "401": {"description": "the login form", **HTML},
+        "403": error("no admin or ops token is configured"),
+    }
+    actions = {
+        "pause": ("Pause the subscription from the dashboard", form({}, exact=True), {}),
+        "resume": ("Resume the subscription from the dashboard", form({}, exact=True), {}),
+        "retry-now": ("Retry now from the subscription's page", form({}, exact=True), {}),
+        "rotate-secret": (
+            "Rotate its signing secret from the dashboard: the new one shown this once",
+            form({"grace_s": text}, exact=True),
+            {
+                "200": {"description": "the new secret", **HTML},
+                "409": NO_SECRET_KEY,
+                "400": error("`grace_s` out of range, or a pull subscription"),
+            },
+        ),
+        "replay": (
+            "Replay a time range from the dashboard (a background job), then its page",
+            form({"since": text, "until": text}, ("since",), exact=True),
+            {"429": error("this process runs as many jobs as it may; try again later")},
+        ),
+    }
+    described = {
+        f"{one}/{name}": _dashboard_form(summary, body, {"404": NO_SUBSCRIPTION, **extra})
+        for name, (summary, body, extra) in actions.items()
+    }
+    for item in described.values():
+        item["post"]["parameters"] = [param("id", "path", SUBSCRIPTION_ID)]
+    return described | {
+        one: {
+            "get": operation(
+                "A subscription's page: its state, config (secrets masked), version, origin "
+                "and recent changes (HTML)",
+                {**page, "404": NO_SUBSCRIPTION},
+                parameters=[param("id", "path", SUBSCRIPTION_ID)],
+            )
+        },
+        "/ops/jobs/{id}": {
+            "get": operation(
+                "A replay job's progress (HTML), reloading itself while it runs",
+                {**page, "404": error("no such job (or it ended over a day ago)")},
+                parameters=[param("id", "path", {"type": "string"})],
+            )
+        },
     }
 
 

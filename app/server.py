@@ -25,9 +25,11 @@ from app.ingest import HOOK_DEADLINE_S, HOOK_PATH, HookEndpoint
 from app.lifecycle import tune_gc
 from app.openapi import OpenApiEndpoint
 from app.ops.admin import Admin
+from app.ops.forms import MAX_FORM_BYTES
 from app.ops.guards import SameOriginWrites, SecurityHeaders, SignInThrottle
 from app.ops.jobs import Jobs
-from app.ops.routes import MAX_FORM_BYTES, Ops
+from app.ops.routes import Ops
+from app.ops.subscription_routes import FORMS as SUBSCRIPTION_FORMS
 from app.ops.subscriptions import SubscriptionsApi
 from app.relay import Relay
 from app.runtime import open_runtime
@@ -125,6 +127,7 @@ BODY_LIMITS = {
     "/feed/{subscription}/commit": pull.MAX_COMMIT_BYTES,
     "/ops/login": MAX_FORM_BYTES,
     "/ops/replay": MAX_FORM_BYTES,
+    **{path: MAX_FORM_BYTES for path in SUBSCRIPTION_FORMS},
 }
 
 

@@ -255,3 +255,22 @@ def test_outage_shows_the_open_breaker_pages_dead_letters_and_retry_now_closes_i
             assert all(r.status == 200 for r in sink.at("/wms")[sent_before:])
         finally:
             gateway.stop()
+
+
+def test_pause_then_resume_from_the_subscription_page(
+    redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    with signed_in(redis_url, keys, tmp_path) as page:
+        page.click('#sub-erp a[href="/ops/subscriptions/erp"]')
+        page.wait_for_selector("#pause")
+        assert page.inner_text("td#state") == "enabled"
+        assert page.inner_text("td#origin") == "config"
+        page.click("#pause")
+        page.wait_for_selector("#resume")
+        assert page.inner_text("td#state") == "paused" and page.url.endswith("/subscriptions/erp")
+        page.click("#resume")
+        page.wait_for_selector("#pause")
+        assert page.inner_text("td#state") == "enabled"
+        changes = page.inner_text("#changes")
+        assert changes.index("resume") < changes.index("pause")
+        assert "dashboard (admin)" in changes

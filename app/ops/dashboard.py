@@ -62,8 +62,12 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-def _e(value: Any) -> str:
+def escaped(value: Any) -> str:
+    """`value` as HTML text (None: nothing)."""
     return "" if value is None else escape(str(value))
+
+
+_e = escaped
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,8 @@ def subscriptions_table(subs: list[dict[str, Any]], can_replay: bool) -> str:
         )
         rows.append(
             f'<tr class="{health_class(sub)}" id="sub-{_e(sub["id"])}">'
-            f"<td><b>{_e(sub['id'])}</b><br><code>{_e(sub['url'])}</code></td>"
+            f'<td><b><a href="/ops/subscriptions/{_e(sub["id"])}">{_e(sub["id"])}</a></b>'
+            f"<br><code>{_e(sub['url'])}</code></td>"
             f"<td>{_e(sub['state'])}{'<br>' + _e(sub['reason']) if sub['reason'] else ''}</td>"
             f"{breaker_cell(sub, can_replay, now)}"
             f'<td class="num">{sub["delivered"]}{_aside(sub["stale"], "stale")}</td>'

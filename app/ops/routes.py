@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from app.config import Settings
-from app.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from app.errors import BadRequest, Forbidden, NotFound
 from app.http import json_response
 from app.ops import dashboard, metrics, stats
 from app.ops.access import (
@@ -25,7 +24,9 @@ from app.ops.access import (
     require,
     role_of,
 )
+from app.ops.forms import form_fields, read_form
 from app.ops.sessions import Sessions
+from app.ops.subscription_routes import SubscriptionPages
 from app.params import int_param, parse_int
 from app.runtime import Runtime
 from app.store.client import now_ms
@@ -33,9 +34,6 @@ from app.store.queries import Queries, Ranking, history
 from app.store.reads import Read, both, constant, record
 from app.subscriptions.spec import Subscription
 
-MAX_FORM_BYTES = 4096
-MAX_FORM_FIELDS = 10
-MAX_FIELD_CHARS = 200  # a dead letter's id: an event id (36) "." a subscription id (64)
 DASHBOARD_ROWS = 50
 MAX_DLQ_PAGE = 100_000  # 5 million dead letters, 50 a page
 
@@ -125,7 +123,7 @@ class Ops:
         )
 
     async def login(self, request: Request) -> Response:
-        token = (await _form(request)).get("token", "")
+        token = (await read_form(request)).get("token", "")
         role = role_of(token or None, self.settings)
         if role is None:
             return HTMLResponse(dashboard.login_page("That token is not valid."), 401)
@@ -152,7 +150,7 @@ class Ops:
     async def _subscription_of(self, request: Request) -> str:
         """The `subscription` of an admin's form: 400 without one, 404 for one not configured."""
         allowed(await self._role(request), self.settings, "admin")
-        sub = (await _form(request)).get("subscription")
+        sub = (await read_form(request)).get("subscription")
         if not sub:
             raise BadRequest("the form has no `subscription` field")
         if self._runtime(request).subscriptions.get(sub) is None:
@@ -174,7 +172,7 @@ class Ops:
         """Replay one dead letter; one already gone (replayed or deleted meanwhile) is no error:
         back to the same page of the dashboard, which shows it gone."""
         allowed(await self._role(request), self.settings, "admin")
-        fields = await _fields(request, "id", "page")
+        fields = await form_fields(request, ("id",), ("page",))
         back = _back_to(fields)
         await self._runtime(request).deliveries.replay([fields["id"]])
         return back
@@ -182,7 +180,7 @@ class Ops:
     async def dead_letter_delete(self, request: Request) -> Response:
         """Delete one dead letter; as replay, one already gone is no error."""
         allowed(await self._role(request), self.settings, "admin")
-        fields = await _fields(request, "id", "page")
+        fields = await form_fields(request, ("id",), ("page",))
         back = _back_to(fields)
         await self._runtime(request).deliveries.delete_dead(fields["id"])
         return back
@@ -198,6 +196,7 @@ class Ops:
             Route("/ops/dlq/delete", self.dead_letter_delete, methods=["POST"]),
             Route("/ops/stats", self.stats, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
+            *SubscriptionPages(self.settings, self._role).routes(),
         ]
 
 
@@ -214,32 +213,3 @@ def _signed_out(request: Request, response: Response) -> Response:
     if LEGACY_COOKIE in request.cookies:
         response.delete_cookie(LEGACY_COOKIE)
     return response
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """A small urlencoded form (no multipart): the dashboard's only forms."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            raise PayloadTooLarge(f"form is over {MAX_FORM_BYTES} bytes")
-    try:
-        pairs = parse_qsl(body.decode("utf-8", "replace"), max_num_fields=MAX_FORM_FIELDS)
-    except ValueError:  # more fields than that
-        raise BadRequest(f"form has more than {MAX_FORM_FIELDS} fields") from None
-    return dict(pairs)
-
-
-async def _fields(request: Request, required: str, *optional: str) -> dict[str, str]:
-    """A dashboard form of the field `required` (not empty) and perhaps the `optional` ones,
-    each at most MAX_FIELD_CHARS; any other field is refused."""
-    fields = await _form(request)
-    unknown = sorted(set(fields) - {required, *optional})
-    if unknown:
-        raise BadRequest(f"unknown form field {unknown[0]!r}")
-    if not fields.get(required):
-        raise BadRequest(f"the form needs `{required}`")
-    for name, value in fields.items():
-        if len(value) > MAX_FIELD_CHARS:
-            raise BadRequest(f"form field `{name}` is over {MAX_FIELD_CHARS} characters")
-    return fields
