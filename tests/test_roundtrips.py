@@ -24,7 +24,7 @@ BUDGET = {
     "dashboard+order": AUTH_CHECK + 2,
     "stats": AUTH_CHECK + 1,
     "metrics": AUTH_CHECK + 1,
-    "admin subscriptions": AUTH_CHECK + 1,
+    "admin subscriptions": AUTH_CHECK + 2,  # the catalog, then every subscription's figures
 }
 
 
