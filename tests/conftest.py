@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import os
 import signal
 import socket
@@ -54,10 +55,25 @@ def notification(**changes: Any) -> dict[str, Any]:
     return doc
 
 
+# Ports for the test's servers, below Linux's ephemeral range (32768-60999: outgoing connections
+# take theirs there) and apart per xdist worker, handed out in turn: two workers, or a client's
+# own port, never get the same one (bind(0) could give a port another worker just took).
+PORTS_PER_WORKER = 1500
+_next_port = itertools.count()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    base = 20000 + (int(worker) % 8 if worker.isdigit() else 0) * PORTS_PER_WORKER
+    for _ in range(PORTS_PER_WORKER):
+        port = base + next(_next_port) % PORTS_PER_WORKER
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use, or lingering from an earlier test
+                continue
+            return port
+    raise RuntimeError(f"no free port from {base} to {base + PORTS_PER_WORKER - 1}")
 
 
 @pytest.fixture(autouse=True)
