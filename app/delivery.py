@@ -26,7 +26,14 @@ from app.lifecycle import sleep_unless
 from app.logs import log_event
 from app.redaction import describe, redirect_origin, scrub
 from app.retry import Dead, Delivered, Gone, Outcome, Retry, decide, parse_retry_after
-from app.sandbox import DEADLINE_S, TRANSFORM, ConfigExpressions, SandboxBusy, Verdict
+from app.sandbox import (
+    DEADLINE_S,
+    TRANSFORM,
+    ConfigExpressions,
+    SandboxBusy,
+    Verdict,
+    expression_sources,
+)
 from app.signing import signature_headers
 from app.slots import Grant, Slots
 from app.ssrf import Refused
@@ -96,7 +103,7 @@ class Transforms:
 
     def update(self, subscriptions: Mapping[str, Subscription]) -> None:
         expressions = {TRANSFORM + s.id: s.transform for s in subscriptions.values() if s.transform}
-        sources = {name: (e.source, e.limits) for name, e in expressions.items()}
+        sources = expression_sources(expressions)
         if sources == self._sources:
             return
         old, self._sources = self.pool, sources

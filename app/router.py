@@ -36,7 +36,14 @@ from app.filters import (
 )
 from app.lifecycle import sleep_unless
 from app.ordering import place
-from app.sandbox import FILTER, ConfigExpressions, Job, SandboxBusy, Verdict
+from app.sandbox import (
+    FILTER,
+    ConfigExpressions,
+    Job,
+    SandboxBusy,
+    Verdict,
+    expression_sources,
+)
 from app.slots import Slots
 from app.store.deliveries import Claimed
 from app.store.routing import Planned, Routed, Routing
@@ -103,10 +110,10 @@ def _matches(
     return verdict is True
 
 
-def filter_sources(subscriptions: Sequence[Subscription]) -> dict[str, tuple[str, Any]]:
-    """What the filters' pool holds: each FromOrders filter's source and limits, by name."""
+def filter_expressions(subscriptions: Sequence[Subscription]) -> dict[str, Expression]:
+    """The subscriptions' FromOrders filters, by their names in the filters' pool."""
     return {
-        FILTER + s.id: (s.filter.expression.source, s.filter.expression.limits)
+        FILTER + s.id: s.filter.expression
         for s in subscriptions
         if isinstance(s.filter, FromOrders)
     }
@@ -114,11 +121,7 @@ def filter_sources(subscriptions: Sequence[Subscription]) -> dict[str, tuple[str
 
 def filter_pool(subscriptions: Sequence[Subscription]) -> ConfigExpressions | None:
     """The worker pool of the subscriptions' FromOrders filters (None: there are none)."""
-    expressions: dict[str, Expression] = {
-        FILTER + s.id: s.filter.expression
-        for s in subscriptions
-        if isinstance(s.filter, FromOrders)
-    }
+    expressions = filter_expressions(subscriptions)
     return ConfigExpressions(expressions) if expressions else None
 
 
@@ -151,7 +154,7 @@ class Router:
         self.dispatch = dispatch
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._filter_errors: Counter[str] = Counter()
-        self._filter_sources = filter_sources(self.subscriptions)
+        self._filter_sources = expression_sources(filter_expressions(self.subscriptions))
         self.filters = filter_pool(self.subscriptions)
         # Entries routed after their order's earlier ones, which another process still holds.
         self._deferred: list[tuple[str, bytes]] = []
@@ -222,7 +225,7 @@ class Router:
         """Take the subscriptions as they are now; a changed set of FromOrders filters gets a
         new worker pool (no batch is using the old one: batches are planned one at a time)."""
         self.subscriptions = self.live.all()
-        sources = filter_sources(self.subscriptions)
+        sources = expression_sources(filter_expressions(self.subscriptions))
         if sources != self._filter_sources:
             old, self._filter_sources = self.filters, sources
             self.filters = filter_pool(self.subscriptions)

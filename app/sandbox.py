@@ -34,7 +34,7 @@ import logging
 import math
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -209,6 +209,12 @@ class Sandbox:
     async def close(self) -> None:
         for worker in list(self._running):
             await self._discard(worker)
+
+
+def expression_sources(expressions: Mapping[str, Expression]) -> dict[str, tuple[str, Limits]]:
+    """What a pool of these expressions holds: each one's source and limits, by name (a pool
+    of equal sources answers alike, and need not be made again)."""
+    return {name: (e.source, e.limits) for name, e in expressions.items()}
 
 
 class ConfigExpressions:

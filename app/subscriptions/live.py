@@ -20,13 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 
-from starlette.datastructures import Secret
-
 from app.config import Settings
 from app.errors import StoreUnavailable
 from app.lifecycle import sleep_unless
 from app.store.catalog import Catalog, Record, decode_record
-from app.subscriptions.secrets import Sealer, from_file, keyring
+from app.subscriptions.secrets import Sealer, from_file, keyring, stand_ins
 from app.subscriptions.spec import Keyring, Subscription, resolve
 
 log = logging.getLogger("orderhook.subscriptions")
@@ -71,14 +69,6 @@ class Subscriptions:
                 listener(self.current)
             except Exception:  # one listener's bug must not keep the others from the change
                 log.exception("applying a subscription change failed")
-
-
-def stand_ins(record: Record) -> Keyring:
-    """Values in place of secrets this process cannot find: the subscription is still routed
-    here (its filter needs none of them), and delivered by the processes that can."""
-    missing = Secret("unavailable")
-    headers = tuple((name, missing) for name in record.secrets.headers)
-    return Keyring(headers=headers, auth=missing if record.secrets.auth else None)
 
 
 class LiveSubscriptions(Subscriptions):
@@ -154,7 +144,7 @@ class LiveSubscriptions(Subscriptions):
                 )
             except Exception as exc:  # SpecError, or a sealed value this key cannot open
                 problem.append(str(exc))
-                return stand_ins(record)
+                return stand_ins(record.secrets.headers, record.secrets.auth is not None)
 
         sub = resolve(record.spec, keys, self.limits, record.version)
         if problem:

@@ -14,14 +14,13 @@ values are sealed (app/subscriptions/secrets.py) and never shown again: every an
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from msgspec import UNSET, Struct
-from starlette.datastructures import Secret
 
 from app.errors import BadRequest, Conflict, NotFound, SecretsUnavailable
 from app.redaction import HIDDEN, scrub, shown_url
@@ -35,7 +34,13 @@ from app.store.reads import gather
 from app.store.schema import Enablement
 from app.subscriptions.apply import ATTEMPTS, audit_entry, new_record
 from app.subscriptions.auth import AuthSpec, OAuth2Spec, secret_of
-from app.subscriptions.secrets import SecretRef, StoredSecrets, seal, stored_from_api
+from app.subscriptions.secrets import (
+    SecretRef,
+    StoredSecrets,
+    seal,
+    stand_ins,
+    stored_from_api,
+)
 from app.subscriptions.spec import (
     SECRET_FIELDS,
     Keyring,
@@ -91,7 +96,7 @@ async def create(runtime: Runtime, spec: SubscriptionSpec, actor: Actor) -> dict
     """A new subscription (origin "api", version 1); Conflict if the id is taken. The answer
     holds the signing secret made for it, if it gave none."""
     auth_given = spec.auth is not None and any(secret_of(spec.auth))
-    await _check(runtime, spec, _shape(spec.headers or {}, auth_given))
+    await _check(runtime, spec, stand_ins(spec.headers or {}, auth_given))
     secrets, made = _stored(runtime, spec)
     if await runtime.catalog.get(spec.id) is not None:
         raise Conflict(f"subscription {spec.id!r} exists: change it with PATCH")
@@ -117,7 +122,7 @@ async def update(runtime: Runtime, sub_id: str, patch: Struct, actor: Actor) -> 
         spec = _patched(before.spec, patch)
         _no_secret_moves(before, spec, patch)
         secrets = _secrets_patched(runtime, before, spec, patch)
-        shape = _shape(secrets.headers, secrets.auth is not None)
+        shape = stand_ins(secrets.headers, secrets.auth is not None)
         await _check(runtime, spec, shape, url_changed=spec.url != before.spec.url)
         return spec.public(), secrets
 
@@ -218,7 +223,7 @@ async def _check(
     runtime: Runtime, spec: SubscriptionSpec, shape: Keyring, url_changed: bool = True
 ) -> None:
     """BadRequest naming the field for a spec the config loader would refuse, or whose URL
-    the SSRF guard would refuse; `shape` stands for its secret values (see `_shape`)."""
+    the SSRF guard would refuse; `shape` stands for its secret values (see `stand_ins`)."""
     settings = runtime.settings
     try:
         resolve(spec, lambda: shape, settings.jsonata_limits)
@@ -301,12 +306,6 @@ def _sealed(runtime: Runtime, value: str) -> SecretRef:
         return seal(runtime.sealer, value)
     except SpecError as exc:
         raise BadRequest(str(exc)) from None
-
-
-def _shape(headers: Iterable[str], auth: bool) -> Keyring:
-    """Stand-ins for the secret values a spec has (its headers', its auth's), to check it."""
-    value = Secret("given")
-    return Keyring(headers=tuple((name, value) for name in headers), auth=value if auth else None)
 
 
 def _secrets_patched(

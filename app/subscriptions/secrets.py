@@ -17,7 +17,7 @@ refused (SecretsUnavailable). A push subscription created without `secret` gets 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
@@ -194,6 +194,14 @@ def _no_environment(spec: SubscriptionSpec) -> None:
         named.append(f"auth.{spec.auth.SECRET}_env")
     if named:
         raise SpecError(named[0], "is for the config file: give the value itself through the API")
+
+
+def stand_ins(headers: Iterable[str], auth: bool) -> Keyring:
+    """Values standing for secrets not at hand: the headers' (by name) and the auth's. A spec
+    is checked with them before its values are sealed; a process that cannot open a
+    subscription's values routes it with them (and delivers nothing: `secrets_problem`)."""
+    value = Secret("unavailable")
+    return Keyring(headers=tuple((name, value) for name in headers), auth=value if auth else None)
 
 
 def seal(sealer: Sealer, value: str, until_ms: int | None = None) -> SecretRef:
