@@ -456,3 +456,27 @@ async def test_a_new_subscription_with_backfill_since_gets_the_retained_events_s
     assert status["subscription"] == "late" and status["total"] == 2
     assert refused.status_code == 400 and "backfill_since" in refused.json()["error"]
     assert absent.status_code == 404  # a refused backfill makes no subscription
+
+
+async def test_a_patched_filter_and_transform_are_used_from_the_next_event(
+    gateway: Gateway, sink: Sink
+) -> None:
+    """The filters' and the transforms' worker pools are made again when a subscription's
+    expressions change (app/router.py, app/delivery.py): the next event meets the new ones."""
+    erp = subscription(
+        sink, "erp", filter='{type = "FromOrders", expression = "status = \\"invoiced\\""}'
+    )
+    async with gateway(erp, **KEY) as client:
+        await hook(client, OrderId="pf-1", State="invoiced")
+        await sink.wait_for("/erp", 1)
+        patch = {
+            "filter": {"type": "FromOrders", "expression": 'status = "canceled"'},
+            "transform": '{"order": orderId}',
+        }
+        r = await client.patch("/admin/subscriptions/erp", json=patch, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        await hook(client, OrderId="pf-2", State="invoiced")  # no longer matches
+        await hook(client, OrderId="pf-3", State="canceled")
+        got = await sink.wait_for("/erp", 2)
+    assert orjson.loads(got[1].body)["data"] == {"order": "pf-3"}
+    assert "pf-2" not in {orjson.loads(r.body)["subject"] for r in sink.at("/erp")}

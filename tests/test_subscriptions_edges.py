@@ -191,3 +191,29 @@ def test_a_replay_range_never_reaches_past_now() -> None:
     assert wanted.until_ms == now
     with pytest.raises(BadRequest):
         replay_range("2099-01-01T00:00:00Z", None, now, 86400)
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ("breaker_cooldown_max = 1e308", "breaker_cooldown_max"),
+        ("disable_after = 1e308", "disable_after"),
+        ("retry_schedule = [1e308]", "retry_schedule"),
+        ("timeout = 1e308", "timeout"),
+        ("max_in_flight = 1000000000", "max_in_flight"),
+        ("max_per_second = 1e308", "max_per_second"),
+        ("breaker_threshold = 9223372036854775807", "breaker_threshold"),
+    ],
+)
+def test_a_number_past_its_bound_is_refused_naming_it(
+    tmp_path: Path, line: str, field: str
+) -> None:
+    """1e308 s passed every `> 0` check and overflowed a time in ms (an infinite cooldown)."""
+    path = tmp_path / "orderhook.toml"
+    path.write_text(
+        f'[[subscriptions]]\nid = "erp"\nurl = "https://erp.example/hook"\n'
+        f'secret = "{SECRET}"\n{line}\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, {})
+    assert f"`subscriptions[0].{field}` must " in str(raised.value)
