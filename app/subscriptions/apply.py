@@ -20,7 +20,7 @@ import msgspec
 
 from app.config import Settings
 from app.events import utc_now_iso
-from app.store.catalog import Catalog, Conflict, Origin, Record
+from app.store.catalog import Catalog, Conflict, Origin, Record, decode_record
 from app.store.client import now_ms
 from app.subscriptions.secrets import Sealer, StoredSecrets, stored_from_file
 from app.subscriptions.spec import SECRET_FIELDS, SubscriptionSpec
@@ -149,7 +149,7 @@ async def _prune(catalog: Catalog, settings: Settings, applied: Applied) -> None
     for sub_id, raw in records.items():
         if sub_id in wanted:
             continue
-        record = msgspec.json.decode(raw, type=Record)
+        record = decode_record(raw)
         if record.origin == "config":
             entry = audit_entry("delete", sub_id, "config", record, None)
             if await catalog.delete(sub_id, entry) is not None:
