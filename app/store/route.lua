@@ -98,6 +98,16 @@ local function route_failed(d, e, event, key, err)
     redis.log(redis.LOG_WARNING, 'orderhook: delivery ' .. d.id .. ' dead-lettered: ' .. reason)
 end
 
+-- Whether a subscription is in the catalog, asked once a batch per subscription (a batch is
+-- one script run: the catalog cannot change during it).
+local in_catalog = {}
+local function catalogued(sub)
+    if in_catalog[sub] == nil then
+        in_catalog[sub] = redis.call('HEXISTS', K.subscriptions, sub) == 1
+    end
+    return in_catalog[sub]
+end
+
 local function route(e, event)
     redis.call('SET', K.event(e.eventId), event, 'EX', retention)
     redis.call('SADD', K.order(e.orderId), e.eventId)
@@ -105,8 +115,7 @@ local function route(e, event)
     redis.call('ZADD', K.received, e.receivedMs, e.eventId)
     for _, d in ipairs(e.deliveries) do
         local key = K.delivery(d.id)
-        local known = redis.call('HEXISTS', K.subscriptions, d.sub) == 1
-        if known and redis.call('EXISTS', key) == 0 then
+        if catalogued(d.sub) and redis.call('EXISTS', key) == 0 then
             local ok, result = pcall(create, d, e, event, key)
             if not ok then
                 route_failed(d, e, event, key, result)
