@@ -196,14 +196,17 @@ async def test_a_redis_that_never_answers_gets_503_within_vtex_timeout() -> None
         redis_timeout_s=0.5,
     )
     app = create_app(settings)
-    async with server, app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            started = time.monotonic()
-            r = await client.post("/hooks/vtex", json=notification(), headers=AUTH)
-            elapsed = time.monotonic() - started
+    async with server:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                started = time.monotonic()
+                r = await client.post("/hooks/vtex", json=notification(), headers=AUTH)
+                elapsed = time.monotonic() - started
+        # only now has every task that might still connect stopped: close what was accepted
         for writer in held:
             writer.close()
+            await writer.wait_closed()
     assert r.status_code == 503
     assert elapsed < 5.0  # VTEX counts anything slower as a failure
 
