@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,14 @@ def _serve_many(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["ORDERHOOK_CONFIG"] = str(Path(args.config).resolve())
     _exit_cleanly_on_stop_signals()
     raise_open_files_limit()  # the worker processes inherit it
+    with tempfile.TemporaryDirectory(prefix="orderhook-metrics-") as folder:
+        # the counts each process keeps, summed by any process's /metrics (app/ops/metrics.py)
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", folder)
+        _run_workers(args, settings)
+    return EXIT_STORE_LOST if store_lost.is_set() else 0
+
+
+def _run_workers(args: argparse.Namespace, settings: Settings) -> None:
     uvicorn.run(
         "app.server:app_from_environment",
         factory=True,
@@ -177,7 +186,6 @@ def _serve_many(args: argparse.Namespace, settings: Settings) -> int:
         workers=args.workers,
         **_uvicorn(settings),
     )
-    return EXIT_STORE_LOST if store_lost.is_set() else 0
 
 
 def _uvicorn(settings: Settings) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from app.http import EXCEPTION_HANDLERS, json_response
 from app.ingest import HOOK_DEADLINE_S, HOOK_PATH, HookEndpoint
 from app.lifecycle import tune_gc
 from app.openapi import OpenApiEndpoint
+from app.ops import metrics
 from app.ops.admin import Admin
 from app.ops.forms import MAX_FORM_BYTES
 from app.ops.guards import SameOriginWrites, SecurityHeaders, SignInThrottle
@@ -116,7 +117,7 @@ class Gateway(Starlette):
             await super().__call__(scope, receive, send)
         elif scope["path"] == HOOK_PATH and scope["method"] == "POST":
             scope["app"] = self
-            await self.hook(scope, receive, send)
+            await self.hook(scope, receive, metrics.counting_responses(send))
         else:
             await super().__call__(scope, bounded_receive(receive, self.body_timeout_s), send)
 

@@ -25,6 +25,7 @@ from app.errors import StoreUnavailable
 from app.http import RETRY_AFTER_S, json_response, unavailable
 from app.ops.access import COOKIE
 from app.ops.dashboard import CONTENT_SECURITY_POLICY
+from app.ops.metrics import PATH as METRICS_PATH
 from app.ops.throttle import Throttle
 
 SECURITY_HEADERS = {
@@ -117,6 +118,9 @@ class SignInThrottle:
         try:
             refused = await throttle.check(client)
         except StoreUnavailable as exc:
+            if scope["path"] == METRICS_PATH:  # it tells Redis is down; its token still checked
+                await self.app(scope, receive, send)
+                return
             retry = {"Retry-After": str(RETRY_AFTER_S)}
             await json_response(unavailable(exc), 503, retry)(scope, receive, send)
             return

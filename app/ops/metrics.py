@@ -1,31 +1,44 @@
 """`GET /metrics`: the stats in Prometheus text format, written by prometheus-client.
 
-Every figure is read from Redis at each scrape, so each is true across the gateway's processes
-and restarts; the latency histogram's counters are cumulative there (app/store/latency.py), so
-`rate()` and `histogram_quantile()` aggregate them across subscriptions and gateways.
+Three kinds of figures:
+- read from Redis at each scrape (the stats, the latency histograms, the breakers), so each is
+  true across the gateway's processes and restarts; the latency histogram's counters are
+  cumulative there (app/store/latency.py), so `rate()` and `histogram_quantile()` aggregate
+  them across subscriptions and gateways;
+- kept by the process, which has them while Redis is down: the hook's answers by status. Under
+  `serve --workers N` (PROMETHEUS_MULTIPROC_DIR set by app/cli.py) each process writes them to
+  its file there and a scrape sums every process's, so any process answers the same total;
+- found at the scrape: whether Redis answered it and whether /readyz would answer 200. Without
+  Redis the scrape still answers, with these and the process's figures only.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.types import Message, Send
 
+from app.errors import StoreUnavailable
 from app.ops import stats as ops_stats
-from app.store.client import now_ms
+from app.store.client import Store, now_ms
 from app.store.latency import histogram
 from app.store.queries import Queries
 from app.store.reads import both, gather
+from app.store.schema import Breaker
 from app.subscriptions.spec import Subscription
 
+PATH = "/metrics"
 MEDIA_TYPE = "text/plain; version=0.0.4"
 
 
@@ -82,8 +95,15 @@ class _Snapshot:
             "Matching events not sent: their order had fired already (FromOrders single fire)",
             labels=["subscription"],
         )
+        breakers = GaugeMetricFamily(
+            "orderhook_breaker_state",
+            "The circuit breaker's state: 1 for the state it is in, 0 for the others",
+            labels=["subscription", "state"],
+        )
         for sub in subs:
             sid = sub["id"]
+            for state in Breaker:
+                breakers.add_metric([sid, state.value], 1 if sub["breaker"] == state else 0)
             for outcome, key in (
                 ("delivered", "delivered"),
                 ("retried", "retried"),
@@ -99,7 +119,7 @@ class _Snapshot:
             single_fire.add_metric([sid], sub["singleFireSuppressed"])
         yield outcomes
         yield from gauges.values()
-        yield from (enabled, oldest, filter_errors, single_fire)
+        yield from (enabled, breakers, oldest, filter_errors, single_fire)
         yield self._latency(subs)
 
     def _latency(self, subs: list[dict[str, Any]]) -> Metric:
@@ -119,16 +139,93 @@ def _le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else str(bound)
 
 
-def render(stats: dict[str, Any], latencies: Mapping[str, dict[str, int]]) -> bytes:
+# --- Kept by the process -------------------------------------------------------------------
+
+_KEPT = CollectorRegistry(auto_describe=False)
+HOOK_RESPONSES = Counter(
+    "orderhook_hook_responses",
+    "Answers to POST /hooks/vtex by HTTP status (kept by the gateway's processes, not Redis)",
+    labelnames=["code"],
+    registry=_KEPT,
+)
+for _code in (200, 500, 503):  # a first 5xx is an increase from 0, which rate() sees
+    HOOK_RESPONSES.labels(str(_code))
+
+
+def counting_responses(send: Send) -> Send:
+    """`send`, counting the status of the response it starts in HOOK_RESPONSES."""
+
+    async def counted(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            HOOK_RESPONSES.labels(str(message["status"])).inc()
+        await send(message)
+
+    return counted
+
+
+class _Kept:
+    """The figures kept by the processes: this one's, or under `serve --workers N` every
+    process's, summed from their files in PROMETHEUS_MULTIPROC_DIR."""
+
+    def collect(self) -> Iterator[Metric]:
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if folder:
+            summed = MultiProcessCollector(None, folder)  # type: ignore[no-untyped-call]
+            yield from summed.collect()  # type: ignore[no-untyped-call]
+        else:
+            yield from _KEPT.collect()
+
+
+# --- Found at the scrape ---------------------------------------------------------------------
+
+
+class _Health:
+    """Whether Redis answered this scrape, and whether /readyz would answer 200 now."""
+
+    def __init__(self, store_up: bool, ready: bool) -> None:
+        self.store_up = store_up
+        self.ready = ready
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "orderhook_store_up",
+            "1 when Redis answered this scrape's reads, 0 when it did not",
+            value=int(self.store_up),
+        )
+        yield GaugeMetricFamily(
+            "orderhook_ready",
+            "1 when GET /readyz answers 200 now (Redis answers, runs noeviction, takes a write)",
+            value=int(self.ready),
+        )
+
+
+async def _ready(store: Store) -> bool:
+    try:
+        await store.check_ready()
+    except StoreUnavailable:
+        return False
+    return True
+
+
+def render(*collectors: Any) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(stats, latencies))
+    for collector in collectors:
+        registry.register(collector)
     return generate_latest(registry)
 
 
-async def scrape(subs: Sequence[Subscription], queries: Queries) -> bytes:
-    """The whole `/metrics` answer, read now in one round trip."""
+async def snapshot(subs: Sequence[Subscription], queries: Queries) -> _Snapshot:
+    """The figures read from Redis, in one round trip."""
     histograms = gather([queries.latency_histogram(s.id) for s in subs])
     figures, latencies = await queries.read(both(ops_stats.figures(subs, queries), histograms))
-    snapshot = ops_stats.view(subs, figures, now_ms())
-    ids = [s.id for s in subs]
-    return render(snapshot, dict(zip(ids, latencies, strict=True)))
+    stats = ops_stats.view(subs, figures, now_ms())
+    return _Snapshot(stats, dict(zip([s.id for s in subs], latencies, strict=True)))
+
+
+async def scrape(subs: Sequence[Subscription], queries: Queries, store: Store) -> bytes:
+    """The whole `/metrics` answer; without Redis, the process's figures and store_up 0."""
+    try:
+        read = await snapshot(subs, queries)
+    except StoreUnavailable:
+        return render(_Kept(), _Health(store_up=False, ready=False))
+    return render(read, _Kept(), _Health(store_up=True, ready=await _ready(store)))

@@ -77,7 +77,7 @@ class Ops:
     async def metrics(self, request: Request) -> Response:
         require(request, self.settings, "ops")
         runtime = self._runtime(request)
-        body = await metrics.scrape(runtime.subscriptions.all(), runtime.queries)
+        body = await metrics.scrape(runtime.subscriptions.all(), runtime.queries, runtime.store)
         return Response(body, media_type=metrics.MEDIA_TYPE)
 
     async def dashboard(self, request: Request) -> Response:
@@ -195,7 +195,7 @@ class Ops:
             Route("/ops/dlq/replay", self.dead_letter_replay, methods=["POST"]),
             Route("/ops/dlq/delete", self.dead_letter_delete, methods=["POST"]),
             Route("/ops/stats", self.stats, methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
+            Route(metrics.PATH, self.metrics, methods=["GET"]),
             *SubscriptionPages(self.settings, self._role).routes(),
         ]
 
