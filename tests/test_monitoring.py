@@ -222,6 +222,7 @@ async def test_every_metric_and_label_the_rules_and_dashboard_name_is_exported(
         await until(
             lambda: client.get("/ops/stats", headers=OPS),
             lambda r: [s["deadLetters"] for s in r.json()["subscriptions"]] == [0, 1],
+            timeout=20,  # three failed attempts, on a loaded machine
         )
         text = await scrape(client)
     metrics = exported(text)

@@ -23,7 +23,7 @@ BUDGET = {
     "dashboard": AUTH_CHECK + 2,
     "dashboard+order": AUTH_CHECK + 2,
     "stats": AUTH_CHECK + 1,
-    "metrics": AUTH_CHECK + 1,
+    "metrics": AUTH_CHECK + 3,  # the figures, then /readyz's check (CONFIG GET, a write)
     "admin subscriptions": AUTH_CHECK + 2,  # the catalog, then every subscription's figures
 }
 
