@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import msgspec
 from starlette.datastructures import Secret
 
+from app.alerts.config import AlertSpec, AlertSpecError, AlertTarget, resolve_target
 from app.errors import BadRequest, ConfigError
 from app.events import check_account
 from app.filters import (
@@ -51,6 +52,8 @@ DEFAULT_SESSION_MAX_AGE_S = 12 * 3600
 DEFAULT_SIGN_IN_FAILURES_PER_CLIENT = 10
 DEFAULT_SIGN_IN_FAILURES_TOTAL = 300
 DEFAULT_DASHBOARD_REFRESH_S = 5.0
+DEFAULT_ALERT_CHECK_S = 5.0  # each process evaluates the alert conditions this often
+DEFAULT_ALERT_UNAVAILABLE_S = 30.0  # Redis silent this long: store.unavailable, from memory
 
 AppendFsync = Literal["always", "everysec", "no"]
 
@@ -107,12 +110,16 @@ class _OpsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sign_in_failures_per_client: int = DEFAULT_SIGN_IN_FAILURES_PER_CLIENT  # per window ...
     sign_in_failures_total: int = DEFAULT_SIGN_IN_FAILURES_TOTAL  # ... then 429 till it ends
     dashboard_refresh_s: float = DEFAULT_DASHBOARD_REFRESH_S  # while no one types in it
+    public_url: str | None = None  # the dashboard's base URL, for the links in alerts
+    alert_check_s: float = DEFAULT_ALERT_CHECK_S
+    alert_unavailable_s: float = DEFAULT_ALERT_UNAVAILABLE_S
 
 
 class _ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     allow_networks: list[str] = msgspec.field(default_factory=list)
     sources: list[_SourceFile] = msgspec.field(default_factory=list)
     subscriptions: list[SubscriptionSpec] = msgspec.field(default_factory=list)
+    alerts: list[AlertSpec] = msgspec.field(default_factory=list)
     store: _StoreFile = msgspec.field(default_factory=_StoreFile)
     server: _ServerFile = msgspec.field(default_factory=_ServerFile)
     ingest: _IngestFile = msgspec.field(default_factory=_IngestFile)
@@ -161,6 +168,10 @@ class Settings:
     sign_in_failures_per_client: int = DEFAULT_SIGN_IN_FAILURES_PER_CLIENT
     sign_in_failures_total: int = DEFAULT_SIGN_IN_FAILURES_TOTAL
     dashboard_refresh_s: float = DEFAULT_DASHBOARD_REFRESH_S
+    alerts: tuple[AlertTarget, ...] = ()
+    ops_public_url: str | None = None  # [ops] public_url: base of the dashboard links
+    alert_check_s: float = DEFAULT_ALERT_CHECK_S
+    alert_unavailable_s: float = DEFAULT_ALERT_UNAVAILABLE_S
     vtex_base_url: str = DEFAULT_VTEX_BASE_URL
     public_url: str | None = None
     vtex_max_requests_per_minute: int = 6000
@@ -212,6 +223,10 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
         sign_in_failures_per_client=parsed.ops.sign_in_failures_per_client,
         sign_in_failures_total=parsed.ops.sign_in_failures_total,
         dashboard_refresh_s=parsed.ops.dashboard_refresh_s,
+        alerts=_resolve_alerts(parsed.alerts, where, env),
+        ops_public_url=_public_url(parsed.ops.public_url, where),
+        alert_check_s=parsed.ops.alert_check_s,
+        alert_unavailable_s=parsed.ops.alert_unavailable_s,
         vtex_base_url=parsed.vtex.base_url,
         public_url=parsed.vtex.public_url,
         vtex_max_requests_per_minute=parsed.vtex.max_requests_per_minute,
@@ -338,6 +353,16 @@ def _check_limits(parsed: _ConfigFile, where: str) -> None:
             "ops.dashboard_refresh_s",
             "a number of seconds from 1 to 3600",
         ),
+        (
+            0.1 <= parsed.ops.alert_check_s <= 3600,
+            "ops.alert_check_s",
+            "a number of seconds from 0.1 to 3600",
+        ),
+        (
+            1 <= parsed.ops.alert_unavailable_s <= 86400,
+            "ops.alert_unavailable_s",
+            "a number of seconds from 1 to 86400",
+        ),
         (parsed.delivery.router_claim_idle_s > 0, "delivery.router_claim_idle_s", "a number > 0"),
         (
             1 <= parsed.delivery.jsonata_timeout_ms <= MAX_JSONATA_TIMEOUT_MS,
@@ -440,3 +465,35 @@ def _resolve_subscription(
         return resolve(spec, lambda: from_file(spec, env), limits)
     except SpecError as exc:
         raise ConfigError(f"config {where}: `{key}.{exc.field}` {exc.expected}") from None
+
+
+def _resolve_alerts(
+    specs: list[AlertSpec], where: str, env: Mapping[str, str]
+) -> tuple[AlertTarget, ...]:
+    targets = []
+    for i, spec in enumerate(specs):
+        try:
+            targets.append(resolve_target(spec, env))
+        except AlertSpecError as exc:
+            raise ConfigError(f"config {where}: `alerts[{i}].{exc.key}` {exc.expected}") from None
+    ids = [t.id for t in targets]
+    for target_id in ids:
+        if ids.count(target_id) > 1:
+            raise ConfigError(f"config {where}: alert target id {target_id!r} is used twice")
+    return tuple(targets)
+
+
+def _public_url(url: str | None, where: str) -> str | None:
+    """[ops] public_url: an http(s) URL, kept without a trailing slash."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (a port that is not a number raises here)
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ConfigError(f"config {where}: `ops.public_url` must be an http or https URL")
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise ConfigError(f"config {where}: `ops.public_url` must not hold spaces or controls")
+    return url.rstrip("/")

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 
 from app.config import Settings
-from app.redaction import scrub, shown_url
+from app.redaction import origin, scrub, shown_url
 from app.ssrf import foresee
 from app.subscriptions.spec import Subscription
 
@@ -38,18 +38,21 @@ def _named(sub: Subscription) -> str:
 
 
 async def find(settings: Settings) -> Findings:
-    """Resolve every push subscription's URL (at once, each within a short timeout)."""
-    push = [s for s in settings.subscriptions if s.mode == "push"]
-    seen = await foresee([s.url for s in push], settings.allow_networks)
+    """Resolve every push subscription's URL and every alert target's (at once, each within
+    a short timeout)."""
+    push = [(_named(s), s.url) for s in settings.subscriptions if s.mode == "push"]
+    alerts = [(f"alert target `{t.id}` ({origin(t.url)})", t.url) for t in settings.alerts]
+    named = push + alerts
+    seen = await foresee([url for _, url in named], settings.allow_networks)
     refused = tuple(
-        f"{_named(s)} cannot be delivered to: {scrub(f.refused, s.url)}"
-        for s, f in zip(push, seen, strict=True)
+        f"{name} cannot be delivered to: {scrub(f.refused, url)}"
+        for (name, url), f in zip(named, seen, strict=True)
         if f.refused is not None
     )
     unresolved = tuple(
-        f"{_named(s)}: its host does not resolve now ({scrub(f.unresolved, s.url)}); "
+        f"{name}: its host does not resolve now ({scrub(f.unresolved, url)}); "
         "its deliveries are retried until it does"
-        for s, f in zip(push, seen, strict=True)
+        for (name, url), f in zip(named, seen, strict=True)
         if f.unresolved is not None
     )
     return Findings(refused, unresolved)

@@ -13,6 +13,8 @@ import signal
 import aiohttp
 
 from app import logs
+from app.alerts.service import Alerting
+from app.alerts.unavailable import warn_while_unreachable
 from app.config import Settings
 from app.delivery import Deliverer, Transforms
 from app.router import Router
@@ -53,6 +55,8 @@ class Relay:
         self.router = Router(
             self.settings, self.runtime.routing, self.deliverer, enricher, subscriptions
         )
+        self.alerts = Alerting(self.settings, self.runtime.alerts, self._session)
+        self.alerts.start()  # its own tasks: a target down or hanging holds nothing else
         self._tasks = [
             asyncio.create_task(self.router.run(self._stopping), name="orderhook-router"),
             asyncio.create_task(self.deliverer.run(), name="orderhook-deliverer"),
@@ -83,6 +87,7 @@ class Relay:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("relay task failed", exc_info=task.exception())
         if self._tasks:
+            await self.alerts.stop()
             await self.router.close()  # the filters' worker
         if self._session is not None:
             with contextlib.suppress(Exception):
@@ -107,7 +112,15 @@ async def run_worker(settings: Settings) -> None:
                 "the stream until one is created (admin API) or applied from a config file"
             )
         flusher = asyncio.create_task(logs.flush_periodically())
+        stop_pinging = asyncio.Event()
+        every_s = settings.unreachable_warning_s
+        ping = asyncio.create_task(
+            warn_while_unreachable(runtime.store, every_s, stop_pinging, relay.alerts.reachability)
+        )
         await stop.wait()
         flusher.cancel()
+        stop_pinging.set()
+        ping.cancel()
+        await asyncio.wait([ping], timeout=every_s)
         log.info("worker stopping: finishing deliveries in flight")
         await relay.stop()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from app.config import Settings
 from app.errors import SchemaMismatch, StoreUnavailable
 from app.sealing import Sealer as RealSealer
+from app.store.alerts import AlertStore
 from app.store.catalog import Catalog
 from app.store.client import Store, open_store
 from app.store.deliveries import Deliveries
@@ -46,6 +47,7 @@ class Runtime:
     catalog: Catalog
     subscriptions: LiveSubscriptions
     sealer: Sealer
+    alerts: AlertStore
 
     @classmethod
     def on(cls, settings: Settings, store: Store) -> Runtime:
@@ -63,6 +65,7 @@ class Runtime:
             catalog,
             live,
             sealer,
+            AlertStore(store),
         )
 
     async def start(self, apply: bool) -> None:

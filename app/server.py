@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from app import logs, pull
+from app.alerts.unavailable import warn_while_unreachable
 from app.bodies import limit_bodies
 from app.config import Settings, load_settings
 from app.connections import BoundedHttpProtocol, bounded_receive
@@ -26,6 +27,7 @@ from app.lifecycle import tune_gc
 from app.openapi import OpenApiEndpoint
 from app.ops import metrics
 from app.ops.admin import Admin
+from app.ops.alerts import AlertsApi
 from app.ops.forms import MAX_FORM_BYTES
 from app.ops.guards import SameOriginWrites, SecurityHeaders, SignInThrottle
 from app.ops.jobs import Jobs
@@ -82,25 +84,6 @@ async def watch_eviction_policy(store: Store, known: str | None) -> None:
         known = await check_eviction_policy(store, known)
 
 
-async def warn_while_unreachable(store: Store, every_s: float, stop: asyncio.Event) -> None:
-    """Log a warning now and every `every_s` while Redis does not answer (naming its address
-    and why), and once when it answers again: hooks are answered 503 meanwhile. Ends when
-    `stop` is set (a cancel that lands inside the Redis client's connect can be lost there)."""
-    down = False
-    while not stop.is_set():
-        try:
-            await store.ping()
-        except StoreUnavailable as exc:
-            log.warning("%s; hooks are answered 503 until it answers", exc)
-            down = True
-        else:
-            if down:
-                log.warning("redis at %s answers now: hooks are accepted", store.address)
-            down = False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
-
-
 class Gateway(Starlette):
     """The Starlette app, with one shortcut: `POST /hooks/vtex`, the one path VTEX loads,
     goes straight to its handler, which answers every error itself (and bounds its body's
@@ -152,7 +135,9 @@ def create_app(settings: Settings) -> Starlette:
             watch = asyncio.create_task(watch_eviction_policy(store, known_problem))
             every_s = settings.unreachable_warning_s
             stop_pinging = asyncio.Event()
-            ping = asyncio.create_task(warn_while_unreachable(store, every_s, stop_pinging))
+            ping = asyncio.create_task(
+                warn_while_unreachable(store, every_s, stop_pinging, relay.alerts.reachability)
+            )
             try:
                 yield
             finally:
@@ -175,6 +160,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", OpenApiEndpoint(settings).handle, methods=["GET"]),
         *Admin(settings).routes(),
+        *AlertsApi(settings).routes(),
         *Jobs(settings).routes(),
         *SubscriptionsApi(settings).routes(),
         *Ops(settings).routes(),

@@ -17,7 +17,7 @@ from app.store.scripts import shared_rules
 APP = Path(__file__).resolve().parent.parent / "app"
 LUA_FILES = sorted(APP.rglob("*.lua"))
 # Words a Redis command takes besides keys, fields and values (spelt as Redis spells them).
-OPTIONS = {"NX", "XX", "EX", "PX", "LIMIT", "WITHSCORES", "-inf", "+inf", "*", "("}
+OPTIONS = {"NX", "XX", "EX", "PX", "LIMIT", "WITHSCORES", "MAXLEN", "-inf", "+inf", "*", "("}
 LITERAL = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"")
 VALUES = {m.value for enum in (schema.Enablement, schema.Breaker, schema.Outcome) for m in enum}
 

@@ -94,7 +94,10 @@ class Store:
         plan = {
             "windowS": self.dedupe_window_s,
             "minute": int(time.time() // 60),
-            "events": [{"id": e["id"], "order": order_key(e)} for e in events],
+            "nowMs": now_ms(),
+            "events": [
+                {"id": e["id"], "order": order_key(e), "account": e["account"]} for e in events
+            ],
         }
         args = [orjson.dumps(plan), *(orjson.dumps(e) for e in events)]
         rows = await self.script(self._ingest, [], args)

@@ -211,6 +211,38 @@ class Keys:
         return f"{self.tag}:signin"
 
     @property
+    def accepted_at(self) -> str:
+        """A hash: each account's last accepted notification (ms), written by ingest.lua; an
+        account never seen is set when the alert evaluator first looks (ingest.silent)."""
+        return f"{self.tag}:alerts:accepted"
+
+    @property
+    def alerts_active(self) -> str:
+        """A hash of the alert conditions in force, by `<target>|<event>|<subject>`: JSON
+        `{event, subject, target, since, lastSentMs, details}` (app/store/alerts.lua)."""
+        return f"{self.tag}:alerts:active"
+
+    @property
+    def alerts_resolved(self) -> str:
+        """A list of the latest ALERTS_RESOLVED_KEPT conditions that ended, newest first (the
+        active entry's JSON, with `resolvedMs`)."""
+        return f"{self.tag}:alerts:resolved"
+
+    @property
+    def alerts_marks(self) -> str:
+        """A hash: per `<target>|<sub>`, the subscription's dead-letter counter when the target
+        was last told (subscription.dead_letter counts from it)."""
+        return f"{self.tag}:alerts:marks"
+
+    @property
+    def alerts_outbox(self) -> str:
+        """A stream of alert notifications to send (AlertEntry fields), read by every process
+        in the consumer group ALERTS_GROUP; capped at ALERTS_OUTBOX_MAX entries."""
+        return f"{self.tag}:alerts:outbox"
+
+    ALERTS_GROUP = "alerts"
+
+    @property
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this prefix."""
         return self.tag.replace("{", "\\{").replace("}", "\\}") + ":*"
@@ -267,6 +299,17 @@ class Entry(StrEnum):
     EVENT = "event"  # the event's JSON
     SEQ = "seq"  # the order's sequence number (Keys.order_sequence)
     ORDER = "ord"  # the order key (app/events.py's order_key)
+
+
+class AlertEntry(StrEnum):
+    """The fields of an alert outbox entry (Keys.alerts_outbox)."""
+
+    TARGET = "target"  # the [[alerts]] id to send it to
+    ALERT = "alert"  # the notification's JSON (app/alerts/compose.py's Notification)
+
+
+ALERTS_RESOLVED_KEPT = 100
+ALERTS_OUTBOX_MAX = 10_000
 
 
 class Delivery(StrEnum):
@@ -383,6 +426,9 @@ class Counter(StrEnum):
     BREAKER_OPENED = "breaker_opened"
     SINGLE_FIRE_SUPPRESSED = "single_fire_suppressed"
     FILTER_ERRORS = "filter_errors"
+    ALERTS_SENT = "alerts_sent"  # an alert target's (stat_field(target, ...))
+    ALERTS_FAILED = "alerts_failed"  # attempts that failed (retried)
+    ALERTS_DROPPED = "alerts_dropped"  # given up after ALERT_GIVE_UP_S
 
 
 def stat_field(owner: str, counter: Counter) -> str:
@@ -405,6 +451,7 @@ LUA_TABLES: dict[str, type[StrEnum]] = {
     "C": Counter,
     "OUTCOME": Outcome,
     "J": Job,
+    "A": AlertEntry,
 }
 
 

@@ -1,0 +1,178 @@
+"""The alerts' side of the store: evaluation (alerts.lua), the outbox stream and what
+/admin/alerts reads.
+
+Every process runs `evaluate` every `alert_check_s`; the script is atomic, so a condition that
+starts is seen by one run only and queued once. The outbox is read through one consumer group:
+an entry goes to one process, which acks and deletes it once its target took it; an entry a
+dead process held is taken over (`take_over`) after ALERT_CLAIM_IDLE_S.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.exceptions import ResponseError
+
+from app.store.client import Store, now_ms, text
+from app.store.schema import (
+    ALERTS_OUTBOX_MAX,
+    ALERTS_RESOLVED_KEPT,
+    AlertEntry,
+    Counter,
+    Keys,
+    stat_field,
+)
+from app.store.scripts import register
+
+SHOWN_EVENT_IDS = 5  # a dead_letter message names this many event ids
+ERROR_CHARS = 300  # of a subscription's lastError
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One target's part in an evaluation: the events it wants and its thresholds (ms)."""
+
+    target: str
+    events: Sequence[str]
+    backlog_ms: int
+    silent_ms: int
+    repeat_ms: int
+
+    def plan(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "events": {event: True for event in self.events},
+            "backlogMs": self.backlog_ms,
+            "silentMs": self.silent_ms,
+            "repeatMs": self.repeat_ms,
+        }
+
+
+@dataclass(frozen=True)
+class Queued:
+    """An outbox entry: its stream id, its target and the notification's JSON."""
+
+    entry_id: str
+    target: str
+    alert: bytes
+
+    @property
+    def queued_ms(self) -> int:
+        return int(self.entry_id.split("-", 1)[0])
+
+
+class AlertStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.client = store.client
+        self.keys: Keys = store.keys
+        self._evaluate = register(self.client, self.keys, "alerts.lua", rules=False)
+
+    async def evaluate(
+        self, rules: Sequence[Rule], accounts: Sequence[str], now: int | None = None
+    ) -> tuple[int, int]:
+        """Run the evaluation; (notifications queued, subjects whose data failed it)."""
+        plan = {
+            "now": now_ms() if now is None else now,
+            "outboxMax": ALERTS_OUTBOX_MAX,
+            "resolvedKept": ALERTS_RESOLVED_KEPT,
+            "shownIds": SHOWN_EVENT_IDS,
+            "errorChars": ERROR_CHARS,
+            "accounts": list(accounts),
+            "rules": [r.plan() for r in rules],
+        }
+        queued, failed = await self.store.script(self._evaluate, [], [orjson.dumps(plan)])
+        return int(queued), int(failed)
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.store.guard(
+                lambda: self.client.xgroup_create(
+                    self.keys.alerts_outbox, Keys.ALERTS_GROUP, id="0", mkstream=True
+                )
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read_new(self, consumer: str, count: int) -> list[Queued]:
+        reply: Any = await self.store.guard(
+            lambda: self.client.xreadgroup(
+                Keys.ALERTS_GROUP, consumer, {self.keys.alerts_outbox: ">"}, count
+            )
+        )
+        return _entries([e for _, entries in reply or [] for e in entries])
+
+    async def take_over(self, consumer: str, idle_ms: int, count: int) -> list[Queued]:
+        """Entries another process read but did not settle within `idle_ms` (it died)."""
+        reply = await self.store.guard(
+            lambda: self.client.xautoclaim(
+                self.keys.alerts_outbox, Keys.ALERTS_GROUP, consumer, idle_ms, "0-0", count
+            )
+        )
+        return _entries(reply[1])
+
+    async def keep(self, consumer: str, entry_ids: Sequence[str]) -> None:
+        """Mark entries this process is still retrying as its own now (their idle time
+        restarts), so no other process takes them over meanwhile."""
+        if entry_ids:
+            await self.store.guard(
+                lambda: self.client.xclaim(
+                    self.keys.alerts_outbox,
+                    Keys.ALERTS_GROUP,
+                    consumer,
+                    0,
+                    list(entry_ids),
+                    justid=True,
+                )
+            )
+
+    async def done(self, entry_id: str) -> None:
+        """The entry was sent (or given up): acknowledged and deleted, in one round trip."""
+
+        async def settle() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.xack(self.keys.alerts_outbox, Keys.ALERTS_GROUP, entry_id)
+                pipe.xdel(self.keys.alerts_outbox, entry_id)
+                await pipe.execute()
+
+        await self.store.guard(settle)
+
+    async def count(self, target: str, counter: Counter) -> None:
+        await self.store.guard(
+            lambda: self.client.hincrby(self.keys.stats, stat_field(target, counter), 1)
+        )
+
+    async def listing(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The active conditions (oldest first) and the latest resolved (newest first)."""
+
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hvals(self.keys.alerts_active)
+                pipe.lrange(self.keys.alerts_resolved, 0, ALERTS_RESOLVED_KEPT - 1)
+                return list(await pipe.execute())
+
+        active, resolved = await self.store.guard(read)
+        rows = [_decoded(raw) for raw in active]
+        found = sorted((r for r in rows if r is not None), key=lambda r: r.get("since", 0))
+        return found, [r for r in map(_decoded, resolved) if r is not None]
+
+
+def _entries(raw: list[Any]) -> list[Queued]:
+    target, alert = AlertEntry.TARGET.encode(), AlertEntry.ALERT.encode()
+    return [
+        Queued(text(entry_id), text(fields[target]), fields[alert])
+        for entry_id, fields in raw
+        if fields and target in fields and alert in fields
+    ]
+
+
+def _decoded(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

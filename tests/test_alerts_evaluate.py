@@ -1,0 +1,184 @@
+"""The alert conditions as alerts.lua evaluates them, on a real Redis: each start and end queued
+once whatever the number of evaluators, the thresholds, the dead-letter summary, the silent
+account, a deleted subscription, a subject whose data is broken."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from app.store.alerts import AlertStore, Rule
+from app.store.client import open_store
+from app.store.schema import Counter, Keys, stat_field
+
+pytestmark = pytest.mark.anyio
+
+ALL = (
+    "subscription.disabled",
+    "subscription.breaker_open",
+    "subscription.backlog",
+    "subscription.dead_letter",
+    "ingest.silent",
+)
+RULE = Rule("ops", ALL, backlog_ms=300_000, silent_ms=1_800_000, repeat_ms=3_600_000)
+T0 = 1_800_000_000_000
+
+
+@pytest.fixture
+async def alerts(redis_url: str, keys: Keys) -> AsyncIterator[AlertStore]:
+    async with open_store(redis_url, keys, 2.0, 3600) as store:
+        yield AlertStore(store)
+
+
+def outbox(rdb: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    """What was queued: (target, notification) in order."""
+    return [
+        {"target": f[b"target"].decode(), **orjson.loads(f[b"alert"])}
+        for _, f in rdb.xrange(keys.alerts_outbox)
+    ]
+
+
+def summary(rdb: redis.Redis, keys: Keys) -> list[tuple[str, str, str]]:
+    return [(n["event"], n["status"], n["subject"]) for n in outbox(rdb, keys)]
+
+
+def catalog(rdb: redis.Redis, keys: Keys, *subs: str) -> None:
+    for sub in subs:
+        rdb.hset(keys.subscriptions, sub, "{}")
+
+
+async def test_a_breaker_open_is_queued_once_by_many_evaluators_and_resolved_once(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    catalog(rdb, keys, "erp", "wms")
+    rdb.hset(keys.state("erp"), mapping={"state": "enabled", "breaker": "open", "failures": 12})
+    rdb.hset(keys.state("wms"), mapping={"state": "enabled", "breaker": "closed"})
+    runs = [alerts.evaluate([RULE], [], now=T0 + n) for n in range(20)]
+    await asyncio.gather(*runs)  # twenty processes at once
+    rdb.hset(keys.state("erp"), "breaker", "half-open")  # probing: still the same condition
+    await alerts.evaluate([RULE], [], now=T0 + 100)
+    assert summary(rdb, keys) == [("subscription.breaker_open", "firing", "erp")]
+    rdb.hset(keys.state("erp"), "breaker", "closed")
+    await asyncio.gather(*(alerts.evaluate([RULE], [], now=T0 + 200) for _ in range(5)))
+    assert summary(rdb, keys)[1:] == [("subscription.breaker_open", "resolved", "erp")]
+    active, resolved = await alerts.listing()
+    assert active == [] and [r["event"] for r in resolved] == ["subscription.breaker_open"]
+
+
+async def test_each_target_gets_its_own_events_and_thresholds(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    catalog(rdb, keys, "erp")
+    rdb.zadd(keys.pending_age("erp"), {"d1": T0 - 400_000, "d2": T0 - 10})
+    quick = Rule("pager", ("subscription.backlog",), 300_000, 1_800_000, 3_600_000)
+    patient = Rule("chat", ("subscription.backlog",), 600_000, 1_800_000, 3_600_000)
+    deaf = Rule("other", ("subscription.disabled",), 1000, 1_800_000, 3_600_000)
+    await alerts.evaluate([quick, patient, deaf], [], now=T0)
+    [queued] = outbox(rdb, keys)
+    assert (queued["target"], queued["event"], queued["status"]) == (
+        "pager",
+        "subscription.backlog",
+        "firing",
+    )
+    assert queued["details"] == {"oldestAgeS": 400, "thresholdS": 300, "queued": 2}
+    await alerts.evaluate([quick, patient, deaf], [], now=T0 + 200_001)
+    assert [(n["target"], n["status"]) for n in outbox(rdb, keys)][1:] == [("chat", "firing")]
+
+
+async def test_a_paused_subscription_s_backlog_is_no_alert(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    catalog(rdb, keys, "erp")
+    rdb.hset(keys.state("erp"), "state", "paused")
+    rdb.zadd(keys.pending_age("erp"), {"d1": T0 - 4_000_000})
+    await alerts.evaluate([RULE], [], now=T0)
+    assert summary(rdb, keys) == []
+
+
+async def test_a_reminder_goes_at_most_every_repeat_s_while_a_condition_lasts(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    catalog(rdb, keys, "erp")
+    rdb.hset(keys.state("erp"), mapping={"state": "disabled", "reason": "HTTP 410"})
+    for minute in range(0, 181, 5):
+        await alerts.evaluate([RULE], [], now=T0 + minute * 60_000)
+    statuses = [s for _, s, _ in summary(rdb, keys)]
+    assert statuses == ["firing", "reminder", "reminder", "reminder"]  # 0, 60, 120, 180 min
+
+
+async def test_dead_letters_are_summarized_since_the_last_alert(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    catalog(rdb, keys, "erp")
+    await alerts.evaluate([RULE], [], now=T0)  # first look: the counter's mark is 0
+
+    def die(n: int, at: int) -> None:
+        rdb.hincrby(keys.stats, stat_field("erp", Counter.DEAD), n)
+        for i in range(n):
+            rdb.hset(keys.delivery(f"d{at}-{i}"), mapping={"eventId": f"ev-{at}-{i}"})
+            rdb.zadd(keys.dlq("erp"), {f"d{at}-{i}": at + i})
+        rdb.hset(keys.state("erp"), "lastError", "HTTP 500 <!channel>")
+
+    die(7, T0 + 1)
+    await alerts.evaluate([RULE], [], now=T0 + 1000)
+    die(3, T0 + 2000)  # more while active, before repeat_s: no message yet
+    await alerts.evaluate([RULE], [], now=T0 + 3000)
+    await alerts.evaluate([RULE], [], now=T0 + 3_600_000)  # no growth since: nothing
+    die(2, T0 + 3_700_000)
+    await alerts.evaluate([RULE], [], now=T0 + 7_300_000)
+    rdb.delete(keys.dlq("erp"))
+    await alerts.evaluate([RULE], [], now=T0 + 7_400_000)
+    sent = outbox(rdb, keys)
+    assert [(n["status"], n["details"].get("newDeadLetters")) for n in sent] == [
+        ("firing", 7),
+        ("reminder", 5),
+        ("resolved", 5),  # with what was last known
+    ]
+    first = sent[0]["details"]
+    assert first["deadLetters"] == 7 and first["lastError"] == "HTTP 500 <!channel>"
+    assert first["eventIds"] == [f"ev-{T0 + 1}-{i}" for i in (6, 5, 4, 3, 2)]
+    assert sent[1]["details"]["deadLetters"] == 12
+
+
+async def test_an_account_silent_too_long_fires_and_resolves_on_its_next_event(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    await alerts.evaluate([RULE], ["mystore", "other"], now=T0)  # never seen: counted from now
+    rdb.hset(keys.accepted_at, "other", T0 + 1_000_000)
+    await alerts.evaluate([RULE], ["mystore", "other"], now=T0 + 1_800_001)
+    assert summary(rdb, keys) == [("ingest.silent", "firing", "mystore")]
+    rdb.hset(keys.accepted_at, "mystore", T0 + 1_900_000)
+    await alerts.evaluate([RULE], ["mystore", "other"], now=T0 + 1_900_001)
+    assert summary(rdb, keys)[1:] == [("ingest.silent", "resolved", "mystore")]
+
+
+async def test_a_deleted_subscription_s_condition_resolves(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    catalog(rdb, keys, "erp")
+    rdb.hset(keys.state("erp"), mapping={"state": "disabled"})
+    await alerts.evaluate([RULE], [], now=T0)
+    rdb.hdel(keys.subscriptions, "erp")
+    await alerts.evaluate([RULE], [], now=T0 + 1)
+    assert summary(rdb, keys) == [
+        ("subscription.disabled", "firing", "erp"),
+        ("subscription.disabled", "resolved", "erp"),
+    ]
+
+
+async def test_one_subscription_s_broken_data_does_not_stop_the_others(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    catalog(rdb, keys, "broken", "erp")
+    rdb.set(keys.state("broken"), "not a hash")  # WRONGTYPE for every read of it
+    rdb.hset(keys.state("erp"), "breaker", "open")
+    rdb.hset(keys.alerts_active, "ops|subscription.disabled|ghost", "not json")
+    queued, failed = await alerts.evaluate([RULE], [], now=T0)
+    assert (queued, failed) == (1, 1)
+    assert summary(rdb, keys) == [("subscription.breaker_open", "firing", "erp")]
+    assert rdb.hget(keys.alerts_active, "ops|subscription.disabled|ghost") is None
