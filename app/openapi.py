@@ -59,6 +59,7 @@ from app.ops.forms import MAX_FIELD_CHARS, MAX_FORM_FIELDS
 from app.ops.routes import MAX_DLQ_PAGE
 from app.ops.subscriptions import MAX_AUDIT_OFFSET, MAX_AUDIT_PAGE
 from app.pull import MAX_LOT
+from app.store.schema import ALERTS_RESOLVED_KEPT
 
 Schema = dict[str, Any]
 
@@ -282,7 +283,7 @@ SEE_OTHER = {"description": "back to the dashboard", "headers": {"Location": {"s
 def paths() -> dict[str, Schema]:
     """Every endpoint; each but the hook may also answer as the guards do (app.ops.guards)."""
     described = _endpoints() | _operator_actions() | _subscriptions() | _jobs()
-    described |= _subscription_pages()
+    described |= _subscription_pages() | _alerts()
     for path, item in described.items():
         for method, op in item.items():
             if path != "/hooks/vtex":
@@ -831,6 +832,41 @@ def _subscriptions() -> dict[str, Schema]:
                 ],
             )
         },
+    }
+
+
+ALERT: Schema = {
+    "type": "object",
+    "required": ["event", "subject", "target", "since", "lastSent", "details"],
+    "properties": {
+        "event": {"type": "string"},
+        "subject": {"type": "string"},
+        "target": {"type": "string"},
+        "since": NULLABLE_TEXT,
+        "lastSent": NULLABLE_TEXT,
+        "resolved": NULLABLE_TEXT,
+        "details": {"type": "object"},
+    },
+}
+
+
+def _alerts() -> dict[str, Schema]:
+    listing = {
+        "type": "object",
+        "required": ["active", "resolved"],
+        "properties": {
+            "active": {"type": "array", "items": ALERT},
+            "resolved": {"type": "array", "items": ALERT, "maxItems": ALERTS_RESOLVED_KEPT},
+        },
+    }
+    return {
+        "/admin/alerts": {
+            "get": operation(
+                "Alert conditions in force, and the latest resolved (newest first)",
+                {"200": json_body(listing, "the conditions"), **BEARER_ERRORS},
+                security="adminToken",
+            )
+        }
     }
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
+from urllib.parse import quote
 
 from app.config import DEFAULT_DASHBOARD_REFRESH_S
 from app.durations import NONE, human_duration, human_ms, with_age
@@ -189,6 +190,34 @@ def subscriptions_table(subs: list[dict[str, Any]], can_replay: bool) -> str:
     return f'<table id="subscriptions">{head}{"".join(rows)}</table>'
 
 
+def alerts_section(active: list[dict[str, Any]]) -> str:
+    """The alert conditions in force (GET /admin/alerts' `active`), one row per condition and
+    subject (the targets told listed together); nothing when there is none."""
+    if not active:
+        return ""
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for alert in active:
+        rows.setdefault((alert["event"], alert["subject"]), []).append(alert)
+    cells = "".join(
+        f'<tr class="bad"><td>{_e(event)}</td><td>{_alert_subject(event, subject)}</td>'
+        f"<td>{_e(told[0]['since'])}</td><td>{_e(', '.join(a['target'] for a in told))}</td>"
+        f"<td><code>{_e(_alert_details(told[0]['details']))}</code></td></tr>"
+        for (event, subject), told in rows.items()
+    )
+    head = "<tr><th>alert</th><th>where</th><th>since (UTC)</th><th>told</th><th>details</th></tr>"
+    return f'<h2>Alerts</h2><table id="alerts">{head}{cells}</table>'
+
+
+def _alert_subject(event: str, subject: str) -> str:
+    if event.startswith("subscription."):
+        return f'<a href="/ops/subscriptions/{quote(subject, safe="")}">{_e(subject)}</a>'
+    return _e(subject)
+
+
+def _alert_details(details: dict[str, Any]) -> str:
+    return ", ".join(f"{key}: {value}" for key, value in details.items())[:300]
+
+
 def dead_letters_table(dead: DeadLetterPage, can_act: bool) -> str:
     """A page of dead letters: when each died, with Replay and Delete each (admin), and the
     total with links to the other pages."""
@@ -294,6 +323,7 @@ def page(
     order_id: str | None = None,
     found: list[dict[str, Any]] | None = None,
     refresh_s: float = DEFAULT_DASHBOARD_REFRESH_S,
+    alerts: list[dict[str, Any]] | None = None,
 ) -> str:
     ingest = stats["ingest"]
     rejected = sum(ingest["rejected"].values())
@@ -305,6 +335,7 @@ def page(
 <div class="totals"><span>received <b>{ingest["received"]}</b></span>
 <span>accepted <b>{ingest["accepted"]}</b></span>
 <span>duplicates <b>{ingest["duplicates"]}</b></span><span>rejected <b>{rejected}</b></span></div>
+{alerts_section(alerts or [])}
 <h2>Ingest, last hour</h2>{chart(stats["ingestPerMinute"])}
 <h2>Subscriptions</h2>{subscriptions_table(stats["subscriptions"], role == "admin")}
 <h2>Dead letters</h2>{dead_letters_table(dead_letters, role == "admin")}

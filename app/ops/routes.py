@@ -13,7 +13,7 @@ from starlette.routing import Route
 from app.config import Settings
 from app.errors import BadRequest, Forbidden, NotFound
 from app.http import json_response
-from app.ops import dashboard, metrics, stats
+from app.ops import alerts, dashboard, metrics, stats
 from app.ops.access import (
     COOKIE,
     COOKIE_PATH,
@@ -105,6 +105,7 @@ class Ops:
             order_id,
             found,
             self.settings.dashboard_refresh_s,
+            (await alerts.listing(self.settings, self._runtime(request)))["active"],
         )
         return HTMLResponse(html)
 
