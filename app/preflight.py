@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 
 from app.config import Settings
-from app.redaction import origin, scrub, shown_url
+from app.redaction import scrub, shown_url
 from app.ssrf import foresee
 from app.subscriptions.spec import Subscription
 
@@ -41,7 +41,9 @@ async def find(settings: Settings) -> Findings:
     """Resolve every push subscription's URL and every alert target's (at once, each within
     a short timeout)."""
     push = [(_named(s), s.url) for s in settings.subscriptions if s.mode == "push"]
-    alerts = [(f"alert target `{t.id}` ({origin(t.url)})", t.url) for t in settings.alerts]
+    alerts = [
+        (f"alert target `{t.id}` ({shown_url(t.url, 'ops')})", t.url) for t in settings.alerts
+    ]
     named = push + alerts
     seen = await foresee([url for _, url in named], settings.allow_networks)
     refused = tuple(
