@@ -147,6 +147,9 @@ async def test_a_target_down_gets_the_alert_later_while_hooks_answer_fast(
             assert "no notification from VTEX account `mystore`" in texts(sink, "/slack")[2]
             stats = {k.decode(): int(v) for k, v in rdb.hgetall(keys.stats).items()}
             assert (stats["slack:alerts_sent"], stats["slack:alerts_failed"]) == (1, 2)
+            scraped = (await client.get("/metrics", headers=OPS)).text
+            assert 'orderhook_alerts_total{outcome="sent",target="slack"} 1.0' in scraped
+            assert 'orderhook_alerts_total{outcome="failed",target="slack"} 2.0' in scraped
             # ingest.silent resolves on the account's next accepted notification
             await hook(client, OrderId="v99-01")
             await sink.wait_for("/slack", 4, timeout=5)

@@ -31,6 +31,7 @@ from starlette.types import Message, Send
 
 from app.errors import StoreUnavailable
 from app.ops import stats as ops_stats
+from app.store.alerts import send_counts
 from app.store.client import Store, now_ms
 from app.store.latency import histogram
 from app.store.queries import Queries
@@ -46,9 +47,15 @@ class _Snapshot:
     """A collector over one stats snapshot and the latency histograms' fields, by
     subscription (both read from Redis per scrape)."""
 
-    def __init__(self, stats: dict[str, Any], latencies: Mapping[str, dict[str, int]]) -> None:
+    def __init__(
+        self,
+        stats: dict[str, Any],
+        latencies: Mapping[str, dict[str, int]],
+        alerts: Sequence[tuple[str, str, int]] = (),
+    ) -> None:
         self.stats = stats
         self.latencies = latencies
+        self.alerts = alerts  # (target, outcome, count) of the alert sends
 
     def collect(self) -> Iterator[Metric]:
         ingest = self.stats["ingest"]
@@ -61,6 +68,12 @@ class _Snapshot:
             events.add_metric(["rejected", reason], count)
         yield events
         yield from self._subscriptions(self.stats["subscriptions"])
+        sends = CounterMetricFamily(
+            "orderhook_alerts", "Alert sends by target and outcome", labels=["target", "outcome"]
+        )
+        for target, outcome, count in self.alerts:
+            sends.add_metric([target, outcome], count)
+        yield sends
 
     def _subscriptions(self, subs: list[dict[str, Any]]) -> Iterator[Metric]:
         outcomes = CounterMetricFamily(
@@ -232,7 +245,8 @@ async def snapshot(subs: Sequence[Subscription], queries: Queries) -> _Snapshot:
     histograms = gather([queries.latency_histogram(s.id) for s in subs])
     figures, latencies = await queries.read(both(ops_stats.figures(subs, queries), histograms))
     stats = ops_stats.view(subs, figures, now_ms())
-    return _Snapshot(stats, dict(zip([s.id for s in subs], latencies, strict=True)))
+    by_sub = dict(zip([s.id for s in subs], latencies, strict=True))
+    return _Snapshot(stats, by_sub, send_counts(figures.counters))
 
 
 async def scrape(subs: Sequence[Subscription], queries: Queries, store: Store) -> bytes:

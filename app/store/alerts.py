@@ -161,6 +161,23 @@ class AlertStore:
         return found, [r for r in map(_decoded, resolved) if r is not None]
 
 
+SEND_OUTCOMES = {
+    Counter.ALERTS_SENT: "sent",
+    Counter.ALERTS_FAILED: "failed",
+    Counter.ALERTS_DROPPED: "dropped",
+}
+
+
+def send_counts(counters: dict[str, int]) -> list[tuple[str, str, int]]:
+    """(target, outcome, count) of every alert target's counters in the stats hash."""
+    found = []
+    for name, count in sorted(counters.items()):
+        target, _, counter = name.rpartition(":")
+        if target and counter in SEND_OUTCOMES.keys():
+            found.append((target, SEND_OUTCOMES[Counter(counter)], count))
+    return found
+
+
 def _entries(raw: list[Any]) -> list[Queued]:
     target, alert = AlertEntry.TARGET.encode(), AlertEntry.ALERT.encode()
     return [
