@@ -1,5 +1,5 @@
 """Mistakes found before traffic: what `orderhook check` and start-up (`serve`, `worker`) say
-of the subscription URLs.
+of the subscription URLs (and the alert targets' URLs, by the same rule).
 
 Every push subscription's URL is resolved now and put to the SSRF guard's own connector
 (`app.ssrf.foresee`), the rule its deliveries will meet:

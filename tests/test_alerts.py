@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ from standardwebhooks import Webhook
 
 from app.alerts.unavailable import Reachability, Unavailable
 from app.config import load_settings
+from app.store.embedded import redis_executable
 from app.store.schema import Keys
 from tests.conftest import (
     AUTH,
@@ -28,11 +31,13 @@ from tests.conftest import (
     WILDCARD_HEADER,
     WILDCARD_TOKEN,
     Gateway,
+    free_port,
     notification,
 )
 from tests.relaying import SECRET, hook
 from tests.relaying import Gateway as InProcess
 from tests.subscribers import Reply, Sink
+from tests.test_check import wait_for_line
 
 pytestmark = pytest.mark.anyio
 
@@ -241,3 +246,46 @@ async def test_store_unavailable_is_sent_from_memory_and_resolved_when_redis_ans
     first, second = texts(sink, "/slack")
     assert "Redis unreachable from" in first and "connection refused" in first
     assert first.startswith(":rotating_light:") and second.startswith(":white_check_mark:")
+
+
+def test_a_worker_whose_redis_stops_sends_store_unavailable_then_resolved(
+    tmp_path: Path,
+) -> None:
+    """A real Redis of the test's own, stopped and started again under a running worker."""
+    port = free_port()
+    command = [redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no"]
+    redis_server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    with Sink() as sink:
+        config = tmp_path / "w.toml"
+        config.write_text(
+            'allow_networks = ["127.0.0.0/8"]\n'
+            + alert_target(sink, "/slack", events=["store.unavailable"])
+            + "\n[store]\nunreachable_warning_s = 0.2\n[ops]\nalert_unavailable_s = 1\n"
+        )
+        log = tmp_path / "worker.log"
+        env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        with log.open("wb") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker", "--config", str(config)],
+                env=env,
+                stdout=out,
+                stderr=out,
+            )
+        try:
+            wait_for_line(log, "worker ", within_s=20)
+            redis_server.terminate()
+            redis_server.wait(10)
+            sink.wait_for_sync(lambda: len(sink.at("/slack")) == 1, 10, "store.unavailable")
+            time.sleep(1)  # still down: no second message
+            assert len(sink.at("/slack")) == 1
+            redis_server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+            sink.wait_for_sync(lambda: len(sink.at("/slack")) == 2, 10, "resolved")
+        finally:
+            worker.terminate()
+            worker.wait(30)
+            redis_server.terminate()
+            redis_server.wait(10)
+    firing, resolved = texts(sink, "/slack")
+    assert "Redis unreachable from" in firing and "connection refused" in firing
+    assert resolved.startswith(":white_check_mark: *Resolved:* Redis unreachable")

@@ -121,6 +121,8 @@ class Outbox:
                     self._hold(await self.alerts.read_new(self.consumer, min(room, READ_COUNT)))
             except StoreUnavailable:
                 pass  # said by the pinger; tried again after the pause
+            except Exception:  # never ends the task: said, and tried again after the pause
+                log.exception("alert outbox read failed")
             await sleep_unless(stopping, POLL_S)
 
     def _hold(self, entries: list[Queued]) -> None:
@@ -143,9 +145,11 @@ class Outbox:
         except (msgspec.ValidationError, msgspec.DecodeError):
             log.error("alert outbox entry %s is not a notification: dropped", entry.entry_id)
             return await self._settle(entry, None)
-        if target is None:  # removed from this config (another process may know it)
-            log.warning("alert for unknown target %r dropped", entry.target)
-            return await self._settle(entry, None)
+        if target is None:  # not in this process's config: one that has it takes it over
+            if time.time() - entry.queued_ms / 1000 > GIVE_UP_S:
+                log.error("alert for target %r, which no process knows, dropped", entry.target)
+                return await self._settle(entry, None)
+            return None
         attempt = 0
         while True:
             async with self.sending:
