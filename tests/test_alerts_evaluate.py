@@ -182,3 +182,29 @@ async def test_one_subscription_s_broken_data_does_not_stop_the_others(
     assert (queued, failed) == (1, 1)
     assert summary(rdb, keys) == [("subscription.breaker_open", "firing", "erp")]
     assert rdb.hget(keys.alerts_active, "ops|subscription.disabled|ghost") is None
+
+
+async def test_the_conditions_are_evaluated_once_per_interval_whatever_the_processes(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    catalog(rdb, keys, "erp")
+    await alerts.evaluate([RULE], [], now=T0, every_ms=5000)
+    rdb.hset(keys.state("erp"), "breaker", "open")
+    await alerts.evaluate([RULE], [], now=T0 + 1000, every_ms=5000)  # another process, too soon
+    assert summary(rdb, keys) == []
+    await alerts.evaluate([RULE], [], now=T0 + 2600, every_ms=5000)
+    assert summary(rdb, keys) == [("subscription.breaker_open", "firing", "erp")]
+
+
+async def test_a_condition_its_target_no_longer_wants_resolves(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    catalog(rdb, keys, "erp")
+    rdb.hset(keys.state("erp"), "breaker", "open")
+    await alerts.evaluate([RULE], [], now=T0)
+    fewer = Rule("ops", ("subscription.disabled",), 300_000, 1_800_000, 3_600_000)
+    other = Rule("other", ("subscription.disabled",), 300_000, 1_800_000, 3_600_000)
+    await alerts.evaluate([other], [], now=T0 + 1)  # a process without "ops": left alone
+    assert [s for _, s, _ in summary(rdb, keys)] == ["firing"]
+    await alerts.evaluate([fewer], [], now=T0 + 2)
+    assert [s for _, s, _ in summary(rdb, keys)] == ["firing", "resolved"]

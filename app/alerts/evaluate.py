@@ -40,9 +40,10 @@ async def evaluate_periodically(
     settings: Settings, alerts: AlertStore, stopping: asyncio.Event
 ) -> None:
     plan, watched = rules(settings.alerts), accounts(settings)
+    every_ms = int(settings.alert_check_s * 1000)
     while plan and not stopping.is_set():
         try:
-            _, failed = await alerts.evaluate(plan, watched)
+            _, failed = await alerts.evaluate(plan, watched, every_ms=every_ms)
         except StoreUnavailable:
             pass  # store.unavailable tells; evaluated again once Redis answers
         except Exception:  # a script error: said, and tried again (never stops the process)

@@ -72,11 +72,17 @@ class AlertStore:
         self._evaluate = register(self.client, self.keys, "alerts.lua", rules=False)
 
     async def evaluate(
-        self, rules: Sequence[Rule], accounts: Sequence[str], now: int | None = None
+        self,
+        rules: Sequence[Rule],
+        accounts: Sequence[str],
+        now: int | None = None,
+        every_ms: int = 0,
     ) -> tuple[int, int]:
-        """Run the evaluation; (notifications queued, subjects whose data failed it)."""
+        """Run the evaluation, unless some process ran it less than `every_ms` / 2 ago;
+        (notifications queued, subjects whose data failed it)."""
         plan = {
             "now": now_ms() if now is None else now,
+            "everyMs": every_ms,
             "outboxMax": ALERTS_OUTBOX_MAX,
             "resolvedKept": ALERTS_RESOLVED_KEPT,
             "shownIds": SHOWN_EVENT_IDS,
@@ -84,7 +90,7 @@ class AlertStore:
             "accounts": list(accounts),
             "rules": [r.plan() for r in rules],
         }
-        queued, failed = await self.store.script(self._evaluate, [], [orjson.dumps(plan)])
+        queued, failed, _ = await self.store.script(self._evaluate, [], [orjson.dumps(plan)])
         return int(queued), int(failed)
 
     async def ensure_group(self) -> None:

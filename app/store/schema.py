@@ -231,7 +231,8 @@ class Keys:
     @property
     def alerts_marks(self) -> str:
         """A hash: per `<target>|<sub>`, the subscription's dead-letter counter when the target
-        was last told (subscription.dead_letter counts from it)."""
+        was last told (subscription.dead_letter counts from it); `@evaluatedMs`, when the
+        conditions were last evaluated (by any process: once per interval is enough)."""
         return f"{self.tag}:alerts:marks"
 
     @property
