@@ -479,7 +479,7 @@ def _resolve_alerts(
     ids = [t.id for t in targets]
     for target_id in ids:
         if ids.count(target_id) > 1:
-            raise ConfigError(f"config {where}: alert target id {target_id!r} is used twice")
+            raise ConfigError(f"config {where}: `alerts` use the id {target_id!r} twice")
     return tuple(targets)
 
 

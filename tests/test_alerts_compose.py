@@ -67,7 +67,7 @@ def test_url_env_and_secret_env_are_read_from_the_environment(tmp_path: Path) ->
         (
             f'id = "ops"\nurl = "{SLACK}"\n[[alerts]]\nid = "ops"\nurl = "{SLACK}"',
             "",
-            "alert target id 'ops' is used twice",
+            "`alerts` use the id 'ops' twice",
         ),
         (
             f'id = "ops"\nurl = "{SLACK}"\n[ops]\nalert_check_s = 0',

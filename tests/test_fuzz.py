@@ -848,7 +848,28 @@ BASE_CONFIG: dict[str, Any] = {
         "sign_in_failures_per_client": 10,
         "sign_in_failures_total": 300,
         "dashboard_refresh_s": 5,
+        "public_url": "https://gateway.example.com/",
+        "alert_check_s": 5,
+        "alert_unavailable_s": 30,
     },
+    "alerts": [
+        {
+            "id": "ops-slack",
+            "url": "https://hooks.slack.com/services/T0/B0/XXXX",
+            "format": "slack",
+            "events": ["subscription.breaker_open", "ingest.silent", "store.unavailable"],
+            "backlog_age_s": 300,
+            "silent_s": 1800,
+            "repeat_s": 3600,
+        },
+        {"id": "pager", "url_env": "ALERT_URL", "format": "cloudevents", "secret_env": "AL_SECRET"},
+        {
+            "id": "pager2",
+            "url": "https://a.example.com/x",
+            "format": "cloudevents",
+            "secret": SECRET,
+        },
+    ],
     "vtex": {
         "base_url": "https://{account}.vtexcommercestable.com.br",
         "public_url": "https://gateway.example.com",
@@ -868,6 +889,8 @@ BASE_ENV = {
     "WH_SECRET": "wh-env-secret",
     "ERP_KEY": _SECRETS[8],
     "REDIS_URL": "redis://127.0.0.1:6390/0",
+    "ALERT_URL": "https://alerts.example.com/in",
+    "AL_SECRET": SECRET,
 }
 
 

@@ -14,6 +14,7 @@ from app.config import Settings
 from app.http import json_response
 from app.ops.access import require
 from app.runtime import Runtime
+from app.store.alerts import Conditions, conditions
 
 PATH = "/admin/alerts"
 
@@ -42,9 +43,9 @@ def shown(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-async def listing(settings: Settings, runtime: Runtime) -> dict[str, list[dict[str, Any]]]:
+def listing(settings: Settings, found: Conditions) -> dict[str, list[dict[str, Any]]]:
     """What the API and the dashboard show: the conditions of the configured targets."""
-    active, resolved = await runtime.alerts.listing()
+    active, resolved = found
     known = {t.id for t in settings.alerts}
     return {
         "active": [shown(r) for r in active if r.get("target") in known],
@@ -59,7 +60,8 @@ class AlertsApi:
     async def alerts(self, request: Request) -> Response:
         require(request, self.settings, "ops")
         runtime: Runtime = request.app.state.runtime
-        return json_response(await listing(self.settings, runtime))
+        found = await runtime.queries.read(conditions(runtime.store.keys))
+        return json_response(listing(self.settings, found))
 
     def routes(self) -> list[Route]:
         return [Route(PATH, self.alerts, methods=["GET"])]

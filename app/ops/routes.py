@@ -29,6 +29,7 @@ from app.ops.sessions import Sessions
 from app.ops.subscription_routes import SubscriptionPages
 from app.params import int_param, parse_int
 from app.runtime import Runtime
+from app.store.alerts import Conditions, conditions
 from app.store.client import now_ms
 from app.store.queries import Queries, Ranking, history
 from app.store.reads import Read, both, constant, record
@@ -47,6 +48,7 @@ class _Shown:
     attempts: list[dict[str, Any]]
     ranking: Ranking
     order_events: list[str]
+    alerts: Conditions
 
 
 class Ops:
@@ -105,7 +107,7 @@ class Ops:
             order_id,
             found,
             self.settings.dashboard_refresh_s,
-            (await alerts.listing(self.settings, self._runtime(request)))["active"],
+            alerts.listing(self.settings, shown.alerts)["active"],
         )
         return HTMLResponse(html)
 
@@ -121,6 +123,7 @@ class Ops:
             queries.recent_attempts(DASHBOARD_ROWS),
             queries.dead_letter_ranking([s.id for s in subs], offset, DASHBOARD_ROWS),
             queries.order_events(order_id) if order_id else constant([]),
+            conditions(queries.keys),
         )
 
     async def login(self, request: Request) -> Response:

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from app.store.client import Store, now_ms, text
+from app.store.reads import Read
 from app.store.schema import (
     ALERTS_OUTBOX_MAX,
     ALERTS_RESOLVED_KEPT,
@@ -152,19 +154,24 @@ class AlertStore:
             lambda: self.client.hincrby(self.keys.stats, stat_field(target, counter), 1)
         )
 
-    async def listing(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The active conditions (oldest first) and the latest resolved (newest first)."""
 
-        async def read() -> list[Any]:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.hvals(self.keys.alerts_active)
-                pipe.lrange(self.keys.alerts_resolved, 0, ALERTS_RESOLVED_KEPT - 1)
-                return list(await pipe.execute())
+Conditions = tuple[list[dict[str, Any]], list[dict[str, Any]]]
 
-        active, resolved = await self.store.guard(read)
-        rows = [_decoded(raw) for raw in active]
-        found = sorted((r for r in rows if r is not None), key=lambda r: r.get("since", 0))
-        return found, [r for r in map(_decoded, resolved) if r is not None]
+
+def conditions(keys: Keys) -> Read[Conditions]:
+    """The active conditions (oldest first) and the latest resolved (newest first), for a
+    page's pipeline (app/store/reads.py)."""
+
+    def queue(pipe: Pipeline) -> None:
+        pipe.hvals(keys.alerts_active)
+        pipe.lrange(keys.alerts_resolved, 0, ALERTS_RESOLVED_KEPT - 1)
+
+    def parse(replies: Sequence[Any]) -> Conditions:
+        active = [r for r in map(_decoded, replies[0]) if r is not None]
+        active.sort(key=_since)
+        return active, [r for r in map(_decoded, replies[1]) if r is not None]
+
+    return Read(queue, 2, parse)
 
 
 SEND_OUTCOMES = {
@@ -191,6 +198,11 @@ def _entries(raw: list[Any]) -> list[Queued]:
         for entry_id, fields in raw
         if fields and target in fields and alert in fields
     ]
+
+
+def _since(record: dict[str, Any]) -> int:
+    since = record.get("since")
+    return since if isinstance(since, int) else 0
 
 
 def _decoded(raw: bytes) -> dict[str, Any] | None:
