@@ -30,7 +30,9 @@ With `--tracing`, tracing off against on in the same run, instead of B2: B1 is t
 tracing off (no OTEL_* variable), T the same with OTEL_EXPORTER_OTLP_ENDPOINT pointing at
 `bench/otlp_sink.py` (a local collector answering 200 at once), TH at one that never answers
 (a hung collector); all three on the same redis-server. It prints T/B1 and TH/B1 for the median
-requests/s and p99.
+requests/s and p99. With `--baseline-code DIR` too (a checkout of the code before tracing, e.g.
+`git archive main | tar -x -C DIR`), B0 is that code's gateway on the same redis-server, and
+B1/B0 shows what tracing off costs.
 
 Every request must be answered 200 "accepted": any other answer (or a socket error) makes the
 run exit 1, after the report, with the first unexpected answer and the server's log. A server
@@ -527,6 +529,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="instead of B2: B1 with tracing off, T on (local collector), TH on (hung collector)",
     )
+    parser.add_argument(
+        "--baseline-code",
+        type=str,  # a str: the settings go to the results' JSON
+        default=None,
+        help="with --tracing: B0, the gateway of this checkout (the code before tracing)",
+    )
     parser.add_argument("--keep-temp", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     args.sweep = [int(c) for c in args.sweep.split(",") if c.strip()]
@@ -554,6 +562,11 @@ def start_servers(
     stack.callback(stop, servers[-1].process)
     if args.tracing:
         servers += start_traced(config, workdir, redis_url, stack)
+        if args.baseline_code is not None:  # its `app` package first on the path
+            code = str(Path(args.baseline_code).resolve())
+            label = f"gateway of {code}"
+            servers.append(start_gateway("B0", label, config, workdir, redis_url, PYTHONPATH=code))
+            stack.callback(stop, servers[-1].process)
     else:
         servers.append(start_gateway("B2", LABEL_B2, config, workdir, None))
         stack.callback(stop, servers[-1].process)
@@ -589,11 +602,13 @@ def format_tracing_cost(runs: Sequence[WrkRun]) -> str:
     def median(config: str, field: str) -> float:
         return statistics.median(getattr(r, field) for r in measured if r.config == config)
 
-    lines = ["tracing on / off (medians; T: local collector, TH: hung collector):"]
-    for config in ("T", "TH"):
-        rps = median(config, "rps") / median("B1", "rps")
-        p99 = median(config, "p99_ms") / median("B1", "p99_ms")
-        lines.append(f"  {config:<3} requests/s {rps:.1%} of B1's   p99 {p99:.2f}x B1's")
+    lines = ["tracing on / off (medians; T: local collector, TH: hung collector; B0: before):"]
+    pairs = [("T", "B1"), ("TH", "B1")]
+    pairs += [("B1", "B0")] if any(r.config == "B0" for r in measured) else []
+    for config, base in pairs:
+        rps = median(config, "rps") / median(base, "rps")
+        p99 = median(config, "p99_ms") / median(base, "p99_ms")
+        lines.append(f"  {config:<3} requests/s {rps:.1%} of {base}'s   p99 {p99:.2f}x {base}'s")
     return "\n".join(lines)
 
 
