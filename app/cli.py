@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from app import cli_ops, cli_subscriptions, logs, preflight
+from app import cli_ops, cli_subscriptions, logs, preflight, tracing
 from app.config import Settings, load_settings
 from app.connections import BoundedHttpProtocol
 from app.dev import fake_vtex
@@ -110,8 +110,12 @@ def worker(args: argparse.Namespace) -> int:
     tune_gc()
     # uvloop, as uvicorn gives `serve`: on the default loop the loop itself was the worker's
     # largest cost (bench/profile.py delivery; BENCHMARKS.md)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(run_worker(settings))
+    tracing.setup()
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run_worker(settings))
+    finally:
+        tracing.shutdown()  # the last spans sent (bounded: a collector may hang)
     return EXIT_SCHEMA_REFUSED if schema_refused.is_set() else 0
 
 

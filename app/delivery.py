@@ -14,11 +14,12 @@ from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 
+from app import tracing
 from app.errors import OutboundAuthError, StoreUnavailable
 from app.events import cloudevent, default_data, utc_now_iso
 from app.filters import EvaluationError, order_document
@@ -42,6 +43,9 @@ from app.store.client import now_ms
 from app.store.deliveries import Claimed, Deliveries, Settlement
 from app.store.schema import Outcome as Settled
 from app.subscriptions.spec import Subscription
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("orderhook.delivery")
 
@@ -75,14 +79,15 @@ def _latency_ms(event: dict[str, Any]) -> int:
     return max(0, int((datetime.now(UTC) - received).total_seconds() * 1000))
 
 
-def build_body(sub: Subscription, event: dict[str, Any]) -> bytes:
+def build_body(sub: Subscription, event: dict[str, Any], traceparent: str = "") -> bytes:
     """The CloudEvent the subscriber receives; its data is the transform's result, if any
-    (evaluated here, in this process: push deliveries use Transforms' worker instead)."""
+    (evaluated here, in this process: push deliveries use Transforms' worker instead), and
+    with a `traceparent`, the attempt's trace context."""
     if sub.transform is None:
         data = default_data(event)
     else:
         data = sub.transform.evaluate(order_document(event))
-    return orjson.dumps(cloudevent(event, data))
+    return orjson.dumps(cloudevent(event, data, traceparent))
 
 
 class Transforms:
@@ -113,15 +118,17 @@ class Transforms:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
-    async def body(self, sub: Subscription, event: dict[str, Any], event_json: bytes) -> bytes:
+    async def body(
+        self, sub: Subscription, event: dict[str, Any], event_json: bytes, traceparent: str = ""
+    ) -> bytes:
         """build_body's CloudEvent, its transform run in the pool: EvaluationError if it
         failed or hit a limit, SandboxBusy (or OSError) if the pool could not run it."""
         if sub.transform is None or self.pool is None:
-            return build_body(sub, event)
+            return build_body(sub, event, traceparent)
         data = await self.batcher.submit((TRANSFORM + sub.id, event_json))
         if isinstance(data, EvaluationError):
             raise data
-        return orjson.dumps(cloudevent(event, data))
+        return orjson.dumps(cloudevent(event, data, traceparent))
 
     async def _evaluate(self, items: Sequence[tuple[str, bytes]]) -> list[Verdict]:
         pool = self.pool
@@ -235,26 +242,50 @@ class SubscriptionWorker:
             self._wake.set()
 
     async def _attempt(self, item: Claimed) -> None:
-        event = item.event if item.event is not None else orjson.loads(item.event_json)
+        if not tracing.on:
+            await self._try(item, None)
+            return
+        span = tracing.start("deliver", item.trace, "client", self._span_attributes(item))
         try:
-            body = await self.transforms.body(self.sub, event, item.event_json)
+            await self._try(item, span)
+        finally:
+            if span.is_recording():  # ended without an answer (a transform not run, a stop)
+                span.end()
+
+    def _span_attributes(self, item: Claimed) -> dict[str, str | int | bool]:
+        return {
+            "orderhook.subscription": self.sub.id,
+            "orderhook.delivery_id": item.delivery_id,
+            "orderhook.attempt": item.attempts + 1,
+            "http.request.method": "POST",
+        }
+
+    async def _try(self, item: Claimed, span: Span | None) -> None:
+        """One attempt; `span`, its span when tracing is on (ended once the answer is in)."""
+        event = item.event if item.event is not None else orjson.loads(item.event_json)
+        traceparent = "" if span is None else tracing.traceparent_of(span)
+        trace = traceparent or item.trace  # for the log line
+        try:
+            body = await self.transforms.body(self.sub, event, item.event_json, traceparent)
         except (EvaluationError, orjson.JSONEncodeError) as exc:  # dead: no retry can help
             what = "transform failed" if isinstance(exc, EvaluationError) else "not JSON-writable"
             result = PostResult(None, f"{what}: {exc}", None, b"", 0)
-            await self._settle(item, event, Dead(), result)
+            _end_span(span, result)
+            await self._settle(item, event, Dead(), result, trace)
             return
         except (SandboxBusy, OSError) as exc:  # its lease expires and it is tried again
             log.warning("subscription %s: transform not run (%s); retried", self.sub.id, exc)
             return
-        result = await self._post(event["id"], body)
+        result = await self._post(event["id"], body, traceparent)
+        _end_span(span, result)
         attempts = item.attempts + 1
         outcome = decide(result.status, attempts, self.sub.retry_schedule_s, result.retry_after_s)
         if result.refused:  # retrying cannot help: a clear error in the log, not a storm
             outcome = Dead()
         if isinstance(outcome, Delivered):
-            self._record(self._settle(item, event, outcome, result))
+            self._record(self._settle(item, event, outcome, result, trace))
         else:  # the slot is held until the failure is counted: the breaker sees it first
-            await self._settle(item, event, outcome, result)
+            await self._settle(item, event, outcome, result, trace)
 
     def _record(self, settle: Coroutine[Any, Any, None]) -> None:
         """Record a success without holding the attempt's slot: the next attempt starts while
@@ -263,9 +294,9 @@ class SubscriptionWorker:
         self.settling.add(task)
         task.add_done_callback(self.settling.discard)
 
-    async def _post(self, msg_id: str, body: bytes) -> PostResult:
+    async def _post(self, msg_id: str, body: bytes, traceparent: str = "") -> PostResult:
         """One POST, and what came of it. The subscription's own headers and auth go first:
-        the content type and the signature are the gateway's."""
+        the content type, the trace context and the signature are the gateway's."""
         sub, started = self.sub, time.monotonic()
         try:  # within the attempt's timeout: the lease covers two (LEASE_MARGIN_S, lease_s)
             async with asyncio.timeout(sub.timeout_s):
@@ -279,6 +310,7 @@ class SubscriptionWorker:
             **extra,
             "Content-Type": "application/cloudevents+json",
             "User-Agent": USER_AGENT,
+            **({"traceparent": traceparent} if traceparent else {}),
             **signature_headers(sub.signing_keys(), msg_id, int(time.time()), body),
         }
         result = await self._send(sub, body, headers, started)
@@ -316,8 +348,14 @@ class SubscriptionWorker:
         return PostResult(None, error, None, b"", _ms_since(started))
 
     async def _settle(
-        self, item: Claimed, event: dict[str, Any], outcome: Outcome, result: PostResult
+        self,
+        item: Claimed,
+        event: dict[str, Any],
+        outcome: Outcome,
+        result: PostResult,
+        trace: str = "",
     ) -> None:
+        """Record the attempt's outcome, then log it (with `trace`'s trace id, if any)."""
         name, due_ms = _outcome_name(outcome)
         record = {
             "at": utc_now_iso(),
@@ -353,6 +391,7 @@ class SubscriptionWorker:
             self._wake.set()  # recording it released the order's next event: claim it now
         log_event(
             "delivery",
+            trace=trace,
             outcome=name,
             eventId=event["id"],
             orderId=event["orderId"],
@@ -375,6 +414,18 @@ class SubscriptionWorker:
             task.cancel()  # their leases expire and they are tried again
         if self.settling:  # the settler is still running: their batch goes out
             await asyncio.wait(self.settling, timeout=grace_s)
+
+
+def _end_span(span: Span | None, result: PostResult) -> None:
+    """An attempt's span, ended with what came of it: the HTTP status or the error."""
+    if span is None:
+        return
+    if result.status is not None:
+        span.set_attribute("http.response.status_code", result.status)
+    span.set_attribute("orderhook.duration_ms", result.duration_ms)
+    if result.error:
+        tracing.failed(span, result.error)
+    span.end()
 
 
 async def _read_head(stream: aiohttp.StreamReader, limit: int) -> bytes:

@@ -330,9 +330,10 @@ def occurrence_time(event: dict[str, Any]) -> str:
     return str(event["receivedAt"])
 
 
-def cloudevent(event: dict[str, Any], data: Any) -> dict[str, Any]:
-    """A CloudEvents 1.0 event for structured mode."""
-    return {
+def cloudevent(event: dict[str, Any], data: Any, traceparent: str = "") -> dict[str, Any]:
+    """A CloudEvents 1.0 event for structured mode; with a `traceparent`, the Distributed
+    Tracing extension's attribute of that name."""
+    envelope = {
         "specversion": "1.0",
         "id": event["id"],
         "source": event_source(event["account"]),
@@ -342,3 +343,6 @@ def cloudevent(event: dict[str, Any], data: Any) -> dict[str, Any]:
         "datacontenttype": "application/json",
         "data": data,
     }
+    if traceparent:
+        envelope["traceparent"] = traceparent
+    return envelope

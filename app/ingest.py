@@ -11,13 +11,14 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from app import tracing
 from app.bodies import read_body
 from app.config import Settings, Source
 from app.errors import (
@@ -31,7 +32,7 @@ from app.events import Notification, Ping, normalize, parse_body, utc_now_iso
 from app.http import RETRY_AFTER_S, count_rejection, unavailable
 from app.logs import log_event
 from app.store.batcher import Batcher
-from app.store.client import Appended
+from app.store.client import Appended, Store
 
 log = logging.getLogger("orderhook.ingest")
 
@@ -116,6 +117,22 @@ HOOK_PATH = "/hooks/vtex"
 HOOK_DEADLINE_S = 2.0
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
+# What a hook request hands the group commit: its event, and its trace context (a W3C
+# traceparent, "" when tracing is off).
+Submitted = tuple[dict[str, Any], str]
+
+
+def append_traced(store: Store) -> Callable[[Sequence[Submitted]], Awaitable[list[Appended]]]:
+    """The group commit's write: the events, each with its trace context."""
+
+    async def write(items: Sequence[Submitted]) -> list[Appended]:
+        return await store.append([event for event, _ in items], [trace for _, trace in items])
+
+    return write
+
+
+HOOK_SPAN_ATTRIBUTES = {"http.request.method": "POST", "url.path": HOOK_PATH}
+
 
 class HookEndpoint:
     """The hook route, as a plain ASGI app: the busiest path skips the framework's request and
@@ -127,9 +144,26 @@ class HookEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
+        if not tracing.on:
+            await self.answer(scope, headers, receive, send, "")
+            return
+        incoming = headers.get(b"traceparent", b"").decode("latin-1")
+        span = tracing.start("POST " + HOOK_PATH, incoming, "server", HOOK_SPAN_ATTRIBUTES)
+        try:
+            status = await self.answer(scope, headers, receive, send, tracing.traceparent_of(span))
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                tracing.failed(span, str(status))
+        finally:
+            span.end()
+
+    async def answer(
+        self, scope: Scope, headers: RawHeaders, receive: Receive, send: Send, trace: str
+    ) -> int:
+        """Answer one hook request (`trace`: its span's traceparent, or ""); the status sent."""
         extra: list[tuple[bytes, bytes]] = []
         try:
-            status, answer = 200, await self.accept(scope, headers, receive)
+            status, answer = 200, await self.accept(scope, headers, receive, trace)
         except RequestError as exc:
             status, answer = exc.status, {"error": exc.message}
             await count_rejection(scope["app"].state, status)
@@ -139,7 +173,7 @@ class HookEndpoint:
             log_event("ingest", outcome="rejected", reason="unavailable", status=503)
             extra = [(b"retry-after", str(RETRY_AFTER_S).encode())]
         except ClientDisconnect:
-            return  # nobody to answer; nothing was stored
+            return 499  # nobody to answer; nothing was stored
         except Exception:  # a bug: logged, and a 500 (VTEX retries)
             log.exception("hook request failed")
             status, answer = 500, {"error": "internal error"}
@@ -153,9 +187,13 @@ class HookEndpoint:
             }
         )
         await send({"type": "http.response.body", "body": body})
+        return status
 
-    async def accept(self, scope: Scope, headers: RawHeaders, receive: Receive) -> dict[str, Any]:
-        """Check, parse and store one hook request; the answer's JSON, or an error raised."""
+    async def accept(
+        self, scope: Scope, headers: RawHeaders, receive: Receive, trace: str = ""
+    ) -> dict[str, Any]:
+        """Check, parse and store one hook request (with its trace context: `trace`); the
+        answer's JSON, or an error raised."""
         settings = self.settings
         sources = authenticate(headers, settings.sources)
         check_content_type(headers)
@@ -165,12 +203,13 @@ class HookEndpoint:
             return {"status": "pong"}
         authorize(message, sources)
         event = normalize(message, utc_now_iso())
-        commit: Batcher[dict[str, Any], Appended] = scope["app"].state.commit
-        result = await commit.submit(event)
+        commit: Batcher[Submitted, Appended] = scope["app"].state.commit
+        result = await commit.submit((event, trace))
         status = "accepted" if result.created else "duplicate"
         log_event(
             "ingest",
             at=event["receivedAt"],
+            trace=trace,
             outcome=status,
             eventId=event["id"],
             orderId=message.order_id,

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, TextIO
 
 import orjson
 
+from app import tracing
 from app.errors import one_line
 from app.events import utc_now_iso
 
@@ -61,8 +62,11 @@ class _Outcomes:
 outcomes = _Outcomes()
 
 
-def log_event(kind: str, at: str | None = None, **fields: Any) -> None:
-    """One outcome line; `at` is its time (RFC 3339), now unless the caller has it already."""
+def log_event(kind: str, at: str | None = None, trace: str = "", **fields: Any) -> None:
+    """One outcome line; `at` is its time (RFC 3339), now unless the caller has it already;
+    `trace`, the event's W3C traceparent if it has one: the line then carries its `traceId`."""
+    if trace and (trace_id := tracing.trace_id(trace)) is not None:
+        fields["traceId"] = trace_id
     outcomes.write(kind, fields, at)
 
 

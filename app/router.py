@@ -19,10 +19,12 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from app import tracing
 from app.config import Settings
 from app.errors import StoreUnavailable
 from app.filters import (
@@ -46,12 +48,15 @@ from app.sandbox import (
 )
 from app.slots import Slots
 from app.store.deliveries import Claimed
-from app.store.routing import Planned, Routed, Routing
+from app.store.routing import Planned, Routed, Routing, StreamEntry
 from app.store.schema import Counter as Stat
 from app.store.schema import stat_field
 from app.subscriptions.live import Subscriptions
 from app.subscriptions.spec import Subscription
 from app.vtex.enrich import Enricher
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("orderhook.router")
 
@@ -157,7 +162,7 @@ class Router:
         self._filter_sources = expression_sources(filter_expressions(self.subscriptions))
         self.filters = filter_pool(self.subscriptions)
         # Entries routed after their order's earlier ones, which another process still holds.
-        self._deferred: list[tuple[str, bytes]] = []
+        self._deferred: list[StreamEntry] = []
 
     async def run(self, stopping: asyncio.Event) -> None:
         next_reclaim = 0.0
@@ -197,29 +202,49 @@ class Router:
                 log.warning("router waiting for redis: %s", exc)
                 await sleep_unless(stopping, RETRY_AFTER_STORE_ERROR_S)
 
-    async def route(self, entries: Sequence[tuple[str, bytes]]) -> None:
+    async def route(self, entries: Sequence[StreamEntry]) -> None:
         if entries and self.enricher is not None:
             entries = await self.enricher.ready(entries)  # the rest wait, pending, for later
         await self._route_ready(entries)
 
-    async def _route_ready(self, entries: Sequence[tuple[str, bytes]]) -> None:
+    async def _route_ready(self, entries: Sequence[StreamEntry]) -> None:
         """Route entries as they are (already enriched, if an enricher is set)."""
         if not entries:
             return
         routed = await self._plan_all(entries)
+        if tracing.on:
+            routed, spans = _route_spans(routed)
+            try:
+                deferred = await self._route_planned(routed)
+            except BaseException as exc:  # left pending: routed again later
+                _end_route_spans(spans, routed, set(), type(exc).__name__)
+                raise
+            _end_route_spans(spans, routed, deferred)
+        else:
+            deferred = await self._route_planned(routed)
+        if deferred:
+            self._deferred += [
+                StreamEntry(r.entry_id, r.event_json, r.trace)
+                for r in routed
+                if r.entry_id in deferred
+            ]
+        if self._filter_errors:
+            errors, self._filter_errors = self._filter_errors, Counter()
+            await self.routing.count(
+                {stat_field(sub, Stat.FILTER_ERRORS): n for sub, n in errors.items()}
+            )
+
+    async def _route_planned(self, routed: list[Routed]) -> set[str]:
+        """Create the deliveries, start those put in flight for this process, wake the others'
+        workers; returns the entry ids deferred (an earlier entry of their order is not
+        routed yet)."""
         with self.dispatch.reserve(Counter(d.sub for r in routed for d in r.deliveries)) as slots:
             for d in (d for r in routed for d in r.deliveries):
                 d.lease_until_ms = slots.take(d.sub)
             claimed, deferred = await self.routing.route(routed)
             queued = self._start_claimed(routed, claimed, slots)
         self.dispatch.wake(queued)
-        if deferred:
-            self._deferred += [(r.entry_id, r.event_json) for r in routed if r.entry_id in deferred]
-        if self._filter_errors:
-            errors, self._filter_errors = self._filter_errors, Counter()
-            await self.routing.count(
-                {stat_field(sub, Stat.FILTER_ERRORS): n for sub, n in errors.items()}
-            )
+        return deferred
 
     async def _follow_catalog(self) -> None:
         """Take the subscriptions as they are now; a changed set of FromOrders filters gets a
@@ -232,26 +257,26 @@ class Router:
             if old is not None:
                 await old.close()
 
-    async def _plan_all(self, entries: Sequence[tuple[str, bytes]]) -> list[Routed]:
+    async def _plan_all(self, entries: Sequence[StreamEntry]) -> list[Routed]:
         """Plan each entry: the batch's FromOrders filters in one round trip to their worker
         pool (awaited: the event loop runs meanwhile), the rest here."""
         await self._follow_catalog()
         events = []
-        for entry_id, raw in entries:
+        for entry_id, raw, trace in entries:
             try:
                 event = orjson.loads(raw)
-                events.append((entry_id, raw, event, self._pool_filters(event)))
+                events.append((entry_id, raw, trace, event, self._pool_filters(event)))
             except Exception:  # not an event this gateway wrote: left pending, logged, and
                 # the batch's other entries go on (its deliveries are planned one by one)
                 log.exception("ingest entry %s could not be read; left pending", entry_id)
-        verdicts = await self._verdicts([(names, raw) for _, raw, _, names in events])
+        verdicts = await self._verdicts([(names, raw) for _, raw, _, _, names in events])
         routed = []
         slices = Slices()  # without a pool, filters are evaluated here: let others run
-        for (entry_id, raw, event, names), answers in zip(events, verdicts, strict=True):
+        for (entry_id, raw, trace, event, names), answers in zip(events, verdicts, strict=True):
             try:
                 pairs = zip(names, answers, strict=True)
                 found = {name.removeprefix(FILTER): v for name, v in pairs}
-                routed.append(self.plan(entry_id, raw, event, found))
+                routed.append(self.plan(entry_id, raw, event, found, trace))
             except Exception:
                 log.exception("ingest entry %s could not be planned; left pending", entry_id)
             if slices.over():
@@ -287,13 +312,19 @@ class Router:
         )
 
     def plan(
-        self, entry_id: str, raw: bytes, event: dict[str, Any], verdicts: dict[str, Verdict]
+        self,
+        entry_id: str,
+        raw: bytes,
+        event: dict[str, Any],
+        verdicts: dict[str, Verdict],
+        trace: str = "",
     ) -> Routed:
         """`verdicts`: the pool's answers for this event's FromOrders filters, by subscription
-        (the pool holds every FromOrders filter; the others are evaluated here)."""
+        (the pool holds every FromOrders filter; the others are evaluated here); `trace`, the
+        entry's trace context."""
         subs = matching(self.subscriptions, event, self._filter_failed, verdicts)
         planned = [self._planned(event, sub) for sub in subs]
-        return Routed(entry_id, event, raw, planned)
+        return Routed(entry_id, event, raw, planned, trace)
 
     @staticmethod
     def _planned(event: dict[str, Any], sub: Subscription) -> Planned:
@@ -318,7 +349,7 @@ class Router:
         for r in routed:
             for d in r.deliveries:
                 if d.delivery_id in claimed:
-                    slots.start(d.sub, Claimed(d.delivery_id, r.event_json, 0, r.event))
+                    slots.start(d.sub, Claimed(d.delivery_id, r.event_json, 0, r.event, r.trace))
                 else:  # in the ready set (or its order's line: it may have let another go)
                     queued.add(d.sub)
         return queued
@@ -330,3 +361,30 @@ class Router:
     def _filter_failed(self, sub: Subscription, exc: EvaluationError) -> None:
         log.warning("filter of subscription %s failed, counted as no match: %s", sub.id, exc)
         self._filter_errors[sub.id] += 1
+
+
+def _route_spans(routed: list[Routed]) -> tuple[list[Routed], list[Span]]:
+    """A "route" span per event, child of its stored context; its deliveries keep the span's."""
+    spans = [tracing.start("route", r.trace, "internal", _route_attributes(r)) for r in routed]
+    pairs = zip(routed, spans, strict=True)
+    traced = [replace(r, trace=tracing.traceparent_of(s)) for r, s in pairs]
+    return traced, spans
+
+
+def _route_attributes(r: Routed) -> dict[str, str | int | bool]:
+    return {
+        "orderhook.event_id": r.event["id"],
+        "orderhook.order_id": r.event["orderId"],
+        "orderhook.deliveries": len(r.deliveries),
+    }
+
+
+def _end_route_spans(
+    spans: list[Span], routed: list[Routed], deferred: set[str], error: str = ""
+) -> None:
+    for span, r in zip(spans, routed, strict=True):
+        if r.entry_id in deferred:  # its order's earlier event first: routed again later
+            span.set_attribute("orderhook.deferred", True)
+        if error:
+            tracing.failed(span, error)
+        span.end()

@@ -15,14 +15,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from app import logs, pull
+from app import logs, pull, tracing
 from app.alerts.unavailable import warn_while_unreachable
 from app.bodies import limit_bodies
 from app.config import Settings, load_settings
 from app.connections import BoundedHttpProtocol, bounded_receive
 from app.errors import StoreMayEvict, StoreUnavailable
 from app.http import EXCEPTION_HANDLERS, json_response
-from app.ingest import HOOK_DEADLINE_S, HOOK_PATH, HookEndpoint
+from app.ingest import HOOK_DEADLINE_S, HOOK_PATH, HookEndpoint, append_traced
 from app.lifecycle import tune_gc
 from app.openapi import OpenApiEndpoint
 from app.ops import metrics
@@ -123,7 +123,8 @@ def create_app(settings: Settings) -> Starlette:
         async with open_runtime(settings, apply=True) as runtime:
             store = runtime.store
             known_problem = await check_eviction_policy(store)  # before any hook is taken
-            commit = Batcher(store.append, name="ingest", deadline_s=HOOK_DEADLINE_S)
+            tracing.setup()  # in each process (serve --workers N: each of them)
+            commit = Batcher(append_traced(store), name="ingest", deadline_s=HOOK_DEADLINE_S)
             commit.start()
             relay = Relay(runtime)
             await relay.start()
@@ -151,6 +152,7 @@ def create_app(settings: Settings) -> Starlette:
                 await relay.stop()
                 await commit.close()
                 await tester.close()
+                tracing.shutdown()
 
     hook = HookEndpoint(settings)
     tester = jsonata.JsonataEndpoint(settings)

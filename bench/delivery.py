@@ -30,6 +30,11 @@ prints the machine, a table and PASS/FAIL for the targets: p50 < 10 ms and p99 <
 steady rate; >= 2,000 deliveries/s sustained in the burst. The results also go to
 `bench/results/delivery-<timestamp>.json`.
 
+With `--tracing`, the whole measurement twice in one run, tracing off and then on (the gateway,
+and any worker, exporting to `bench/otlp_sink.py`, a local OTLP collector answering 200 at
+once), each on a fresh redis-server and sink; then the ratios on/off of the steady phase's
+latency p99 and hook p99 and of the burst's deliveries/s.
+
 Exit status: 0 when every notification was accepted and every delivery arrived (whether or not
 the targets hold); 1 otherwise; 2 when a server did not start or wrk failed; 130 on Ctrl-C.
 All child processes are stopped on the way out; the temporary directory (config, logs) is kept
@@ -90,8 +95,10 @@ from bench.ingest import (
     run_in_workdir,
     spawn,
     start_gateway,
+    start_otlp_sink,
     start_redis,
     stop,
+    tracing_env,
     wait_until_healthy,
     wait_until_redis_answers,
 )
@@ -890,6 +897,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=0, help="`orderhook worker` processes beside serve (0)"
     )
+    parser.add_argument(
+        "--tracing", action="store_true", help="measure twice: tracing off, then on; the ratios"
+    )
     args = parser.parse_args(argv)
     positive = [args.rate, args.duration, args.step_duration, args.baseline_duration]
     counts = [args.burst_concurrency, args.max_in_flight, args.baseline_connections]
@@ -922,9 +932,18 @@ class Outcome:
     gateway_log: Path | None = None
 
 
-def measure(args: argparse.Namespace, workdir: Path, outcome: Outcome) -> None:
-    """Start redis, the sink and the gateway; measure; stop them all (also on error)."""
+def measure(
+    args: argparse.Namespace, workdir: Path, outcome: Outcome, traced: bool = False
+) -> None:
+    """Start redis, the sink and the gateway (`traced`: with tracing on, exporting to a local
+    collector); measure; stop them all (also on error)."""
     with contextlib.ExitStack() as stack:
+        extra_env: dict[str, str] = {}
+        if traced:
+            collector = start_otlp_sink(workdir)
+            stack.callback(stop, collector.process)
+            wait_until_healthy(collector)
+            extra_env = tracing_env(collector)
         redis_port, redis_process = start_redis(args.redis_server, workdir)
         stack.callback(stop, redis_process)
         wait_until_redis_answers(redis_port, redis_process)
@@ -934,12 +953,13 @@ def measure(args: argparse.Namespace, workdir: Path, outcome: Outcome) -> None:
         config = workdir / "orderhook.toml"
         config.write_text(config_toml(sink.port, args.max_in_flight), encoding="utf-8")
         redis_url = f"redis://{HOST}:{redis_port}/0"
-        gateway = start_gateway("G", "gateway", config, workdir, redis_url)
+        gateway = start_gateway("G", "gateway", config, workdir, redis_url, **extra_env)
         outcome.gateway_log = gateway.log_path
         stack.callback(stop, gateway.process)
         for n in range(args.workers):  # `orderhook worker` processes beside `serve`
             command = [str(orderhook_executable()), "worker", "--config", str(config)]
-            worker = spawn(command, workdir / f"worker-{n}.log", child_env(REDIS_URL=redis_url))
+            env = child_env(REDIS_URL=redis_url, **extra_env)
+            worker = spawn(command, workdir / f"worker-{n}.log", env)
             stack.callback(stop, worker)
         try:
             wait_until_healthy(gateway)
@@ -1056,9 +1076,45 @@ def write_json(
 
 
 def run(args: argparse.Namespace, workdir: Path) -> int:
+    if args.tracing:
+        return run_tracing(args, workdir)
     outcome = Outcome(machine=machine_info(args.redis_server, workdir))
     measure(args, workdir, outcome)  # every child is stopped when this returns or raises
-    _, complete = report(args, outcome)
+    return conclude(outcome, report(args, outcome)[1])
+
+
+def run_tracing(args: argparse.Namespace, workdir: Path) -> int:
+    """Tracing off, then on, each measured whole; the ratios on/off."""
+    results, status = {}, 0
+    for mode in ("off", "on"):
+        outcome = Outcome(machine=machine_info(args.redis_server, workdir))
+        (workdir / mode).mkdir()
+        print(f"\n=== tracing {mode} ===", flush=True)
+        measure(args, workdir / mode, outcome, traced=mode == "on")
+        phases, complete = report(args, outcome)
+        results[mode] = phases
+        status = max(status, conclude(outcome, complete))
+    print()
+    print(format_tracing_cost(results["off"], results["on"]))
+    return status
+
+
+def format_tracing_cost(off: Sequence[PhaseResult], on: Sequence[PhaseResult]) -> str:
+    lines = ["tracing on / off, per phase:"]
+    for a, b in zip(off, on, strict=True):
+        figures = [
+            ("delivery p99", a.latency_ms.get("p99"), b.latency_ms.get("p99")),
+            ("hook p99", a.hook_p99_ms, b.hook_p99_ms),
+            ("deliveries/s", a.deliveries_per_s, b.deliveries_per_s),
+            ("ingest/s", a.ingest_events_per_s, b.ingest_events_per_s),
+        ]
+        parts = [f"{name} {y / x:.2f}x" for name, x, y in figures if x and y]
+        lines.append(f"  {a.phase:<14} " + "  ".join(parts))
+    return "\n".join(lines)
+
+
+def conclude(outcome: Outcome, complete: bool) -> int:
+    """The exit status of one measurement: 1, said why, when something was not delivered."""
     if outcome.baseline is not None and outcome.baseline.failures:
         failures = outcome.baseline.failures
         print(f"\nbench: the sink failed {failures} baseline POSTs", file=sys.stderr)

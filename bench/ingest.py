@@ -26,6 +26,14 @@ gateway's way, HTTP aside), and with `--sweep 8,16,32,64,128` one more round per
 count for A and B1, drawn with matplotlib into `docs/bench/ingest-throughput.png` and
 `docs/bench/ingest-latency.png` (requests/s and p50/p99 latency against connections).
 
+With `--tracing`, tracing off against on in the same run, instead of B2: B1 is the gateway with
+tracing off (no OTEL_* variable), T the same with OTEL_EXPORTER_OTLP_ENDPOINT pointing at
+`bench/otlp_sink.py` (a local collector answering 200 at once), TH at one that never answers
+(a hung collector); all three on the same redis-server. It prints T/B1 and TH/B1 for the median
+requests/s and p99. With `--baseline-code DIR` too (a checkout of the code before tracing, e.g.
+`git archive main | tar -x -C DIR`), B0 is that code's gateway on the same redis-server, and
+B1/B0 shows what tracing off costs.
+
 Every request must be answered 200 "accepted": any other answer (or a socket error) makes the
 run exit 1, after the report, with the first unexpected answer and the server's log. A server
 that does not start makes it exit 2. All child processes are stopped on the way out, also on
@@ -61,6 +69,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 LUA_SCRIPT = BENCH_DIR / "post.lua"
+OTLP_SINK_SCRIPT = BENCH_DIR / "otlp_sink.py"
 RESULTS_DIR = BENCH_DIR / "results"
 HOST = "127.0.0.1"
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -85,6 +94,8 @@ REDIS_CEILING_S = 5.0
 LOG_TAIL_LINES = 40
 LABEL_B1 = "gateway, redis-server (no persistence)"
 LABEL_B2 = "gateway, embedded redis (fsync always)"
+LABEL_T = "gateway, tracing on (local collector)"
+LABEL_TH = "gateway, tracing on (collector hangs)"
 # The gateway logs one INFO line per accepted notification; hidden when showing its log.
 ROUTINE_LOG_LINE = re.compile(r" INFO orderhook\.ingest ingest accepted ")
 TIME_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -233,8 +244,9 @@ def wait_until_redis_answers(port: int, process: subprocess.Popen[bytes]) -> Non
 
 
 def child_env(**changes: str | None) -> dict[str, str]:
-    """This environment without the gateway's settings, with `changes` (None removes)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERHOOK_")}
+    """This environment without the gateway's settings (tracing's OTEL_* too), with `changes`
+    (None removes)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORDERHOOK_", "OTEL_"))}
     env.pop("REDIS_URL", None)
     for name, value in changes.items():
         if value is None:
@@ -262,7 +274,12 @@ def start_bare(workdir: Path) -> Server:
 
 
 def start_gateway(
-    key: str, label: str, config: Path, workdir: Path, redis_url: str | None
+    key: str,
+    label: str,
+    config: Path,
+    workdir: Path,
+    redis_url: str | None,
+    **extra_env: str,
 ) -> Server:
     port = free_port()
     command = [str(orderhook_executable()), "serve", "--config", str(config)]
@@ -270,9 +287,24 @@ def start_gateway(
     data_dir = workdir / f"data-{key}"
     data_dir.mkdir()
     log_path = workdir / f"gateway-{key}.log"
-    env = child_env(REDIS_URL=redis_url, ORDERHOOK_DATA_DIR=str(data_dir))
+    env = child_env(REDIS_URL=redis_url, ORDERHOOK_DATA_DIR=str(data_dir), **extra_env)
     process = spawn(command, log_path, env)
     return Server(key, label, port, log_path, process)
+
+
+def start_otlp_sink(workdir: Path, hang: bool = False) -> Server:
+    """A local OTLP/HTTP collector (bench/otlp_sink.py): answers 200 at once, or never."""
+    port = free_port()
+    command = [sys.executable, str(OTLP_SINK_SCRIPT), "--host", HOST, "--port", str(port)]
+    command += ["--hang"] if hang else []
+    log_path = workdir / f"otlp-sink{'-hang' if hang else ''}.log"
+    process = spawn(command, log_path, child_env())
+    return Server("C", "otlp sink", port, log_path, process)
+
+
+def tracing_env(collector: Server) -> dict[str, str]:
+    """A gateway's environment that turns tracing on, exporting to `collector`."""
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.base_url, "OTEL_SERVICE_NAME": "bench"}
 
 
 def orderhook_executable() -> Path:
@@ -492,6 +524,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sweep", default="", help="connection counts for the charts, e.g. 8,16,32,64,128"
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="instead of B2: B1 with tracing off, T on (local collector), TH on (hung collector)",
+    )
+    parser.add_argument(
+        "--baseline-code",
+        type=str,  # a str: the settings go to the results' JSON
+        default=None,
+        help="with --tracing: B0, the gateway of this checkout (the code before tracing)",
+    )
     parser.add_argument("--keep-temp", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     args.sweep = [int(c) for c in args.sweep.split(",") if c.strip()]
@@ -517,14 +560,56 @@ def start_servers(
     stack.callback(stop, servers[-1].process)
     servers.append(start_gateway("B1", LABEL_B1, config, workdir, redis_url))
     stack.callback(stop, servers[-1].process)
-    servers.append(start_gateway("B2", LABEL_B2, config, workdir, None))
-    stack.callback(stop, servers[-1].process)
+    if args.tracing:
+        servers += start_traced(config, workdir, redis_url, stack)
+        if args.baseline_code is not None:  # its `app` package first on the path
+            code = str(Path(args.baseline_code).resolve())
+            label = f"gateway of {code}"
+            servers.append(start_gateway("B0", label, config, workdir, redis_url, PYTHONPATH=code))
+            stack.callback(stop, servers[-1].process)
+    else:
+        servers.append(start_gateway("B2", LABEL_B2, config, workdir, None))
+        stack.callback(stop, servers[-1].process)
     for server in servers:
         try:
             wait_until_healthy(server)
         except BenchError as exc:
             raise BenchError(f"{exc}\n{log_excerpt(server.log_path)}") from None
     return servers
+
+
+def start_traced(
+    config: Path, workdir: Path, redis_url: str, stack: contextlib.ExitStack
+) -> list[Server]:
+    """T and TH: the gateway with tracing on, exporting to a local collector (T) or to one
+    that hangs (TH), on B1's redis-server; each stopped when `stack` closes."""
+    servers = []
+    for label, key, hang in [(LABEL_T, "T", False), (LABEL_TH, "TH", True)]:
+        collector = start_otlp_sink(workdir, hang)
+        stack.callback(stop, collector.process)
+        wait_until_healthy(collector)
+        env = tracing_env(collector)
+        servers.append(start_gateway(key, label, config, workdir, redis_url, **env))
+        stack.callback(stop, servers[-1].process)
+        REDIS_URLS[key] = redis_url
+    return servers
+
+
+def format_tracing_cost(runs: Sequence[WrkRun]) -> str:
+    """T/B1 and TH/B1: what tracing on costs (median requests/s and p99 of the rounds)."""
+    measured = [r for r in runs if r.round > 0]
+
+    def median(config: str, field: str) -> float:
+        return statistics.median(getattr(r, field) for r in measured if r.config == config)
+
+    lines = ["tracing on / off (medians; T: local collector, TH: hung collector; B0: before):"]
+    pairs = [("T", "B1"), ("TH", "B1")]
+    pairs += [("B1", "B0")] if any(r.config == "B0" for r in measured) else []
+    for config, base in pairs:
+        rps = median(config, "rps") / median(base, "rps")
+        p99 = median(config, "p99_ms") / median(base, "p99_ms")
+        lines.append(f"  {config:<3} requests/s {rps:.1%} of {base}'s   p99 {p99:.2f}x {base}'s")
+    return "\n".join(lines)
 
 
 def measure(servers: Sequence[Server], args: argparse.Namespace) -> list[WrkRun]:
@@ -750,6 +835,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         f"redis ceiling: the ingest script alone, batches of {REDIS_CEILING_BATCH}, one client: "
         f"{ceiling:,.0f} events/s; B1 median = {b1 / ceiling:.1%} of it"
     )
+    if args.tracing:
+        print(format_tracing_cost(runs))
     if swept:
         print(format_runs(swept).replace("round 0", "sweep  "))
         print(f"charts: {', '.join(str(p) for p in draw_charts(swept, args))}")

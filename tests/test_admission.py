@@ -33,7 +33,7 @@ async def routed(store: Store, steps: list[tuple[str, int]]) -> list[Routed]:
     ]
     await store.append(events)
     entries = await routing.read_new("router-1", 10, 100)
-    return [Routed(entry_id, orjson.loads(raw), raw, []) for entry_id, raw in entries]
+    return [Routed(entry_id, orjson.loads(raw), raw, []) for entry_id, raw, _ in entries]
 
 
 def planned(entries: list[Routed], sub: str, ordered: bool) -> list[Routed]:

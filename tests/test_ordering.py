@@ -330,7 +330,7 @@ async def test_an_entry_routed_before_its_orders_earlier_one_waits_for_it(
         await store.append(events)
         entries = await deliveries.read_new("router-1", 10, 100)
         first, second, other = (
-            Routed(entry_id, orjson.loads(raw), raw, []) for entry_id, raw in entries
+            Routed(entry_id, orjson.loads(raw), raw, []) for entry_id, raw, _ in entries
         )
         assert await deliveries.route([second, other]) == (set(), {second.entry_id})
         assert await deliveries.route([second]) == (set(), {second.entry_id})
@@ -386,7 +386,7 @@ async def test_a_delivery_route_lua_cannot_handle_is_dead_lettered_and_the_rest_
         await store.append(events)
         entries = await deliveries.read_new("router-1", 10, 100)
         routed = []
-        for entry_id, raw in entries:
+        for entry_id, raw, _ in entries:
             event = orjson.loads(raw)
             plans = []
             for sub in ("a", "b"):

@@ -336,7 +336,7 @@ async def test_concurrent_routers_decide_each_order_once(redis_url: str, keys: K
             while (await routers[n % 8].route(routed))[1]:  # deferred: its order's earlier
                 await asyncio.sleep(0.001)  # entry is not routed yet (as the router retries)
 
-        await asyncio.gather(*(route(n, *entry) for n, entry in enumerate(entries)))
+        await asyncio.gather(*(route(n, e.entry_id, e.raw) for n, e in enumerate(entries)))
     client = redis.Redis.from_url(redis_url)
     try:
         ready = {m.decode() for m in client.zrange(keys.ready("once"), 0, -1)}
@@ -359,7 +359,7 @@ async def test_a_single_fire_value_route_lua_cannot_use_is_dead_lettered_and_the
         await deliveries.ensure_group()
         await catalogue(store, "bad", "good")
         await store.append([normalize(parse_body(doc), utc_now_iso())])
-        [(entry_id, raw)] = await deliveries.read_new("reader", 10, 100)
+        [(entry_id, raw, _)] = await deliveries.read_new("reader", 10, 100)
         event = orjson.loads(raw)
         bad = Planned(f"{event['id']}.bad", "bad", single_fire_s=-1)
         good = Planned(f"{event['id']}.good", "good", single_fire_s=60)

@@ -20,6 +20,7 @@ from app.dev.fake_vtex import APP_KEY, APP_TOKEN, FakeVtex
 from app.errors import ConfigError
 from app.events import utc_now_iso
 from app.store.client import open_store
+from app.store.routing import StreamEntry
 from app.store.schema import Keys
 from app.vtex.api import MAX_ORDER_BYTES
 from app.vtex.enrich import Enricher
@@ -230,7 +231,9 @@ async def enrich_one(
     settings = Settings(sources=(source,), vtex_base_url=vtex.base_url, enrich_give_up_s=60)
     raw = {"id": "e-1", "account": "mystore", "orderId": order_id, "receivedAt": utc_now_iso()}
     async with open_store(redis_url, keys, 2.0, 60) as store, aiohttp.ClientSession() as http:
-        ready = await Enricher(settings, store, http).ready([("1-0", orjson.dumps(raw | event))])
+        ready = await Enricher(settings, store, http).ready(
+            [StreamEntry("1-0", orjson.dumps(raw | event))]
+        )
     return dict(orjson.loads(ready[0][1])) if ready else {}
 
 

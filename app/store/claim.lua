@@ -10,7 +10,8 @@
 -- created first (the subscription's age set), so a retry of an early event rather than the
 -- latest event's first attempt — a subscriber that fails first attempts and takes retries is
 -- then found healthy, and drains.
--- Returns {items, next due}: items are {delivery id, event JSON, attempts so far}; next due is
+-- Returns {items, next due}: items are {delivery id, event JSON, attempts so far, trace context
+-- (D.tp: a W3C traceparent, or nil)}; next due is
 -- the earliest due time still waiting (ms), or -1 when nothing waits (or disabled).
 local args = cjson.decode(ARGV[1])
 local sub, now = args.sub, args.now
@@ -47,10 +48,10 @@ else
 end
 for _, id in ipairs(ids) do
     redis.call('ZREM', ready, id)
-    local d = redis.call('HMGET', K.delivery(id), D.event, D.attempts)
+    local d = redis.call('HMGET', K.delivery(id), D.event, D.attempts, D.tp)
     if d[1] then
         redis.call('ZADD', inflight, args.leaseUntil, id)
-        items[#items + 1] = {id, d[1], d[2]}
+        items[#items + 1] = {id, d[1], d[2], d[3]}
     end
 end
 admission_spent(sub, grant, #items)

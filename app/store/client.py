@@ -47,6 +47,13 @@ READY_PROBE_TTL_MS = 60_000
 T = TypeVar("T")
 
 
+def _appended(event: dict[str, Any], trace: str) -> dict[str, str]:
+    """An event as ingest.lua's plan names it: its id, order key, account and trace context,
+    if any."""
+    planned = {"id": event["id"], "order": order_key(event), "account": event["account"]}
+    return {**planned, "trace": trace} if trace else planned
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -84,20 +91,22 @@ class Store:
         self.eviction_problem: str | None = None
         self._ingest = register(client, keys, "ingest.lua", rules=False)
 
-    async def append(self, events: Sequence[dict[str, Any]]) -> list[Appended]:
-        """Dedupe and append events atomically; one round trip for the whole batch. Every
+    async def append(
+        self, events: Sequence[dict[str, Any]], traces: Sequence[str] = ()
+    ) -> list[Appended]:
+        """Dedupe and append events atomically; one round trip for the whole batch. `traces`:
+        each event's trace context (a W3C traceparent, "" for none; app/tracing.py). Every
         appended event gets its order's next sequence number, whoever appends it (the hook,
         feed backup), so routers in any process hand an order's events on in append order.
         Refused (StoreMayEvict) while the last check found that Redis may evict them."""
         if self.eviction_problem is not None:
             raise StoreMayEvict(self.eviction_problem)
+        traces = traces or [""] * len(events)
         plan = {
             "windowS": self.dedupe_window_s,
             "minute": int(time.time() // 60),
             "nowMs": now_ms(),
-            "events": [
-                {"id": e["id"], "order": order_key(e), "account": e["account"]} for e in events
-            ],
+            "events": [_appended(e, t) for e, t in zip(events, traces, strict=True)],
         }
         args = [orjson.dumps(plan), *(orjson.dumps(e) for e in events)]
         rows = await self.script(self._ingest, [], args)

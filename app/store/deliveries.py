@@ -26,12 +26,14 @@ RETRY_NOW_CHUNK = 1000  # deliveries made due per script run (each run blocks Re
 class Claimed:
     """A delivery in flight for this process. `event` is the event already decoded, when the
     router put it in flight as it routed it (the deliverer decodes `event_json` otherwise);
-    nobody changes it."""
+    nobody changes it. `trace`: the trace context its attempts' spans are children of (a W3C
+    traceparent, "" for none)."""
 
     delivery_id: str
     event_json: bytes
     attempts: int
     event: dict[str, Any] | None = None
+    trace: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class Deliveries:
             "maxPerSecond": max_per_second,
         }
         items, next_due = await self.store.script(self._claim, [], [orjson.dumps(args)])
-        claimed = [Claimed(text(i), e, int(a)) for i, e, a in items]
+        claimed = [Claimed(text(i), e, int(a), None, text(t or b"")) for i, e, a, t in items]
         return claimed, int(float(next_due))
 
     async def settle(self, outcomes: Sequence[Settlement]) -> list[bool]:

@@ -1,8 +1,9 @@
 -- Dedupe and append a batch of events in one atomic step, and count them.
 --
 -- ARGV[1]      JSON: {windowS (the dedupe window), minute (Unix minutes, now), nowMs, events:
---              [{id, order, account}]}: each event's id, order key (app/events.py's order_key)
---              and VTEX account
+--              [{id, order, account, trace}]}: each event's id, order key (app/events.py's
+--              order_key) and VTEX account, and optionally its trace context (a W3C
+--              traceparent, app/tracing.py), kept as E.tp
 -- ARGV[1 + i]  the i-th event's JSON (kept as is)
 --
 -- Each appended event of an order gets the order's next sequence number (E.seq, kept as long
@@ -25,8 +26,11 @@ for i, e in ipairs(args.events) do
         local sequence = K.order_sequence(e.order)
         local seq = redis.call('INCR', sequence)
         redis.call('EXPIRE', sequence, window)
-        local entry = redis.call('XADD', K.ingest_stream, '*', E.id, e.id, E.event, ARGV[1 + i],
-            E.seq, seq, E.ord, e.order)
+        local fields = {E.id, e.id, E.event, ARGV[1 + i], E.seq, seq, E.ord, e.order}
+        if e.trace then
+            fields[#fields + 1], fields[#fields + 2] = E.tp, e.trace
+        end
+        local entry = redis.call('XADD', K.ingest_stream, '*', unpack(fields))
         redis.call('SET', seen, entry, 'EX', window)
         results[#results + 1] = {1, entry}
         accepted = accepted + 1

@@ -2,10 +2,11 @@
 --
 -- KEYS[1]     the ingest stream
 -- ARGV[1]     JSON, the plan: {group, now (ms), retentionS, entries: [{entry, eventId, orderId,
---             order, receivedMs, deliveries: [{id, sub, lease, rate, ordered, error,
+--             order, receivedMs, trace, deliveries: [{id, sub, lease, rate, ordered, error,
 --             singleFireS}]}]}
 --             (app/store/routing.py). `group`: the router's consumer group; `retentionS`: the
---             delivery log's; `order`: the order key (app/events.py's order_key).
+--             delivery log's; `order`: the order key (app/events.py's order_key); `trace`
+--             (optional): the trace context (a W3C traceparent) each delivery keeps in D.tp.
 --             A delivery's `lease` of 0 queues it as ready, any other (ms) puts it straight in
 --             flight, claimed by this process's own worker, if admission_lease admits it (`rate`:
 --             its max_per_second; else it waits in the ready set). `ordered`, for a per-order subscription: its place in
@@ -49,6 +50,14 @@ local function first_fire(d, e)
     return false
 end
 
+-- A new delivery's hash, with the entry's trace context if it has one.
+local function made(key, d, e, event)
+    delivery_create(key, d.id, d.sub, e.eventId, e.orderId, event, now)
+    if e.trace then
+        redis.call('HSET', key, D.tp, e.trace)
+    end
+end
+
 -- Create one delivery; returns 'claimed' (in flight, claimed by this process), 'queued' (ready,
 -- or in its order's line) or 'suppressed' (single fire: none made). Raises on a value it cannot
 -- handle; route_failed then dead-letters it (single fire decided first: a suppressed delivery
@@ -60,7 +69,7 @@ local function create(d, e, event, key)
     if d.error ~= nil and d.error ~= '' then
         error(d.error, 0)
     end
-    delivery_create(key, d.id, d.sub, e.eventId, e.orderId, event, now)
+    made(key, d, e, event)
     local lease, grant = tonumber(d.lease) or 0, nil
     if lease > 0 then -- this process's worker has a slot for it: in flight if admitted
         grant = admission_lease(d.sub, now, 1, lease, tonumber(d.rate) or 0, false)
@@ -86,7 +95,7 @@ end
 -- order's line, so that the order's other events go on.
 local function route_failed(d, e, event, key, err)
     local reason = 'not routed: ' .. (type(err) == 'table' and tostring(err.err) or tostring(err))
-    delivery_create(key, d.id, d.sub, e.eventId, e.orderId, event, now)
+    made(key, d, e, event)
     redis.call('HSET', key, D.lastError, reason, D.lastAttemptMs, now)
     redis.call('HDEL', key, D.ord, D.pos, D.win, D.stale)
     redis.call('ZREM', K.ready(d.sub), d.id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from redis.exceptions import ResponseError
@@ -16,7 +16,7 @@ from redis.exceptions import ResponseError
 from app.events import order_key, received_ms
 from app.ordering import OrderPlace
 from app.store.client import Store, now_ms, text
-from app.store.schema import Keys
+from app.store.schema import Entry, Keys
 from app.store.scripts import register
 
 
@@ -37,13 +37,14 @@ class Planned(msgspec.Struct, rename="camel", omit_defaults=True):
     single_fire_s: int = 0
 
 
-class _Entry(msgspec.Struct, rename="camel"):
+class _Entry(msgspec.Struct, rename="camel", omit_defaults=True):
     entry: str
     event_id: str
     order_id: str
     order: str  # app/events.py's order_key
     received_ms: int  # app/events.py's received_ms: the replay index's score
     deliveries: Sequence[Planned]
+    trace: str = ""  # the trace context its deliveries keep (D.tp), if any
 
 
 class _RoutePlan(msgspec.Struct, rename="camel"):
@@ -56,14 +57,31 @@ class _RoutePlan(msgspec.Struct, rename="camel"):
     entries: list[_Entry]
 
 
+class StreamEntry(NamedTuple):
+    """An ingest stream entry as read: its id, its event's JSON and its trace context (a W3C
+    traceparent, "" for none: written before tracing, or with tracing off)."""
+
+    entry_id: str
+    raw: bytes
+    trace: str = ""
+
+
+def _stream_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> StreamEntry:
+    return StreamEntry(text(entry_id), fields[b"event"], text(fields.get(_TRACE, b"")))
+
+
+_TRACE = Entry.TRACE.encode()
+
+
 @dataclass(frozen=True)
 class Routed:
-    """One ingest entry and the deliveries it makes."""
+    """One ingest entry and the deliveries it makes; `trace`, the trace context they keep."""
 
     entry_id: str
     event: dict[str, Any]
     event_json: bytes
     deliveries: Sequence[Planned]
+    trace: str = ""
 
 
 class Routing:
@@ -87,25 +105,23 @@ class Routing:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def read_new(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, bytes]]:
+    async def read_new(self, consumer: str, count: int, block_ms: int) -> list[StreamEntry]:
         reply: Any = await self.store.guard(
             lambda: self.client.xreadgroup(
                 Keys.ROUTER_GROUP, consumer, {self.keys.ingest_stream: ">"}, count, block_ms
             )
         )
         entries: list[Any] = [e for _, stream_entries in reply or [] for e in stream_entries]
-        return [(text(i), f[b"event"]) for i, f in entries]
+        return [_stream_entry(i, f) for i, f in entries]
 
-    async def reclaim_entries(
-        self, consumer: str, idle_ms: int, count: int
-    ) -> list[tuple[str, bytes]]:
+    async def reclaim_entries(self, consumer: str, idle_ms: int, count: int) -> list[StreamEntry]:
         """Take over entries another router read but did not route within `idle_ms`."""
         reply = await self.store.guard(
             lambda: self.client.xautoclaim(
                 self.keys.ingest_stream, Keys.ROUTER_GROUP, consumer, idle_ms, "0-0", count
             )
         )
-        return [(text(i), f[b"event"]) for i, f in reply[1] if f]
+        return [_stream_entry(i, f) for i, f in reply[1] if f]
 
     async def route(self, routed: Sequence[Routed]) -> tuple[set[str], set[str]]:
         """Create the deliveries and acknowledge the entries; returns the delivery ids claimed
@@ -123,6 +139,7 @@ class Routing:
                     order_key(r.event),
                     received_ms(r.event),
                     r.deliveries,
+                    r.trace,
                 )
                 for r in routed
             ],

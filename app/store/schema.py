@@ -300,6 +300,7 @@ class Entry(StrEnum):
     EVENT = "event"  # the event's JSON
     SEQ = "seq"  # the order's sequence number (Keys.order_sequence)
     ORDER = "ord"  # the order key (app/events.py's order_key)
+    TRACE = "tp"  # optional: the hook span's W3C traceparent (app/tracing.py)
 
 
 class AlertEntry(StrEnum):
@@ -333,6 +334,7 @@ class Delivery(StrEnum):
     POSITION = "pos"  # per-order: its position (app/ordering/position.py)
     WINDOW_MS = "win"  # per-order: its reorder window
     STALE = "stale"  # per-order: "1" to drop it when older than the order's last delivered
+    TRACE = "tp"  # optional: the W3C traceparent its attempts' spans are children of
 
 
 class State(StrEnum):

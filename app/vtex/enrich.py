@@ -33,6 +33,7 @@ from app.config import Settings, Source, source_for
 from app.errors import StoreUnavailable
 from app.retry import parse_retry_after
 from app.store.client import Store
+from app.store.routing import StreamEntry
 from app.vtex.api import GET_ORDER, Answer, VtexApi, VtexError, VtexRefused, VtexTooLarge
 
 log = logging.getLogger("orderhook.enrich")
@@ -57,12 +58,12 @@ class Enricher:
         self.sources = [s for s in settings.sources if s.enrich]
         self._limit = asyncio.Semaphore(CONCURRENCY)
 
-    async def ready(self, entries: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    async def ready(self, entries: Sequence[StreamEntry]) -> list[StreamEntry]:
         """The entries to route now, enriched; the others stay pending for a later try."""
-        results = await asyncio.gather(*(self._one(raw) for _, raw in entries))
+        results = await asyncio.gather(*(self._one(entry.raw) for entry in entries))
         return [
-            (entry_id, raw)
-            for (entry_id, _), raw in zip(entries, results, strict=True)
+            entry._replace(raw=raw)
+            for entry, raw in zip(entries, results, strict=True)
             if raw is not None
         ]
 
