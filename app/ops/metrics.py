@@ -36,7 +36,7 @@ from app.store.client import Store, now_ms
 from app.store.latency import histogram
 from app.store.queries import Queries
 from app.store.reads import both, gather
-from app.store.schema import Breaker
+from app.store.schema import Breaker, Enablement
 from app.subscriptions.spec import Subscription
 
 PATH = "/metrics"
@@ -93,7 +93,15 @@ class _Snapshot:
             ),
         }
         enabled = GaugeMetricFamily(
-            "orderhook_subscription_enabled", "1 enabled, 0 disabled", labels=["subscription"]
+            "orderhook_subscription_enabled",
+            "1 enabled, 0 disabled or paused",
+            labels=["subscription"],
+        )
+        states = GaugeMetricFamily(
+            "orderhook_subscription_state",
+            "The subscription's state (enabled, paused by an operator, disabled): 1 for the state"
+            " it is in, 0 for the others",
+            labels=["subscription", "state"],
         )
         oldest = GaugeMetricFamily(
             "orderhook_oldest_undelivered_seconds",
@@ -117,6 +125,8 @@ class _Snapshot:
             sid = sub["id"]
             for state in Breaker:
                 breakers.add_metric([sid, state.value], 1 if sub["breaker"] == state else 0)
+            for enablement in Enablement:
+                states.add_metric([sid, enablement.value], 1 if sub["state"] == enablement else 0)
             for outcome, key in (
                 ("delivered", "delivered"),
                 ("retried", "retried"),
@@ -132,7 +142,7 @@ class _Snapshot:
             single_fire.add_metric([sid], sub["singleFireSuppressed"])
         yield outcomes
         yield from gauges.values()
-        yield from (enabled, breakers, oldest, filter_errors, single_fire)
+        yield from (enabled, states, breakers, oldest, filter_errors, single_fire)
         yield self._latency(subs)
 
     def _latency(self, subs: list[dict[str, Any]]) -> Metric:
