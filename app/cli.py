@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from app import cli_ops, cli_subscriptions, logs, preflight, tracing
+from app import METRICS_DIR_VARIABLE, cli_ops, cli_subscriptions, logs, preflight, tracing
 from app.config import Settings, load_settings
 from app.connections import BoundedHttpProtocol
 from app.dev import fake_vtex
@@ -176,7 +176,7 @@ def _serve_many(args: argparse.Namespace, settings: Settings) -> int:
     raise_open_files_limit()  # the worker processes inherit it
     with tempfile.TemporaryDirectory(prefix="orderhook-metrics-") as folder:
         # the counts each process keeps, summed by any process's /metrics (app/ops/metrics.py)
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", folder)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_VARIABLE] = folder
         _run_workers(args, settings)
     return EXIT_STORE_LOST if store_lost.is_set() else 0
 

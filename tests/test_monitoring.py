@@ -296,6 +296,7 @@ def test_metrics_answers_while_redis_hangs_with_every_workers_hook_answers(
             started = time.monotonic()
             hung = [http.get("/metrics", headers=OPS) for _ in range(4)]
             took = (time.monotonic() - started) / len(hung)
+            guess = http.get("/metrics", headers={"Authorization": "Bearer a-guess"})
             own_redis.signal(signal.SIGCONT)
             back = [http.get("/metrics", headers=OPS) for _ in range(4)]
     finally:
@@ -303,6 +304,9 @@ def test_metrics_answers_while_redis_hangs_with_every_workers_hook_answers(
     assert status == 0
     assert [r.status_code for r in down] == [503] * 3
     assert [r.status_code for r in hung + back] == [200] * 8
+    # a failed guess cannot be counted now: refused like every guess while Redis is down, so
+    # scrapes do not open a way round the sign-in throttle
+    assert guess.status_code == 503 and "unavailable" in guess.json()["error"]
     assert took < 7  # two Redis deadlines (2 s: the sign-in throttle's, the read's), within
     # Prometheus' default scrape timeout (10 s)
     for r in hung:  # whichever process answered: every process's counts
@@ -321,3 +325,23 @@ def test_metrics_answers_while_redis_hangs_with_every_workers_hook_answers(
         assert figures(r.text)["orderhook_hook_responses_total503"] == 3
         assert "orderhook_ingest_events_total" in r.text
     assert not os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # set for the workers only
+
+
+def test_a_multiprocess_folder_the_environment_brought_is_not_the_gateways(
+    own_redis: TestRedis, tmp_path: Path
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR left set by another program (here: a folder that is gone) does
+    not stop a gateway, nor make it count into that folder: its counts are its own."""
+    gateway = gateway_on(own_redis, tmp_path, Keys("monitoring").prefix)
+    gone = tmp_path / "gone"
+    gateway.env = {**gateway.env, "ORDERHOOK_OPS_TOKEN": "ops-token"}
+    gateway.env["PROMETHEUS_MULTIPROC_DIR"] = str(gone)
+    gateway.start()
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=10) as http:
+            assert http.post("/hooks/vtex", json=notification(), headers=AUTH).status_code == 200
+            scraped = http.get("/metrics", headers=OPS)
+    finally:
+        assert gateway.stop() == 0
+    assert figures(scraped.text)["orderhook_hook_responses_total200"] == 1
+    assert not gone.exists()

@@ -25,9 +25,14 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AuthenticationError,
+    ClusterDownError,
+    MasterDownError,
+    NoPermissionError,
     OutOfMemoryError,
+    ReadOnlyError,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import TimeoutError as RedisTimeout
 
@@ -37,7 +42,12 @@ from app.store.schema import Keys
 from app.store.scripts import register
 
 DEFAULT_MAX_CONNECTIONS = 64
-_NOT_READY = ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+# Redis cannot take writes now (a replica after a failover, a failing save, a cluster in
+# change): redis-py raises these classes with the code cut off the message; an error it does
+# not map (MISCONF) keeps the code as the message's first word, and Redis 6 wraps a script's
+# in its own ("Error running script ...: -READONLY You can't write ...").
+_NOT_READY = ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "MISCONF")
+_NOT_READY_CLASSES = (ReadOnlyError, MasterDownError, TryAgainError, ClusterDownError)
 # Redis 7 answers a refused write with "OOM command not allowed ..." (OutOfMemoryError), also
 # from within a script; Redis 6 wraps it in the script's error ("ERR Error running script ...").
 _OUT_OF_MEMORY = "OOM command not allowed"
@@ -167,8 +177,10 @@ class Store:
                 raise self._unavailable(
                     "is out of memory (maxmemory reached): it refuses writes"
                 ) from exc
-            if str(exc).startswith(_NOT_READY):
+            if _not_ready(exc):
                 raise self._unavailable(f"is not ready: {exc}") from exc
+            if isinstance(exc, NoPermissionError):  # its ACL: the operator's to mend
+                raise self._unavailable(f"refuses a command: {exc}") from exc
             raise
         except (RedisError, OSError, TimeoutError) as exc:
             reason = why_unreachable(exc, self.deadline_s)
@@ -181,6 +193,16 @@ class Store:
         if password:
             what = what.replace(str(password), "***")
         return StoreUnavailable(f"redis at {self.address} {what}", public=f"redis {what}")
+
+
+def _not_ready(exc: ResponseError) -> bool:
+    """Whether Redis refused because it cannot take writes now (_NOT_READY)."""
+    text = str(exc)
+    return (
+        isinstance(exc, _NOT_READY_CLASSES)
+        or text.startswith(_NOT_READY)
+        or any(f"-{code} " in text for code in _NOT_READY)
+    )
 
 
 def redis_address(client: aioredis.Redis) -> str:
