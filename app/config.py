@@ -195,6 +195,11 @@ class Settings:
     env: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     config_path: Path | None = field(default=None, compare=False)
 
+    @property
+    def watched_accounts(self) -> frozenset[str]:
+        """The accounts `[[sources]]` name (not `*`): those ingest.silent watches."""
+        return frozenset(s.account for s in self.sources if s.account != ANY_ACCOUNT)
+
 
 def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from the file at `path` (or `ORDERHOOK_CONFIG`) and the environment."""

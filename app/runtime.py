@@ -113,6 +113,7 @@ async def open_runtime(
                 settings.redis_timeout_s,
                 settings.dedupe_window_s,
                 assume_noeviction=settings.assume_noeviction,
+                watched_accounts=settings.watched_accounts,
             )
         )
         runtime = Runtime.on(settings, store)

@@ -1,18 +1,23 @@
 """The alert conditions as alerts.lua evaluates them, on a real Redis: each start and end queued
 once whatever the number of evaluators, the thresholds, the dead-letter summary, the silent
-account, a deleted subscription, a subject whose data is broken."""
+account, a deleted subscription, a subject whose data is broken; two configs alive at once (a
+rolling deploy), a storm past the outbox's cap, the accounts whose last event is kept."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import redis
 
-from app.store.alerts import AlertStore, Rule
+from app.alerts.evaluate import report
+from app.config import ConfigError, load_settings
+from app.store.alerts import AlertStore, Evaluated, Rule
 from app.store.client import open_store
 from app.store.schema import Counter, Keys, stat_field
 
@@ -27,6 +32,8 @@ ALL = (
 )
 RULE = Rule("ops", ALL, backlog_ms=300_000, silent_ms=1_800_000, repeat_ms=3_600_000)
 T0 = 1_800_000_000_000
+EVERY = 15_000
+BREAKER = "subscription.breaker_open"
 
 
 @pytest.fixture
@@ -179,7 +186,7 @@ async def test_one_subscription_s_broken_data_does_not_stop_the_others(
     rdb.set(keys.state("broken"), "not a hash")  # WRONGTYPE for every read of it
     rdb.hset(keys.state("erp"), "breaker", "open")
     rdb.hset(keys.alerts_active, "ops|subscription.disabled|ghost", "not json")
-    queued, failed = await alerts.evaluate([RULE], [], now=T0)
+    queued, failed, _ = await alerts.evaluate([RULE], [], now=T0)
     assert (queued, failed) == (1, 1)
     assert summary(rdb, keys) == [("subscription.breaker_open", "firing", "erp")]
     assert rdb.hget(keys.alerts_active, "ops|subscription.disabled|ghost") is None
@@ -197,15 +204,154 @@ async def test_the_conditions_are_evaluated_once_per_interval_whatever_the_proce
     assert summary(rdb, keys) == [("subscription.breaker_open", "firing", "erp")]
 
 
-async def test_a_condition_its_target_no_longer_wants_resolves(
+async def test_a_condition_its_target_no_longer_wants_resolves_once_the_old_config_is_gone(
     alerts: AlertStore, rdb: redis.Redis, keys: Keys
 ) -> None:
     catalog(rdb, keys, "erp")
     rdb.hset(keys.state("erp"), "breaker", "open")
-    await alerts.evaluate([RULE], [], now=T0)
+    await alerts.evaluate([RULE], [], now=T0, every_ms=EVERY)
     fewer = Rule("ops", ("subscription.disabled",), 300_000, 1_800_000, 3_600_000)
     other = Rule("other", ("subscription.disabled",), 300_000, 1_800_000, 3_600_000)
-    await alerts.evaluate([other], [], now=T0 + 1)  # a process without "ops": left alone
+    await alerts.evaluate([other], [], now=T0 + 1, every_ms=EVERY)
+    await alerts.evaluate([fewer], [], now=T0 + 2, every_ms=EVERY)  # RULE's processes still run
     assert [s for _, s, _ in summary(rdb, keys)] == ["firing"]
-    await alerts.evaluate([fewer], [], now=T0 + 2)
+    await alerts.evaluate([fewer], [], now=T0 + 3 * EVERY, every_ms=EVERY)
+    assert [s for _, s, _ in summary(rdb, keys)] == ["firing"]
+    await alerts.evaluate([fewer], [], now=T0 + 4 * EVERY, every_ms=EVERY)  # now gone
     assert [s for _, s, _ in summary(rdb, keys)] == ["firing", "resolved"]
+
+
+def rule(target: str, *events: str, silent_ms: int = 1_800_000) -> Rule:
+    return Rule(target, events, 300_000, silent_ms, 3_600_000)
+
+
+def breaker_open(rdb: redis.Redis, keys: Keys, sub: str = "erp") -> None:
+    catalog(rdb, keys, sub)
+    rdb.hset(keys.state(sub), mapping={"state": "enabled", "breaker": "open", "failures": 9})
+
+
+async def test_a_target_only_the_new_config_has_is_alerted_during_a_rolling_deploy(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    breaker_open(rdb, keys)
+    old = [rule("chat", BREAKER)]
+    new = [*old, rule("pager", BREAKER)]
+    for tick in range(4):  # the old process always ticks a second before the new one
+        await alerts.evaluate(old, [], now=T0 + tick * EVERY, every_ms=EVERY)
+        await alerts.evaluate(new, [], now=T0 + tick * EVERY + 1000, every_ms=EVERY)
+    sent = [(n["target"], n["status"]) for n in outbox(rdb, keys)]
+    assert sorted(sent) == [("chat", "firing"), ("pager", "firing")]  # chat's told once
+
+
+async def test_two_configs_alive_at_once_do_not_flap_a_condition_one_of_them_wants(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    breaker_open(rdb, keys)
+    wants = [rule("ops", BREAKER)]
+    drops = [rule("ops", "subscription.backlog")]  # the new config no longer wants it
+    for tick in range(10):
+        plan = wants if tick % 2 == 0 else drops
+        await alerts.evaluate(plan, [], now=T0 + tick * EVERY, every_ms=EVERY)
+    assert summary(rdb, keys) == [(BREAKER, "firing", "erp")]
+    for tick in range(10, 14):  # the old processes are gone: after 3 intervals, it resolves
+        await alerts.evaluate(drops, [], now=T0 + tick * EVERY, every_ms=EVERY)
+    assert summary(rdb, keys)[1:] == [(BREAKER, "resolved", "erp")]
+
+
+async def test_an_account_only_the_new_config_lists_does_not_flap_ingest_silent(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    silent = [rule("ops", "ingest.silent", silent_ms=60_000)]
+    rdb.hset(keys.accepted_at, "newshop", T0 - 3_600_000)
+    for tick in range(10):
+        accounts = ["newshop"] if tick % 2 == 0 else []
+        await alerts.evaluate(silent, accounts, now=T0 + tick * EVERY, every_ms=EVERY)
+    assert summary(rdb, keys) == [("ingest.silent", "firing", "newshop")]
+
+
+async def test_configs_with_different_thresholds_do_not_flap_the_condition(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    catalog(rdb, keys, "erp")
+    rdb.zadd(keys.pending_age("erp"), {"d1": T0 - 400_000})
+    quick = [Rule("ops", ("subscription.backlog",), 300_000, 1_800_000, 3_600_000)]
+    patient = [Rule("ops", ("subscription.backlog",), 600_000, 1_800_000, 3_600_000)]
+    for tick in range(6):
+        plan = quick if tick % 2 == 0 else patient
+        await alerts.evaluate(plan, [], now=T0 + tick * EVERY, every_ms=EVERY)
+    assert summary(rdb, keys) == [("subscription.backlog", "firing", "erp")]
+    rdb.delete(keys.pending_age("erp"))  # delivered: the config that raised it sees it end
+    await alerts.evaluate(quick, [], now=T0 + 6 * EVERY, every_ms=EVERY)
+    assert summary(rdb, keys)[1:] == [("subscription.backlog", "resolved", "erp")]
+
+
+async def test_a_deleted_subscription_resolves_at_once_even_while_another_config_wants_it(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys
+) -> None:
+    breaker_open(rdb, keys)
+    rdb.hset(keys.alerts_marks, "ops|erp", 0)
+    await alerts.evaluate([rule("ops", BREAKER)], [], now=T0, every_ms=EVERY)
+    rdb.hdel(keys.subscriptions, "erp")
+    await alerts.evaluate([rule("ops", "ingest.silent")], [], now=T0 + 1000, every_ms=EVERY)
+    assert summary(rdb, keys) == [(BREAKER, "firing", "erp"), (BREAKER, "resolved", "erp")]
+    assert rdb.hget(keys.alerts_marks, "ops|erp") is None  # its dead-letter mark is gone
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"event": BREAKER, "subject": "erp", "target": "chat"},
+        {"event": BREAKER, "subject": "erp", "target": "chat", "since": 1, "lastSentMs": "x"},
+        {"event": BREAKER, "subject": "erp", "target": 7, "since": 1, "lastSentMs": 1},
+        [1, 2],
+    ],
+)
+async def test_an_incomplete_active_record_is_dropped_and_blocks_nothing(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys, record: Any
+) -> None:
+    catalog(rdb, keys, "erp")
+    rdb.hset(keys.state("erp"), mapping={"state": "disabled", "breaker": "open"})
+    rdb.hset(keys.alerts_active, "chat|subscription.breaker_open|erp", orjson.dumps(record))
+    rules = [rule("chat", BREAKER), rule("pager", "subscription.disabled")]
+    run = await alerts.evaluate(rules, [], now=T0)
+    assert run.failed == 0
+    sent = sorted((n["target"], n["event"], n["status"]) for n in outbox(rdb, keys))
+    assert sent == [("chat", BREAKER, "firing"), ("pager", "subscription.disabled", "firing")]
+
+
+async def test_notifications_the_outbox_cap_trims_are_counted_and_logged(
+    alerts: AlertStore, rdb: redis.Redis, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipe = rdb.pipeline()
+    for i in range(5_500):  # an egress outage opens every breaker at once, two targets
+        pipe.hset(keys.subscriptions, f"s{i}", "{}")
+        pipe.hset(keys.state(f"s{i}"), mapping={"state": "enabled", "breaker": "open"})
+    pipe.execute()
+    run = await alerts.evaluate([rule("chat", BREAKER), rule("pager", BREAKER)], [], now=T0)
+    assert run.queued == 11_000 and run.trimmed == 11_000 - rdb.xlen(keys.alerts_outbox) > 0
+    with caplog.at_level(logging.WARNING, logger="orderhook.alerts"):
+        report(run)
+    assert f"{run.trimmed} notification(s) were lost" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="orderhook.alerts"):
+        report(Evaluated(3, 0, 0))
+    assert caplog.text == ""
+
+
+def test_an_alert_target_id_the_stats_use_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "o.toml"
+    config.write_text('[[alerts]]\nid = "rejected"\nurl = "https://hooks.example.com/x"\n')
+    with pytest.raises(ConfigError, match="rejected"):
+        load_settings(config, {})
+
+
+async def test_only_the_accounts_of_sources_have_their_last_event_kept(
+    redis_url: str, rdb: redis.Redis, keys: Keys
+) -> None:
+    def event(n: int, account: str) -> dict[str, Any]:
+        return {"id": f"ev{n}", "orderId": f"o{n}", "account": account}
+
+    async with open_store(redis_url, keys, 2.0, 3600, watched_accounts=frozenset({"shop"})) as s:
+        appended = await s.append([event(1, "shop"), event(2, "made-up-by-anyone")])
+    assert all(a.created for a in appended)
+    assert set(rdb.hkeys(keys.accepted_at)) == {b"shop"}

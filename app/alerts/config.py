@@ -17,6 +17,7 @@ import msgspec
 from starlette.datastructures import Secret
 
 from app.signing import secret_key
+from app.store.schema import RESERVED_STAT_OWNERS
 from app.subscriptions.spec import url_problem
 
 DISABLED = "subscription.disabled"
@@ -82,6 +83,8 @@ def resolve_target(spec: AlertSpec, env: Mapping[str, str]) -> AlertTarget:
     (never quoting the URL or the secret)."""
     if not _ID.match(spec.id):
         raise AlertSpecError("id", "must be 1 to 63 of a-z, 0-9, - and _, starting alphanumeric")
+    if spec.id in RESERVED_STAT_OWNERS:
+        raise AlertSpecError("id", f"must not be {spec.id!r}: the stats' own counters use it")
     url = _one_of(spec.url, spec.url_env, "url", env)
     if url is None:
         raise AlertSpecError("url", "or `url_env` is needed")

@@ -9,10 +9,11 @@ import logging
 from collections.abc import Sequence
 
 from app.alerts.config import UNAVAILABLE, AlertTarget
-from app.config import ANY_ACCOUNT, Settings
+from app.config import Settings
 from app.errors import StoreUnavailable
 from app.lifecycle import sleep_unless
-from app.store.alerts import AlertStore, Rule
+from app.store.alerts import AlertStore, Evaluated, Rule
+from app.store.schema import ALERTS_OUTBOX_MAX
 
 log = logging.getLogger("orderhook.alerts")
 
@@ -33,7 +34,7 @@ def rules(targets: Sequence[AlertTarget]) -> list[Rule]:
 
 
 def accounts(settings: Settings) -> list[str]:
-    return sorted({s.account for s in settings.sources if s.account != ANY_ACCOUNT})
+    return sorted(settings.watched_accounts)
 
 
 async def evaluate_periodically(
@@ -43,12 +44,22 @@ async def evaluate_periodically(
     every_ms = int(settings.alert_check_s * 1000)
     while plan and not stopping.is_set():
         try:
-            _, failed = await alerts.evaluate(plan, watched, every_ms=every_ms)
+            report(await alerts.evaluate(plan, watched, every_ms=every_ms))
         except StoreUnavailable:
             pass  # store.unavailable tells; evaluated again once Redis answers
         except Exception:  # a script error: said, and tried again (never stops the process)
             log.exception("alert evaluation failed")
-        else:
-            if failed:
-                log.error("alert evaluation: the data of %d subject(s) could not be read", failed)
         await sleep_unless(stopping, settings.alert_check_s)
+
+
+def report(run: Evaluated) -> None:
+    """Log what went wrong in a run: unreadable subjects, notifications the outbox cap lost."""
+    if run.failed:
+        log.error("alert evaluation: the data of %d subject(s) could not be read", run.failed)
+    if run.trimmed:
+        log.warning(
+            "alert evaluation: the outbox is full (%d entries): %d notification(s) were lost "
+            "before any process sent them (is every alert target down?)",
+            ALERTS_OUTBOX_MAX,
+            run.trimmed,
+        )

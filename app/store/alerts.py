@@ -2,16 +2,19 @@
 /admin/alerts reads.
 
 Every process runs `evaluate` every `alert_check_s`; the script is atomic, so a condition that
-starts is seen by one run only and queued once. The outbox is read through one consumer group:
-an entry goes to one process, which acks and deletes it once its target took it; an entry a
-dead process held is taken over (`take_over`) after ALERT_CLAIM_IDLE_S.
+starts is seen by one run only and queued once. Processes of one config (`config_digest`: its
+rules and accounts) share one run per interval; each config alive (a rolling deploy) has its own.
+The outbox is read through one consumer group: an entry goes to one process, which acks and
+deletes it once its target took it; an entry a dead process held is taken over (`take_over`)
+after ALERT_CLAIM_IDLE_S.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from redis.asyncio.client import Pipeline
@@ -53,6 +56,25 @@ class Rule:
         }
 
 
+class Evaluated(NamedTuple):
+    """What a run did: notifications queued, subjects whose data failed it, and outbox entries
+    its cap (ALERTS_OUTBOX_MAX) trimmed before anyone read them (notifications lost)."""
+
+    queued: int
+    failed: int
+    trimmed: int
+
+
+def config_digest(rules: Sequence[Rule], accounts: Sequence[str]) -> str:
+    """Names a config's evaluation: the same for every process with these rules and accounts,
+    whatever their order."""
+    plan = {
+        "rules": sorted((r.plan() for r in rules), key=lambda p: str(p["target"])),
+        "accounts": sorted(set(accounts)),
+    }
+    return hashlib.sha256(orjson.dumps(plan, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Queued:
     """An outbox entry: its stream id, its target and the notification's JSON."""
@@ -79,12 +101,13 @@ class AlertStore:
         accounts: Sequence[str],
         now: int | None = None,
         every_ms: int = 0,
-    ) -> tuple[int, int]:
-        """Run the evaluation, unless some process ran it less than `every_ms` / 2 ago;
-        (notifications queued, subjects whose data failed it)."""
+    ) -> Evaluated:
+        """Run the evaluation, unless a process of the same config ran it less than
+        `every_ms` / 2 ago."""
         plan = {
             "now": now_ms() if now is None else now,
             "everyMs": every_ms,
+            "config": config_digest(rules, accounts),
             "outboxMax": ALERTS_OUTBOX_MAX,
             "resolvedKept": ALERTS_RESOLVED_KEPT,
             "shownIds": SHOWN_EVENT_IDS,
@@ -92,8 +115,10 @@ class AlertStore:
             "accounts": list(accounts),
             "rules": [r.plan() for r in rules],
         }
-        queued, failed, _ = await self.store.script(self._evaluate, [], [orjson.dumps(plan)])
-        return int(queued), int(failed)
+        queued, failed, _, trimmed = await self.store.script(
+            self._evaluate, [], [orjson.dumps(plan)]
+        )
+        return Evaluated(int(queued), int(failed), int(trimmed))
 
     async def ensure_group(self) -> None:
         try:

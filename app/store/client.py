@@ -55,12 +55,17 @@ NO_EVICTION = "noeviction"
 READY_PROBE_TTL_MS = 60_000
 
 T = TypeVar("T")
+# The accounts whose last accepted time ingest keeps (ingest.silent watches them; not every
+# account a `*` source lets in, which anyone can make up); None: every account.
+Watched = frozenset[str] | None
 
 
-def _appended(event: dict[str, Any], trace: str) -> dict[str, str]:
-    """An event as ingest.lua's plan names it: its id, order key, account and trace context,
-    if any."""
-    planned = {"id": event["id"], "order": order_key(event), "account": event["account"]}
+def _appended(event: dict[str, Any], trace: str, watched: Watched) -> dict[str, str]:
+    """An event as ingest.lua's plan names it: its id, order key, account if watched (its last
+    accepted time is kept) and trace context, if any."""
+    planned = {"id": event["id"], "order": order_key(event)}
+    if watched is None or event["account"] in watched:
+        planned["account"] = event["account"]
     return {**planned, "trace": trace} if trace else planned
 
 
@@ -89,8 +94,10 @@ class Store:
         dedupe_window_s: int,
         deadline_s: float,
         assume_noeviction: bool = False,
+        watched_accounts: Watched = None,
     ) -> None:
         self.client = client
+        self.watched_accounts = watched_accounts
         self.address = redis_address(client)  # for the operator: host:port/db, no password
         self.keys = keys
         self.dedupe_window_s = dedupe_window_s
@@ -116,7 +123,9 @@ class Store:
             "windowS": self.dedupe_window_s,
             "minute": int(time.time() // 60),
             "nowMs": now_ms(),
-            "events": [_appended(e, t) for e, t in zip(events, traces, strict=True)],
+            "events": [
+                _appended(e, t, self.watched_accounts) for e, t in zip(events, traces, strict=True)
+            ],
         }
         args = [orjson.dumps(plan), *(orjson.dumps(e) for e in events)]
         rows = await self.script(self._ingest, [], args)
@@ -277,10 +286,15 @@ def make_client(url: str, timeout_s: float) -> aioredis.Redis:
 
 @asynccontextmanager
 async def open_store(
-    url: str, keys: Keys, timeout_s: float, window_s: int, assume_noeviction: bool = False
+    url: str,
+    keys: Keys,
+    timeout_s: float,
+    window_s: int,
+    assume_noeviction: bool = False,
+    watched_accounts: Watched = None,
 ) -> AsyncIterator[Store]:
     client = make_client(url, timeout_s)
-    store = Store(client, keys, window_s, timeout_s, assume_noeviction)
+    store = Store(client, keys, window_s, timeout_s, assume_noeviction, watched_accounts)
     try:
         yield store
     finally:

@@ -2,14 +2,14 @@
 --
 -- ARGV[1]      JSON: {windowS (the dedupe window), minute (Unix minutes, now), nowMs, events:
 --              [{id, order, account, trace}]}: each event's id, order key (app/events.py's
---              order_key) and VTEX account, and optionally its trace context (a W3C
---              traceparent, app/tracing.py), kept as E.tp
+--              order_key), its VTEX account if ingest.silent watches it, and optionally its
+--              trace context (a W3C traceparent, app/tracing.py), kept as E.tp
 -- ARGV[1 + i]  the i-th event's JSON (kept as is)
 --
 -- Each appended event of an order gets the order's next sequence number (E.seq, kept as long
 -- as the dedupe window), so that routers in several processes can hand its events on in the
 -- order they were appended (ordering_turn). This minute's count is kept two hours, for the
--- dashboard's chart; each account's last accepted time, for the ingest.silent alert.
+-- dashboard's chart; each watched account's last accepted time, for the ingest.silent alert.
 -- Returns, per event, {1, stream entry id} when appended, or {0, stream entry id of the first
 -- one} when the event was already seen within the window (also within this batch).
 local args = cjson.decode(ARGV[1])
@@ -34,7 +34,7 @@ for i, e in ipairs(args.events) do
         redis.call('SET', seen, entry, 'EX', window)
         results[#results + 1] = {1, entry}
         accepted = accepted + 1
-        heard[e.account] = true
+        if e.account then heard[e.account] = true end
     end
 end
 for account in pairs(heard) do

@@ -219,7 +219,8 @@ class Keys:
     @property
     def alerts_active(self) -> str:
         """A hash of the alert conditions in force, by `<target>|<event>|<subject>`: JSON
-        `{event, subject, target, since, lastSentMs, details}` (app/store/alerts.lua)."""
+        `{event, subject, target, since, lastSentMs, details, config}` (app/store/alerts.lua;
+        `config`: the digest of the config whose run raised it, absent in older records)."""
         return f"{self.tag}:alerts:active"
 
     @property
@@ -231,8 +232,10 @@ class Keys:
     @property
     def alerts_marks(self) -> str:
         """A hash: per `<target>|<sub>`, the subscription's dead-letter counter when the target
-        was last told (subscription.dead_letter counts from it); `@evaluatedMs`, when the
-        conditions were last evaluated (by any process: once per interval is enough)."""
+        was last told (subscription.dead_letter counts from it); per `@config:<digest>`, a
+        config's last evaluation, JSON `{at, everyMs, wants: {<target>: {<event>: true}},
+        accounts: {<account>: true}}` (once per interval per config is enough; what the live
+        configs want decides which conditions still stand)."""
         return f"{self.tag}:alerts:marks"
 
     @property
@@ -437,6 +440,11 @@ class Counter(StrEnum):
 def stat_field(owner: str, counter: Counter) -> str:
     """A counter's field in the stats hash: a subscription's, or `rejected:<reason>`."""
     return f"{owner}:{counter}"
+
+
+# Owners a stat_field must not have (an alert target's id): their counters would read as the
+# gateway's own (`rejected:<reason>`: an ingest rejection).
+RESERVED_STAT_OWNERS = frozenset({Counter.REJECTED.value})
 
 
 def rejected_field(reason: str) -> str:
