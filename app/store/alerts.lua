@@ -2,7 +2,8 @@
 -- process runs it sees a condition start (or end) once, so exactly one notification is queued.
 --
 -- ARGV[1]  JSON: {now (ms), everyMs (the check interval), config (a digest of the rules and
---          accounts: the process's config), outboxMax, resolvedKept, shownIds (dead letters'
+--          accounts: the process's config), configMark (its alerts_marks field's prefix,
+--          ALERTS_CONFIG_MARK), outboxMax, resolvedKept, shownIds (dead letters'
 --          event ids a message names), errorChars (lastError's length in a message), accounts:
 --          [VTEX account names], rules: [{target, events: {<event>: true}, backlogMs, silentMs,
 --          repeatMs}]}
@@ -33,7 +34,7 @@ local a = cjson.decode(ARGV[1])
 local now = a.now
 local queued, failed = 0, 0
 local SEP = '|'
-local CONFIG = '@config:'
+local CONFIG = a.configMark
 local LIVE_INTERVALS = 3
 local DISABLED, BREAKER_OPEN = 'subscription.disabled', 'subscription.breaker_open'
 local BACKLOG, DEAD = 'subscription.backlog', 'subscription.dead_letter'

@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 from app.store.client import Store, now_ms, text
 from app.store.reads import Read
 from app.store.schema import (
+    ALERTS_CONFIG_MARK,
     ALERTS_OUTBOX_MAX,
     ALERTS_RESOLVED_KEPT,
     AlertEntry,
@@ -108,6 +109,7 @@ class AlertStore:
             "now": now_ms() if now is None else now,
             "everyMs": every_ms,
             "config": config_digest(rules, accounts),
+            "configMark": ALERTS_CONFIG_MARK,
             "outboxMax": ALERTS_OUTBOX_MAX,
             "resolvedKept": ALERTS_RESOLVED_KEPT,
             "shownIds": SHOWN_EVENT_IDS,

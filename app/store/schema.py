@@ -314,6 +314,7 @@ class AlertEntry(StrEnum):
 
 
 ALERTS_RESOLVED_KEPT = 100
+ALERTS_CONFIG_MARK = "@config:"  # alerts_marks: `@config:<digest>`, a config's last evaluation
 ALERTS_OUTBOX_MAX = 10_000
 
 
