@@ -176,6 +176,16 @@ class AlertStore:
 
         await self.store.guard(settle)
 
+    async def active_since(self, target: str, event: str, subject: str) -> int | None:
+        """When the condition `event` of `subject` for `target` began (ms), None unless it
+        is in force (alerts_active's field `<target>|<event>|<subject>`, as alerts.lua
+        writes it)."""
+        raw: Any = await self.store.guard(
+            lambda: self.client.hget(self.keys.alerts_active, f"{target}|{event}|{subject}")
+        )
+        record = _decoded(raw) if raw is not None else None
+        return _since(record) if record is not None else None
+
     async def count(self, target: str, counter: Counter) -> None:
         await self.store.guard(
             lambda: self.client.hincrby(self.keys.stats, stat_field(target, counter), 1)
