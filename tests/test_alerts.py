@@ -21,7 +21,7 @@ import redis
 from cloudevents.v1.http import from_http
 from standardwebhooks import Webhook
 
-from app.alerts.unavailable import Reachability, Unavailable
+from app.alerts.unavailable import HostLock, Reachability, Unavailable, host_lock_path
 from app.config import load_settings
 from app.store.embedded import redis_executable
 from app.store.schema import Keys
@@ -248,23 +248,107 @@ async def test_store_unavailable_is_sent_from_memory_and_resolved_when_redis_ans
     assert first.startswith(":rotating_light:") and second.startswith(":white_check_mark:")
 
 
+def own_redis() -> list[str]:
+    """The command of a Redis of the test's own (its port third), to stop and start again."""
+    command = [redis_executable(), "--port", str(free_port()), "--bind", "127.0.0.1"]
+    return command + ["--save", "", "--appendonly", "no"]
+
+
+def unavailable_config(tmp_path: Path, sink: Sink) -> Path:
+    """store.unavailable to the sink's /slack after 1 s without an answer (pinged every 0.2 s)."""
+    config = tmp_path / "w.toml"
+    config.write_text(
+        'allow_networks = ["127.0.0.0/8"]\n'
+        + alert_target(sink, "/slack", events=["store.unavailable"])
+        + "\n[store]\nunreachable_warning_s = 0.2\n[ops]\nalert_unavailable_s = 1\n"
+    )
+    return config
+
+
+async def test_one_process_per_host_sends_store_unavailable_and_another_takes_over(
+    tmp_path: Path,
+) -> None:
+    """Two processes' watches (two opens of one lock file: flock tells them apart as it does
+    processes) see one outage: one page. The sender stops (exits); the outage lasts: the
+    other, holding the lock now, tells it."""
+    with Sink() as sink:
+        config = tmp_path / "o.toml"
+        config.write_text('allow_networks = ["127.0.0.0/8"]\n' + alert_target(sink, "/slack"))
+        settings = load_settings(config, {})
+        lock = tmp_path / "unavailable.lock"
+        reachability = Reachability()
+        async with aiohttp.ClientSession() as session:
+            watches = [
+                Unavailable(reachability, settings.alerts, session, 0.3, None, HostLock(lock))
+                for _ in range(2)
+            ]
+            stops = [asyncio.Event(), asyncio.Event()]
+            tasks = [asyncio.create_task(w.run(s)) for w, s in zip(watches, stops, strict=True)]
+            reachability.failed("redis is unreachable: connection refused")
+            await sink.wait_for("/slack", 1, timeout=5)
+            await asyncio.sleep(2.5)  # each checks twice more: still one page
+            assert len(sink.at("/slack")) == 1
+            sender = 0 if watches[0].firing else 1
+            stops[sender].set()
+            await tasks[sender]
+            await sink.wait_for("/slack", 2, timeout=5)  # the other one's page
+            reachability.answered()
+            await sink.wait_for("/slack", 3, timeout=5)
+            stops[1 - sender].set()
+            await tasks[1 - sender]
+    heads = [text.split("*")[1] for text in texts(sink, "/slack")]
+    assert heads == ["orderhook:", "orderhook:", "Resolved:"]
+
+
+def test_the_lock_file_is_per_redis_and_prefix() -> None:
+    one = host_lock_path("127.0.0.1:6379/0", "orderhook")
+    assert one == host_lock_path("127.0.0.1:6379/0", "orderhook")
+    assert one != host_lock_path("127.0.0.1:6379/1", "orderhook")
+    assert one != host_lock_path("127.0.0.1:6379/0", "other")
+    assert one.name.startswith(f"orderhook-{os.getuid()}-unavailable-")
+
+
+def test_serve_workers_send_one_store_unavailable_per_host_then_one_resolved(
+    tmp_path: Path,
+) -> None:
+    """`serve --workers 3` and a Redis that stops, then starts again: every worker sees the
+    outage, one page and one resolved reach the target."""
+    command = own_redis()
+    redis_server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    with Sink() as sink:
+        config = unavailable_config(tmp_path, sink)
+        env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{command[2]}/0"}
+        gateway = Gateway(config, env, tmp_path / "g.log", "--workers", "3").start()
+        try:
+            time.sleep(3)  # every worker up
+            redis_server.terminate()
+            redis_server.wait(10)
+            sink.wait_for_sync(lambda: len(sink.at("/slack")) >= 1, 10, "store.unavailable")
+            time.sleep(3)  # every worker past the threshold
+            assert len(sink.at("/slack")) == 1
+            redis_server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+            sink.wait_for_sync(lambda: len(sink.at("/slack")) >= 2, 10, "resolved")
+            time.sleep(1)
+        finally:
+            gateway.stop()
+            redis_server.terminate()
+            redis_server.wait(10)
+    firing, resolved = texts(sink, "/slack")
+    assert "Redis unreachable from" in firing
+    assert resolved.startswith(":white_check_mark: *Resolved:* Redis unreachable")
+    assert (tmp_path / "g.log").read_text().count("sent by another process on this host") == 2
+
+
 def test_a_worker_whose_redis_stops_sends_store_unavailable_then_resolved(
     tmp_path: Path,
 ) -> None:
     """A real Redis of the test's own, stopped and started again under a running worker."""
-    port = free_port()
-    command = [redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    command += ["--appendonly", "no"]
+    command = own_redis()
     redis_server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     with Sink() as sink:
-        config = tmp_path / "w.toml"
-        config.write_text(
-            'allow_networks = ["127.0.0.0/8"]\n'
-            + alert_target(sink, "/slack", events=["store.unavailable"])
-            + "\n[store]\nunreachable_warning_s = 0.2\n[ops]\nalert_unavailable_s = 1\n"
-        )
+        config = unavailable_config(tmp_path, sink)
         log = tmp_path / "worker.log"
-        env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{command[2]}/0"}
         with log.open("wb") as out:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "worker", "--config", str(config)],

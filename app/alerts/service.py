@@ -10,7 +10,7 @@ import aiohttp
 
 from app.alerts.evaluate import evaluate_periodically
 from app.alerts.send import Outbox
-from app.alerts.unavailable import Reachability, Unavailable
+from app.alerts.unavailable import HostLock, Reachability, Unavailable, host_lock_path
 from app.config import Settings
 from app.store.alerts import AlertStore
 
@@ -35,6 +35,7 @@ class Alerting:
             session,
             settings.alert_unavailable_s,
             settings.ops_public_url,
+            HostLock(host_lock_path(store.store.address, store.keys.prefix)),
         )
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
