@@ -5,8 +5,10 @@ never a stale alarm; a Redis blip after a POST does not send it twice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import orjson
@@ -19,6 +21,7 @@ from app.alerts.config import AlertTarget
 from app.alerts.send import Outbox
 from app.store.alerts import AlertStore, Rule
 from app.store.client import open_store
+from app.store.embedded import redis_executable
 from app.store.schema import Keys
 from tests.conftest import free_port
 
@@ -183,16 +186,41 @@ async def test_a_condition_that_begins_again_is_not_followed_by_its_old_resolved
     assert rdb.xlen(keys.alerts_outbox) == 0
 
 
+@pytest.fixture
+def own_redis() -> Iterator[str]:
+    """A Redis of the test's own: pausing it pauses no other test's."""
+    port = free_port()
+    command = [redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    server = subprocess.Popen(command + ["--appendonly", "no"], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(redis.ConnectionError):
+            client.ping()
+            break
+        time.sleep(0.05)
+    client.close()
+    yield f"redis://127.0.0.1:{port}/0"
+    server.terminate()
+    server.wait(10)
+
+
 async def test_a_redis_blip_after_the_post_does_not_send_the_alert_twice(
-    alerts: AlertStore, rdb: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+    own_redis: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The target took the alert, then Redis did not answer for 8 s (a failover): the ack is
     retried until it answers; meanwhile the entry, idle past CLAIM_IDLE_S (lowered from 60 s
     to 2 s: the same path), is taken over by this process, which acks it instead of sending
     it again."""
     monkeypatch.setattr(send, "CLAIM_IDLE_S", 2.0)
+    keys, rdb = Keys("blip"), redis.Redis.from_url(own_redis)
     breaker_open(rdb, keys)
-    async with Receiver() as rx, aiohttp.ClientSession() as session:
+    async with (
+        open_store(own_redis, keys, 1.0, 3600) as store,
+        Receiver() as rx,
+        aiohttp.ClientSession() as session,
+    ):
+        alerts = AlertStore(store)
         rx.up = True
         paused: list[bool] = []
 
@@ -209,3 +237,4 @@ async def test_a_redis_blip_after_the_post_does_not_send_the_alert_twice(
     assert len(rx.taken) == 1, f"the same alert POSTed {len(rx.taken)} times"
     assert rdb.xlen(keys.alerts_outbox) == 0
     assert rdb.xpending(keys.alerts_outbox, Keys.ALERTS_GROUP)["pending"] == 0
+    rdb.close()
