@@ -11,6 +11,19 @@ import resource
 log = logging.getLogger("orderhook.server")
 
 
+async def finish(
+    tasks: list[asyncio.Task[None]], timeout_s: float, logger: logging.Logger, what: str
+) -> None:
+    """Wait up to `timeout_s` for `tasks`, cancel those still running, and log each that
+    failed on `logger` (as `what failed`)."""
+    done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        task.cancel()
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s failed", what, exc_info=task.exception())
+
+
 async def sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
     """Sleep `seconds`, or less if `stopping` is set meanwhile."""
     try:

@@ -17,6 +17,7 @@ from app.alerts.service import Alerting
 from app.alerts.unavailable import warn_while_unreachable
 from app.config import Settings
 from app.delivery import Deliverer, Transforms
+from app.lifecycle import finish
 from app.router import Router
 from app.runtime import Runtime, open_runtime
 from app.ssrf import GuardedConnector
@@ -80,12 +81,7 @@ class Relay:
             # The router first (within one blocking read): it hands work to the workers.
             await asyncio.wait([router, *others], timeout=grace_s)
             await self.deliverer.stop(grace_s)
-            done, pending = await asyncio.wait(self._tasks, timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    log.error("relay task failed", exc_info=task.exception())
+            await finish(self._tasks, grace_s, log, "relay task")
         if self._tasks:
             await self.alerts.stop()
             await self.router.close()  # the filters' worker

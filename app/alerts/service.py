@@ -12,6 +12,7 @@ from app.alerts.evaluate import evaluate_periodically
 from app.alerts.send import Outbox
 from app.alerts.unavailable import HostLock, Reachability, Unavailable, host_lock_path
 from app.config import Settings
+from app.lifecycle import finish
 from app.store.alerts import AlertStore
 
 log = logging.getLogger("orderhook.alerts")
@@ -57,9 +58,4 @@ class Alerting:
         self._stopping.set()
         await self.outbox.stop()
         if self._tasks:
-            done, pending = await asyncio.wait(self._tasks, timeout=STOP_S)
-            for task in pending:
-                task.cancel()
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    log.error("alert task failed", exc_info=task.exception())
+            await finish(self._tasks, STOP_S, log, "alert task")

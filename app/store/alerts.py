@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 
 import orjson
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ResponseError
 
 from app.store.client import Store, now_ms, text
 from app.store.reads import Read
@@ -123,15 +122,7 @@ class AlertStore:
         return Evaluated(int(queued), int(failed), int(trimmed))
 
     async def ensure_group(self) -> None:
-        try:
-            await self.store.guard(
-                lambda: self.client.xgroup_create(
-                    self.keys.alerts_outbox, Keys.ALERTS_GROUP, id="0", mkstream=True
-                )
-            )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await self.store.ensure_group(self.keys.alerts_outbox, Keys.ALERTS_GROUP)
 
     async def read_new(self, consumer: str, count: int) -> list[Queued]:
         reply: Any = await self.store.guard(

@@ -138,6 +138,17 @@ class Store:
         declared = list(keys) or [self.keys.stats]
         return await self.guard(partial(script, keys=declared, args=cast(list[Any], args)))
 
+    async def ensure_group(self, stream: str, group: str) -> None:
+        """Create `group` on `stream` (and the stream), reading from its start, unless it
+        exists (BUSYGROUP)."""
+        try:
+            await self.guard(
+                lambda: self.client.xgroup_create(stream, group, id="0", mkstream=True)
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
     async def ping(self) -> bool:
         return bool(await self.guard(self.client.ping))
 

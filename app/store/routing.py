@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import msgspec
-from redis.exceptions import ResponseError
 
 from app.events import order_key, received_ms
 from app.ordering import OrderPlace
@@ -95,15 +94,7 @@ class Routing:
         self._route = register(self.client, self.keys, "route.lua")
 
     async def ensure_group(self) -> None:
-        try:
-            await self.store.guard(
-                lambda: self.client.xgroup_create(
-                    self.keys.ingest_stream, Keys.ROUTER_GROUP, id="0", mkstream=True
-                )
-            )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await self.store.ensure_group(self.keys.ingest_stream, Keys.ROUTER_GROUP)
 
     async def read_new(self, consumer: str, count: int, block_ms: int) -> list[StreamEntry]:
         reply: Any = await self.store.guard(
